@@ -1,0 +1,8 @@
+"""lmbook: the code of the book *Language models, runnable*, from n-grams to GPT.
+
+Each module holds one concept and names the chapters that use it:
+``runtime`` (device, size, seeds), ``data`` (corpus, batches), ``tokenizers``,
+``gpt``, ``train`` (the one training loop), ``generate``, ``hf`` (transformers).
+"""
+
+__version__ = "0.1.0"

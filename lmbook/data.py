@@ -1,0 +1,166 @@
+"""The corpus and the batches every chapter trains on.
+
+Tiny Shakespeare is looked up in a cache folder (``LMBOOK_DATA`` overrides it),
+downloaded from its canonical address when it is missing, checked against its
+SHA-256 and written atomically, so that a broken download never leaves a half
+file behind. :class:`RandomBatches` draws random windows from a token tensor
+with its own generator, whose state goes into checkpoints (exact resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATA_VARIABLE = "LMBOOK_DATA"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file the book needs: its name in the cache, where it is published, its checksum."""
+
+    filename: str
+    url: str
+    sha256: str
+    size: int | None = None
+
+
+TINY_SHAKESPEARE = RemoteFile(
+    filename="tinyshakespeare.txt",
+    url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    size=1_115_394,
+)
+
+
+class DataUnavailableError(FileNotFoundError):
+    """The file is neither in the cache nor downloadable."""
+
+
+class ChecksumError(ValueError):
+    """A file's SHA-256 is not the published one."""
+
+
+def cache_dir() -> Path:
+    """Where data files live: ``$LMBOOK_DATA`` if set, else ``~/.cache/lmbook``."""
+    return Path(os.environ.get(DATA_VARIABLE) or Path.home() / ".cache" / "lmbook").expanduser()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(remote: RemoteFile, folder: Path | None = None, timeout: float = 30.0) -> Path:
+    """Return the path of ``remote`` in ``folder`` (default :func:`cache_dir`), downloading it if absent.
+
+    The download goes to a temporary file in the same folder, is checked, and only
+    then renamed into place; on any failure the temporary file is removed.
+    """
+    folder = Path(folder) if folder is not None else cache_dir()
+    path = folder / remote.filename
+    if path.exists():
+        found = sha256_of(path)
+        if found != remote.sha256:
+            raise ChecksumError(
+                f"{path} has SHA-256 {found}, not the published {remote.sha256}. The file is damaged or "
+                f"is another file: delete it to download it again, or replace it with a copy from {remote.url}."
+            )
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.filename}.", suffix=".part")
+    except OSError as err:
+        raise DataUnavailableError(_missing_message(remote, path, f"cannot write to {folder}: {err}")) from err
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
+            while block := response.read(1 << 20):
+                out.write(block)
+        found = sha256_of(Path(tmp))
+        if found != remote.sha256:
+            raise ChecksumError(
+                f"the file downloaded from {remote.url} has SHA-256 {found}, not the published "
+                f"{remote.sha256}; it was not kept. Try again later, or place a good copy at {path}."
+            )
+        os.replace(tmp, path)  # atomic: the file appears whole or not at all
+    except (urllib.error.URLError, OSError) as err:
+        raise DataUnavailableError(_missing_message(remote, path, str(err))) from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _missing_message(remote: RemoteFile, path: Path, reason: str) -> str:
+    return (
+        f"{remote.filename} is not in {path.parent} and could not be downloaded from {remote.url} ({reason}).\n"
+        f"Either download it yourself to {path}, for example\n"
+        f"    curl -L -o {path} {remote.url}\n"
+        f"or set the environment variable {DATA_VARIABLE} to a folder that already holds {remote.filename}."
+    )
+
+
+def load_text(remote: RemoteFile = TINY_SHAKESPEARE, folder: Path | None = None) -> str:
+    """The verified text of ``remote`` (Tiny Shakespeare by default)."""
+    return fetch(remote, folder).read_text(encoding="utf-8")
+
+
+def load_shakespeare(folder: Path | None = None) -> str:
+    """Tiny Shakespeare: 1,115,394 characters of plays, the corpus of every chapter."""
+    return load_text(TINY_SHAKESPEARE, folder)
+
+
+def train_val_split(data: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``1 - val_fraction`` of ``data`` for training, the rest for validation (no shuffling)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}.")
+    n = int(len(data) * (1 - val_fraction))
+    return data[:n], data[n:]
+
+
+class RandomBatches:
+    """Random windows of ``block_size + 1`` tokens: inputs ``x`` (B, T) and targets ``y = x`` shifted by one.
+
+    Calling the object returns the next ``(x, y)`` on ``device``. It owns a seeded
+    generator; ``state_dict()``/``load_state_dict()`` let a resumed run draw the
+    same batches an uninterrupted run would have drawn.
+    """
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu", seed: int = 0):
+        data = torch.as_tensor(data, dtype=torch.long)
+        if data.dim() != 1:
+            raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(data.shape)}.")
+        if len(data) < block_size + 1:
+            raise ValueError(
+                f"{len(data)} tokens are too few for windows of {block_size} + 1 tokens: "
+                "use more data or a smaller block_size."
+            )
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = torch.arange(block_size + 1)  # (T+1,)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        windows = self.data[starts[:, None] + self._offsets]  # (B, T+1)
+        if self.device.type == "cuda":
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
+        else:
+            windows = windows.to(self.device)
+        return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,112 @@
+"""Where the code runs and how big it runs: device, size, seeds, versions.
+
+Every chapter starts here. ``LMBOOK_SIZE`` is read in this module and nowhere
+else: ``full`` gives the real results (meant for a GPU, minutes), ``fast`` the
+small runs that CI executes on two CPU cores (seconds). Without the variable the
+size follows the hardware: ``full`` when CUDA is available, otherwise ``fast``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from typing import TypeVar
+
+import torch
+
+SIZE_VARIABLE = "LMBOOK_SIZE"
+SIZES = ("full", "fast")
+T = TypeVar("T")
+
+
+def size() -> str:
+    """The size every notebook runs at: ``"full"`` or ``"fast"``."""
+    value = os.environ.get(SIZE_VARIABLE, "").strip().lower()
+    if not value:
+        return "full" if torch.cuda.is_available() else "fast"
+    if value not in SIZES:
+        raise ValueError(
+            f"{SIZE_VARIABLE}={value!r} is not a size; set it to 'full' (real results, "
+            "meant for a GPU) or 'fast' (small runs that finish in seconds on a CPU)."
+        )
+    return value
+
+
+def pick(*, full: T, fast: T) -> T:
+    """Return ``full`` or ``fast`` according to :func:`size` (used by every chapter)."""
+    return full if size() == "full" else fast
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: CUDA when present, else the CPU.
+
+    Apple's ``mps`` is used only when asked for (``prefer="mps"``): it has given
+    silently wrong training results in comparable code, so it is opt-in.
+    ``prefer`` may also be ``"cpu"`` or ``"cuda"`` to force a choice; the
+    ``LMBOOK_DEVICE`` environment variable does the same for whole notebooks.
+    """
+    prefer = prefer or os.environ.get("LMBOOK_DEVICE") or None
+    if prefer is not None:
+        if prefer == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA was asked for but torch sees no CUDA device.")
+        if prefer == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError("MPS was asked for but this torch build or machine has no MPS.")
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, else ``None`` (plain float32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's (if installed) and torch's generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with the book's requirements
+        pass
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """A readable name of ``device``, e.g. ``'NVIDIA H100 80GB HBM3'`` or ``'cpu (2 threads)'``."""
+    device = device or get_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+    return device.type
+
+
+def environment() -> dict[str, str]:
+    """Versions, device and size, as printed by each chapter's first cell and stored in results."""
+    import importlib.metadata as md
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": device_name(),
+        "size": size(),
+    }
+    for package in ("transformers", "tokenizers", "numpy"):
+        try:
+            info[package] = md.version(package)
+        except md.PackageNotFoundError:
+            info[package] = "not installed"
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda or "unknown"
+    return info
+
+
+def show_environment() -> None:
+    """Print :func:`environment` one item a line (the first cell of every chapter)."""
+    for key, value in environment().items():
+        print(f"{key:>12}: {value}")

@@ -1,0 +1,310 @@
+"""The one training loop, used by every chapter and every model (n-gram aside).
+
+A model is anything whose call ``model(x, y)`` returns ``(logits, loss)``; a batch
+source is a callable returning ``(x, y)`` (see :class:`lmbook.data.RandomBatches`).
+The loop brings AdamW (fused on CUDA), linear warm-up then cosine (or linear)
+decay, gradient accumulation and clipping, bf16 autocast where the GPU supports
+it, optional ``torch.compile``, periodic evaluation on fixed batches, a tqdm bar
+with loss and tokens/s, a :class:`History` to plot, atomic checkpoints with exact
+resume, and a clear error naming the step at which the loss stopped being finite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .runtime import autocast_dtype
+
+Batches = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Steps count optimizer updates; each sees ``grad_accum`` batches."""
+
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # where the decay ends
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine", "linear" or "constant" after the warm-up
+    weight_decay: float = 0.1  # applied to matrices and embeddings only
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    eval_interval: int = 100
+    eval_iters: int = 20
+    log_interval: int = 10  # how often losses are brought back from the device
+    precision: str = "auto"  # "auto" (bf16 where supported), "bf16" or "fp32"
+    compile: bool = False
+    checkpoint_path: str | None = None
+    checkpoint_interval: int | None = None  # default: at every evaluation
+    seed: int = 1337
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', not {self.schedule!r}.")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {self.precision!r}.")
+        if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
+            raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
+        self.betas = tuple(self.betas)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The learning rate for update ``step`` (0-based): linear warm-up, then the chosen decay."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    if config.schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        shape = 1.0 - progress
+    return config.min_lr + shape * (config.lr - config.min_lr)
+
+
+@dataclass
+class History:
+    """What a run recorded: training loss per step and evaluation losses per split."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: dict[str, list[float]] = field(default_factory=dict)
+    eval_seconds: list[float] = field(default_factory=list)  # training wall time at each evaluation
+    tokens_per_step: int = 0
+    tokens_per_second: float = 0.0  # over the whole run, evaluation excluded
+    seconds: float = 0.0  # wall time spent in this loop, evaluation included
+
+    def best(self, split: str = "val") -> tuple[int, float]:
+        """The step and loss of the lowest evaluation loss on ``split``."""
+        losses = self.eval_loss.get(split)
+        if not losses:
+            raise KeyError(f"no evaluation on split {split!r}; recorded: {sorted(self.eval_loss)}")
+        i = min(range(len(losses)), key=losses.__getitem__)
+        return self.eval_steps[i], losses[i]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read."""
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on tensors of two or more dimensions (fused kernels on CUDA)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context for ``precision`` on ``device`` (a no-op for float32)."""
+    dtype = autocast_dtype(device) if precision == "auto" else torch.bfloat16 if precision == "bf16" else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def estimate_loss(model: nn.Module, batches: Batches, iters: int, precision: str = "auto") -> float:
+    """Mean loss of ``model`` over ``iters`` batches, in eval mode (dropout off)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
+    with autocast(device, precision):
+        for _ in range(iters):
+            x, y = batches()
+            total += model(x, y)[1].float()
+    model.train(was_training)
+    return total.item() / iters
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # the old checkpoint stays whole until this instant
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`train`, with a clear error if it is damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}). It may be truncated or "
+            "from another program: delete it to train from the start, or point checkpoint_path elsewhere."
+        ) from err
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    model: nn.Module,
+    train_batches: Batches,
+    config: TrainConfig,
+    eval_batches: dict[str, Batches] | None = None,
+    resume: bool = False,
+) -> History:
+    """Train ``model`` in place for ``config.max_steps`` updates and return its :class:`History`.
+
+    ``eval_batches`` maps split names to batch sources; each evaluation starts them
+    from the same state, so every point of a curve is measured on the same batches.
+    With ``resume=True`` and an existing ``config.checkpoint_path`` the run continues
+    exactly where the checkpoint left it (the schedule is a function of the step).
+    """
+    device = next(model.parameters()).device
+    eval_batches = eval_batches or {}
+    eval_states = {k: b.state_dict() for k, b in eval_batches.items() if hasattr(b, "state_dict")}
+    optimizer = make_optimizer(model, config, device)
+    history, step = History(), 0
+    path = Path(config.checkpoint_path) if config.checkpoint_path else None
+    if resume and path is not None and path.exists():
+        state = load_checkpoint(path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if hasattr(train_batches, "load_state_dict"):
+            train_batches.load_state_dict(state["batches"])
+        _set_rng_state(state["rng"])
+        history, step = History.from_dict(state["history"]), state["step"]
+        eval_states = state.get("eval_batches", eval_states)
+    else:
+        torch.manual_seed(config.seed)  # dropout masks
+    forward = torch.compile(model) if config.compile else model
+    model.train()
+
+    def evaluate() -> None:
+        for name, batches in eval_batches.items():
+            if name in eval_states:
+                batches.load_state_dict(eval_states[name])
+            loss = estimate_loss(forward, batches, config.eval_iters, config.precision)
+            history.eval_loss.setdefault(name, []).append(loss)
+        history.eval_steps.append(step)
+        history.eval_seconds.append(history.seconds + time.perf_counter() - started)
+
+    def save() -> None:
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "history": history.to_dict(),
+                "batches": train_batches.state_dict() if hasattr(train_batches, "state_dict") else None,
+                "eval_batches": eval_states,
+                "rng": _rng_state(),
+                "config": asdict(config),
+            },
+            path,
+        )
+
+    started = time.perf_counter()
+    train_seconds, pending, pending_steps = 0.0, [], []
+    if step == 0 and eval_batches:
+        evaluate()
+    bar = tqdm(total=config.max_steps, initial=step, desc=config.desc, disable=not config.progress)
+    first_step, tick = step, time.perf_counter()
+    while step < config.max_steps:
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        for _ in range(config.grad_accum):
+            x, y = train_batches()
+            with autocast(device, config.precision):
+                _, loss = forward(x, y)
+            (loss / config.grad_accum).backward()
+            step_loss += loss.detach().float()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.tokens_per_step = x.numel() * config.grad_accum
+        pending.append(step_loss / config.grad_accum)
+        pending_steps.append((step, lr))
+        step += 1
+        checkpoint_due = path is not None and (
+            step % (config.checkpoint_interval or config.eval_interval) == 0 or step == config.max_steps
+        )
+        eval_due = bool(eval_batches) and (step % config.eval_interval == 0 or step == config.max_steps)
+        if step % config.log_interval == 0 or checkpoint_due or eval_due or step == config.max_steps:
+            losses = torch.stack(pending).tolist()  # one device sync per log interval
+            for (s, rate), value in zip(pending_steps, losses):
+                if not math.isfinite(value):
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"the training loss became {value} at step {s} (learning rate {rate:.3g}). "
+                        "Lower the learning rate, raise the warm-up or check the data; "
+                        + (f"the last good checkpoint is {path}." if path and path.exists() else "no checkpoint was written.")
+                    )
+                history.steps.append(s)
+                history.train_loss.append(value)
+                history.lr.append(rate)
+            now = time.perf_counter()
+            train_seconds += now - tick
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{len(losses) * history.tokens_per_step / (now - tick):,.0f}")
+            pending, pending_steps = [], []
+            if eval_due:
+                evaluate()
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items()))
+            if checkpoint_due:
+                history.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save()
+            tick = time.perf_counter()
+    bar.close()
+    history.seconds += time.perf_counter() - started
+    if step > first_step:
+        history.tokens_per_second = history.tokens_per_step * (step - first_step) / train_seconds
+    return history

@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests never reach the internet: data comes from LMBOOK_DATA or ../shared/data."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+if "LMBOOK_DATA" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").exists():
+    os.environ["LMBOOK_DATA"] = str(SHARED_DATA)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.addinivalue_line("markers", "book: executes the notebooks and builds the book")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+    # the book is built last, from the notebooks executed before it
+    items.sort(key=lambda item: "book" in item.keywords)
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    from lmbook.data import load_shakespeare
+
+    return load_shakespeare()

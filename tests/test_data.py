@@ -1,0 +1,98 @@
+"""lmbook.data: the verified, cached corpus and the batches drawn from it."""
+
+import hashlib
+
+import pytest
+import torch
+
+from lmbook.data import (
+    TINY_SHAKESPEARE,
+    ChecksumError,
+    DataUnavailableError,
+    RandomBatches,
+    RemoteFile,
+    fetch,
+    load_shakespeare,
+    train_val_split,
+)
+
+
+def test_shakespeare_is_the_published_file(shakespeare):
+    assert len(shakespeare) == 1_115_394
+    assert shakespeare.startswith("First Citizen:")
+    assert len(set(shakespeare)) == 65
+
+
+def remote_for(path, content: bytes) -> RemoteFile:
+    return RemoteFile("corpus.txt", path.as_uri(), hashlib.sha256(content).hexdigest())
+
+
+def test_download_verifies_and_caches(tmp_path):
+    source = tmp_path / "published.txt"
+    source.write_bytes(b"to be or not to be")
+    remote = remote_for(source, b"to be or not to be")
+    cache = tmp_path / "cache"
+    path = fetch(remote, cache)
+    assert path.read_bytes() == b"to be or not to be"
+    source.unlink()  # a second call must not need the network
+    assert fetch(remote, cache) == path
+
+
+def test_checksum_mismatch_keeps_no_file(tmp_path):
+    source = tmp_path / "published.txt"
+    source.write_bytes(b"tampered")
+    remote = RemoteFile("corpus.txt", source.as_uri(), "0" * 64)
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumError, match="was not kept"):
+        fetch(remote, cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_damaged_cached_file_is_reported(tmp_path):
+    (tmp_path / TINY_SHAKESPEARE.filename).write_text("not shakespeare")
+    with pytest.raises(ChecksumError, match="delete it"):
+        load_shakespeare(tmp_path)
+
+
+def test_offline_and_absent_says_what_to_do(tmp_path, monkeypatch):
+    unreachable = RemoteFile("corpus.txt", "http://127.0.0.1:9/corpus.txt", "0" * 64)
+    with pytest.raises(DataUnavailableError) as err:
+        fetch(unreachable, tmp_path, timeout=5)
+    message = str(err.value)
+    assert "curl -L -o" in message and "LMBOOK_DATA" in message and str(tmp_path) in message
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMBOOK_DATA", str(tmp_path))
+    source = tmp_path / "elsewhere.txt"
+    source.write_bytes(b"x")
+    path = fetch(RemoteFile("c.txt", source.as_uri(), hashlib.sha256(b"x").hexdigest()))
+    assert path.parent == tmp_path
+
+
+def test_split_keeps_order_and_sizes():
+    data = torch.arange(100)
+    train, val = train_val_split(data, 0.1)
+    assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
+    with pytest.raises(ValueError):
+        train_val_split(data, 1.0)
+
+
+def test_batches_are_shifted_windows_and_reproducible():
+    data = torch.arange(1000)
+    a, b = RandomBatches(data, 8, 4, seed=5), RandomBatches(data, 8, 4, seed=5)
+    x, y = a()
+    assert x.shape == y.shape == (4, 8)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(b()[0], x)
+    state = a.state_dict()
+    nxt = a()[0]
+    a.load_state_dict(state)
+    assert torch.equal(a()[0], nxt)
+
+
+def test_too_little_data_is_refused():
+    with pytest.raises(ValueError, match="too few"):
+        RandomBatches(torch.arange(5), block_size=8, batch_size=2)

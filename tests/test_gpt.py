@@ -1,0 +1,127 @@
+"""The GPT of lmbook.gpt: shapes, causality, initial loss, learning, and the KV cache."""
+
+import math
+
+import pytest
+import torch
+
+from lmbook.gpt import GPT, GPTConfig, PRESETS
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny", **overrides))
+
+
+def test_presets_have_the_documented_shapes():
+    char = GPTConfig.preset("shakespeare-char")
+    assert (char.n_layer, char.n_head, char.n_embd, char.block_size) == (6, 6, 384, 256)
+    gpt2 = GPT(GPTConfig.preset("gpt2"))
+    # GPT-2 small: 124,439,808 parameters including the 1024 x 768 position table
+    assert gpt2.num_params(exclude_positions=False) == 124_439_808
+    assert set(PRESETS) >= {"tiny", "shakespeare-char", "gpt2"}
+
+
+def test_unknown_preset_and_bad_heads_are_refused():
+    with pytest.raises(KeyError, match="tiny"):
+        GPTConfig.preset("nope")
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=10, n_head=3)
+
+
+def test_shapes_and_loss():
+    model = tiny()
+    idx = torch.randint(0, 65, (3, 17))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 17, 65) and loss is None
+    logits, loss = model(idx, idx)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_loss_is_the_mean_cross_entropy_and_ignores_minus_one():
+    model = tiny()
+    idx, targets = torch.randint(0, 65, (2, 9)), torch.randint(0, 65, (2, 9))
+    targets[0, :4] = -1
+    logits, loss = model(idx, targets)
+    logp = torch.log_softmax(logits, -1)
+    keep = targets != -1
+    expected = -logp[keep].gather(-1, targets[keep][:, None]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_future_tokens_do_not_change_earlier_logits():
+    model = tiny().eval()
+    idx = torch.randint(0, 65, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 7) % 65
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_initial_loss_is_close_to_log_vocab():
+    model = tiny()
+    idx, targets = torch.randint(0, 65, (8, 32)), torch.randint(0, 65, (8, 32))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_weights_are_tied_and_counted_once():
+    model = tiny()
+    assert model.lm_head.weight is model.wte.weight
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
+    assert model.num_params(exclude_positions=False) == sum(unique.values())
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    model = GPT(GPTConfig.preset("tiny", n_layer=8, n_embd=256, n_head=4))
+    assert abs(model.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    assert abs(model.h[0].mlp.c_proj.weight.std().item() - 0.02 / math.sqrt(16)) < 0.001
+
+
+def test_tiny_model_overfits_one_batch():
+    model = tiny(dropout=0.0)
+    idx = torch.randint(0, 65, (4, 32), generator=torch.Generator().manual_seed(1))
+    x, y = idx[:, :-1], idx[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_prompt_longer_than_the_context_is_refused_with_advice():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"context of 32.*idx\[:, -32:\]"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunks", [[20], [7, 5, 1, 1, 1], [1] * 12, [10, 10, 12]])
+def test_kv_cache_gives_the_logits_of_full_forward_passes(chunks):
+    model = tiny().eval()
+    idx = torch.randint(0, 65, (3, sum(chunks)))
+    full, _ = model(idx)
+    cache, pieces, start = model.make_cache(), [], 0
+    for n in chunks:
+        logits, _ = model(idx[:, start : start + n], cache=cache)
+        pieces.append(logits)
+        start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == sum(chunks)
+
+
+def test_kv_cache_refuses_to_overflow():
+    model = tiny().eval()
+    cache = model.make_cache()
+    model(torch.zeros(1, 30, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="new cache"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+
+
+def test_flops_per_token_formula():
+    model = tiny()
+    c = model.config
+    assert model.flops_per_token(16) == 6 * model.num_params() + 12 * c.n_layer * 16 * c.n_embd
