@@ -1,0 +1,181 @@
+"""Converting between our :class:`~lmbook.gpt.GPT` and Hugging Face's ``GPT2LMHeadModel``.
+
+Chapter 4 loads the released GPT-2 weights into our own code with :func:`load_gpt2`
+and checks that both implementations give the same logits; chapter 5 uses
+:func:`to_hf` to check that our decoding matches ``transformers``' ``generate``.
+
+Our layers carry GPT-2's names, so the mapping is one to one. The only twist:
+GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out),
+while ``nn.Linear`` keeps (out, in), so those weights are transposed.
+
+``transformers`` takes a couple of seconds to import, so it is imported inside
+the functions that need it and ``import lmbook.hf`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+from lmbook.gpt import GPT, GPTConfig
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+# The activations that compute GELU's tanh approximation, as our MLP does.
+SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def _name_pairs(n_layer: int) -> list[tuple[str, str, bool]]:
+    """(our name, GPT-2's name, transposed?) for every parameter; lm_head is left out as it is tied to wte."""
+    pairs = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False)]
+    for i in range(n_layer):
+        for ln in ("ln_1", "ln_2"):
+            for kind in ("weight", "bias"):
+                pairs.append((f"h.{i}.{ln}.{kind}", f"transformer.h.{i}.{ln}.{kind}", False))
+        for linear in LINEARS:
+            pairs.append((f"h.{i}.{linear}.weight", f"transformer.h.{i}.{linear}.weight", True))
+            pairs.append((f"h.{i}.{linear}.bias", f"transformer.h.{i}.{linear}.bias", False))
+    pairs += [("ln_f.weight", "transformer.ln_f.weight", False), ("ln_f.bias", "transformer.ln_f.bias", False)]
+    return pairs
+
+
+def to_hf_config(config: GPTConfig) -> GPT2Config:
+    """The ``GPT2Config`` that computes exactly what a ``GPT`` with ``config`` computes."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=None,  # GPT-2's default: 4 * n_embd, as in our MLP
+        activation_function="gelu_new",  # GELU's tanh approximation
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.layer_norm_eps,
+        scale_attn_weights=True,  # scores divided by sqrt(head size)
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        add_cross_attention=False,
+        tie_word_embeddings=True,
+        # GPT-2 uses its last token, <|endoftext|> (50256), for both; small vocabularies get their last id too.
+        bos_token_id=config.vocab_size - 1,
+        eos_token_id=config.vocab_size - 1,
+    )
+
+
+def to_hf(model: GPT) -> GPT2LMHeadModel:
+    """A new ``GPT2LMHeadModel`` with a copy of ``model``'s weights, on the same device, dtype and mode.
+
+    GPT-2 always has biases: a model built with ``bias=False`` gets zero biases, which computes the same.
+    """
+    from transformers import GPT2LMHeadModel
+
+    weight = model.wte.weight
+    hf_model = GPT2LMHeadModel(to_hf_config(model.config)).to(device=weight.device, dtype=weight.dtype)
+    ours, theirs = dict(model.named_parameters()), dict(hf_model.named_parameters())
+    with torch.no_grad():
+        for our_name, hf_name, transposed in _name_pairs(model.config.n_layer):
+            if our_name not in ours:  # a bias that a bias=False model does not have
+                theirs[hf_name].zero_()
+                continue
+            source = ours[our_name]
+            theirs[hf_name].copy_(source.t() if transposed else source)
+    hf_model.train(model.training)
+    return hf_model
+
+
+def _unsupported(hf_model: GPT2LMHeadModel) -> list[str]:
+    """What in ``hf_model`` our ``GPT`` cannot compute; empty when the conversion is exact."""
+    c = hf_model.config
+    problems = []
+    if c.model_type != "gpt2":
+        problems.append(f"model_type={c.model_type!r} (only 'gpt2' is supported)")
+    if c.activation_function not in SUPPORTED_ACTIVATIONS:
+        problems.append(f"activation_function={c.activation_function!r} (ours is GELU's tanh approximation: "
+                        f"one of {SUPPORTED_ACTIVATIONS})")
+    if c.n_inner not in (None, 4 * c.n_embd):
+        problems.append(f"n_inner={c.n_inner} (our MLP is 4 * n_embd = {4 * c.n_embd} wide)")
+    if not c.scale_attn_weights:
+        problems.append("scale_attn_weights=False (we always divide scores by sqrt(head size))")
+    if c.scale_attn_by_inverse_layer_idx:
+        problems.append("scale_attn_by_inverse_layer_idx=True")
+    if c.reorder_and_upcast_attn:
+        problems.append("reorder_and_upcast_attn=True")
+    if c.add_cross_attention:
+        problems.append("add_cross_attention=True (ours is a decoder without cross-attention)")
+    head, embedding = hf_model.lm_head.weight, hf_model.transformer.wte.weight
+    if not c.tie_word_embeddings or (head is not embedding and not torch.equal(head, embedding)):
+        problems.append("untied input and output embeddings (ours shares one matrix)")
+    if not c.resid_pdrop == c.embd_pdrop == c.attn_pdrop:
+        problems.append(f"different dropouts resid_pdrop={c.resid_pdrop}, embd_pdrop={c.embd_pdrop}, "
+                        f"attn_pdrop={c.attn_pdrop} (ours has one rate for all three)")
+    return problems
+
+
+def from_hf(hf_model: GPT2LMHeadModel) -> GPT:
+    """A new ``GPT`` with a copy of ``hf_model``'s weights, on the same device, dtype and mode.
+
+    Raises ``ValueError`` if the Hugging Face model computes something our ``GPT`` cannot.
+    """
+    problems = _unsupported(hf_model)
+    if problems:
+        raise ValueError("cannot convert this GPT2LMHeadModel to lmbook's GPT: " + "; ".join(problems))
+    c = hf_model.config
+    config = GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        dropout=c.resid_pdrop,
+        bias=True,  # GPT-2's layers always have biases
+        layer_norm_eps=c.layer_norm_epsilon,
+    )
+    weight = hf_model.transformer.wte.weight
+    model = GPT(config).to(device=weight.device, dtype=weight.dtype)
+    ours, theirs = dict(model.named_parameters()), dict(hf_model.named_parameters())
+    with torch.no_grad():
+        for our_name, hf_name, transposed in _name_pairs(config.n_layer):
+            source = theirs[hf_name]
+            ours[our_name].copy_(source.t() if transposed else source)
+    model.train(hf_model.training)
+    return model
+
+
+def load_gpt2(name_or_path: str = "gpt2") -> GPT:
+    """GPT-2 as our ``GPT``: from the Hugging Face Hub (``"gpt2"``, ``"gpt2-medium"``, ...) or a local directory.
+
+    The directory is one written by ``GPT2LMHeadModel.save_pretrained`` (or ``to_hf(model).save_pretrained``).
+    """
+    from huggingface_hub import is_offline_mode
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from transformers import GPT2LMHeadModel
+
+    name_or_path = os.path.expanduser(name_or_path)
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
+    except OSError as err:
+        # transformers turns every failure into an OSError; its cause tells them apart.
+        if isinstance(err.__cause__, HFValidationError) and not os.path.isdir(name_or_path):
+            raise FileNotFoundError(
+                f"cannot load {name_or_path!r}: there is no directory at that path, and it is not a model id "
+                "on the Hugging Face Hub either (like 'gpt2'). Pass the path of a directory written by "
+                "save_pretrained, or a Hub model id."
+            ) from err
+        if isinstance(err.__cause__, LocalEntryNotFoundError):
+            why = ("offline mode is on (HF_HUB_OFFLINE=1)" if is_offline_mode()
+                   else "the Hugging Face Hub could not be reached")
+            raise OSError(
+                f"cannot load {name_or_path!r}: {why} and its files are not in the local cache. Connect to the "
+                "internet (and unset HF_HUB_OFFLINE) to download them once, or pass the path of a directory "
+                "written by GPT2LMHeadModel.save_pretrained."
+            ) from err
+        raise
+    return from_hf(hf_model)
