@@ -145,18 +145,15 @@ class RandomBatches:
                 f"{len(data)} tokens are too few for windows of {block_size} + 1 tokens: "
                 "use more data or a smaller block_size."
             )
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self._offsets = torch.arange(block_size + 1)  # (T+1,)
+        self.data = data.to(self.device)  # a corpus of this book's size fits on any GPU
+        self.block_size, self.batch_size = block_size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: same draws on every device
+        self._offsets = torch.arange(block_size + 1, device=self.device)  # (T+1,)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
-        windows = self.data[starts[:, None] + self._offsets]  # (B, T+1)
-        if self.device.type == "cuda":
-            windows = windows.pin_memory().to(self.device, non_blocking=True)
-        else:
-            windows = windows.to(self.device)
+        windows = self.data[starts.to(self.device)[:, None] + self._offsets]  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
 
     def state_dict(self) -> dict:

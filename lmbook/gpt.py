@@ -205,7 +205,7 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)  # (T,) positions, never token ids
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer)  # (B, T, C)
+            x = block(x) if cache is None else block(x, cache, layer)  # (B, T, C); identical calls compile once
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         if cache is not None:
             cache.advance(T)

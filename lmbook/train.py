@@ -45,7 +45,7 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10  # how often losses are brought back from the device
     precision: str = "auto"  # "auto" (bf16 where supported), "bf16" or "fp32"
-    compile: bool = False
+    compile: bool | str = False  # True or "model": the whole model; "blocks": each block (compiles faster)
     checkpoint_path: str | None = None
     checkpoint_interval: int | None = None  # default: at every evaluation
     seed: int = 1337
@@ -57,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', not {self.schedule!r}.")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {self.precision!r}.")
+        if self.compile not in (False, True, "model", "blocks"):
+            raise ValueError(f"compile must be False, True, 'model' or 'blocks', not {self.compile!r}.")
         if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
         self.betas = tuple(self.betas)
@@ -177,6 +179,23 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ) from err
 
 
+def compiled(model: nn.Module, how: bool | str) -> nn.Module:
+    """``model`` to call in training: itself, ``torch.compile(model)``, or with each block compiled.
+
+    ``"blocks"`` compiles the repeated blocks one by one (``model.h`` or ``model.blocks``); they share
+    their generated kernels, so compiling takes a fraction of the whole-model time.
+    """
+    if how in (True, "model"):
+        return torch.compile(model)
+    if how == "blocks":
+        blocks = getattr(model, "h", None) or getattr(model, "blocks", None)
+        if blocks is None:
+            raise ValueError(f"compile='blocks' needs a model with .h or .blocks; {type(model).__name__} has neither.")
+        for block in blocks:
+            block.compile()
+    return model
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -221,14 +240,15 @@ def train(
         eval_states = state.get("eval_batches", eval_states)
     else:
         torch.manual_seed(config.seed)  # dropout masks
-    forward = torch.compile(model) if config.compile else model
+    forward = compiled(model, config.compile)
     model.train()
 
     def evaluate() -> None:
         for name, batches in eval_batches.items():
             if name in eval_states:
                 batches.load_state_dict(eval_states[name])
-            loss = estimate_loss(forward, batches, config.eval_iters, config.precision)
+            with torch.compiler.set_stance("force_eager"):  # no recompiling for eval mode or new shapes
+                loss = estimate_loss(forward, batches, config.eval_iters, config.precision)
             history.eval_loss.setdefault(name, []).append(loss)
         history.eval_steps.append(step)
         history.eval_seconds.append(history.seconds + time.perf_counter() - started)
