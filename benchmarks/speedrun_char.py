@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--beta2", type=float, default=0.99)
     parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", default="none", choices=["none", "model", "blocks"])
     parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--eval-iters", type=int, default=10, help="batches per evaluation during training")
     parser.add_argument("--final-batches", type=int, default=200, help="batches of 64 x 256 in the final evaluation")
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
         eval_interval=args.eval_interval,
         eval_iters=args.eval_iters,
         log_interval=50,
-        compile=args.compile,
+        compile=False if args.compile == "none" else args.compile,
         progress=args.progress,
         seed=args.seed,
     )
