@@ -1,0 +1,196 @@
+"""The book: its notebooks are clean, each one executes, and the book builds with warnings as errors.
+
+Notebooks are committed without outputs. The tests marked ``book`` execute each
+notebook of ``_toc.yml`` once (``LMBOOK_SIZE=fast`` unless the variable is set) into a
+mirror of the book under ``_build/exec/``, then build the HTML from that mirror into
+``_build/html/``. The source tree is never written to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+BUILD = ROOT / "_build"
+EXEC = BUILD / "exec"  # the executed mirror the book is built from
+HTML = BUILD / "html"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+CELL_TIMEOUT = CONFIG["execute"]["timeout"]
+
+# The first code cell of every notebook: in Colab it installs the package (torch is
+# already there and must not be reinstalled); everywhere it prints versions and device.
+SETUP_CELL = """\
+import sys
+if "google.colab" in sys.modules:  # Colab has torch already; add the book's package
+    %pip install -q "lmbook @ git+https://github.com/lmbook/lmbook"
+from lmbook.runtime import show_environment
+show_environment()"""
+
+
+def toc_entries(node=TOC) -> list[str]:
+    """Every page named in ``_toc.yml`` (root, chapters, sections, parts), in order, without suffix."""
+    found = []
+    if isinstance(node, dict):
+        for key in ("root", "file"):
+            if key in node:
+                found.append(str(node[key]))
+        for value in node.values():
+            if isinstance(value, (list, dict)):
+                found += toc_entries(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += toc_entries(item)
+    return found
+
+
+def page_path(entry: str) -> Path | None:
+    """The file a toc entry stands for (``.ipynb`` or ``.md``), or ``None`` if there is none."""
+    path = ROOT / entry
+    for candidate in (path, path.with_suffix(".ipynb"), path.with_suffix(".md")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+NOTEBOOKS = [p.relative_to(ROOT) for e in toc_entries() if (p := page_path(e)) and p.suffix == ".ipynb"]
+BOOK_NOTEBOOKS = sorted(p for p in BOOK.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def notebook_id(path: Path) -> str:
+    return path.relative_to("book").with_suffix("").as_posix() if path.parts[0] == "book" else path.as_posix()
+
+
+# --- Cheap checks: they run with the unit tests ------------------------------------
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=lambda p: notebook_id(p.relative_to(ROOT)))
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty and "widgets" not in nb.metadata, (
+        f"{path.relative_to(ROOT)}: cells {dirty} hold outputs or execution counts, or widget state is stored. "
+        "Notebooks are committed stripped (the tests execute them): clear all outputs before committing."
+    )
+
+
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=lambda p: notebook_id(p.relative_to(ROOT)))
+def test_notebook_starts_with_the_setup_cell(path):
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert cells, f"{path.relative_to(ROOT)} has no code cell"
+    assert cells[0].source.strip() == SETUP_CELL, (
+        f"the first code cell of {path.relative_to(ROOT)} must be the standard setup cell "
+        f"(tests/test_book.py, SETUP_CELL):\n{SETUP_CELL}"
+    )
+
+
+def test_toc_and_book_folder_agree():
+    entries = toc_entries()
+    assert entries, "_toc.yml names no page"
+    assert len(entries) == len(set(entries)), f"a page is listed twice in _toc.yml: {entries}"
+    missing = [e for e in entries if page_path(e) is None]
+    assert not missing, f"_toc.yml names pages that do not exist: {missing}"
+    listed = {page_path(e) for e in entries}
+    orphans = [str(p.relative_to(ROOT)) for p in BOOK_NOTEBOOKS if p not in listed]
+    assert not orphans, f"notebooks not in _toc.yml (add them, or they are neither built nor tested): {orphans}"
+
+
+def test_config_turns_execution_off():
+    value = CONFIG["execute"]["execute_notebooks"]
+    assert value == "off", (
+        f"_config.yml: execute.execute_notebooks is {value!r}; it must be the string \"off\" (quoted: "
+        "a bare off is YAML's false): the tests execute the notebooks, the build only renders them."
+    )
+
+
+# --- The book: execute every notebook, then build ----------------------------------
+@pytest.fixture(scope="session")
+def exec_tree() -> Path:
+    """A fresh mirror of the book's sources in ``_build/exec``, without notebooks until they run.
+
+    It holds ``_config.yml``, ``_toc.yml``, every other file under ``book/`` and the
+    package's sources (for ``literalinclude``); each notebook is added once executed.
+    """
+    if EXEC.exists():
+        shutil.rmtree(EXEC)
+    ignore = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__")
+    shutil.copytree(BOOK, EXEC / "book", ignore=ignore)
+    shutil.copytree(ROOT / "lmbook", EXEC / "lmbook", ignore=ignore)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, EXEC / name)
+    return EXEC
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=notebook_id)
+def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    size = os.environ.get("LMBOOK_SIZE") or "fast"
+    monkeypatch.setenv("LMBOOK_SIZE", size)
+    # the kernel imports this checkout's lmbook, installed or not
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    target = exec_tree / notebook
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(ROOT / notebook, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(target.parent)}},  # runs in the mirror: writes stay in _build
+        store_widget_state=True,
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{err}", pytrace=False)
+    seconds = time.perf_counter() - start
+    record_property("seconds", round(seconds, 1))
+    print(f"\n{notebook}: executed in {seconds:.1f} s (LMBOOK_SIZE={size})")
+    nbformat.write(nb, target)
+
+
+@pytest.mark.book
+def test_book_builds(exec_tree):
+    missing = [str(nb) for nb in NOTEBOOKS if not (exec_tree / nb).exists()]
+    if missing:
+        pytest.fail(
+            f"no executed copy of {', '.join(missing)}: its execution test failed or did not run. The book is "
+            "built only from executed notebooks: run all of them with the build (python -m pytest -m book).",
+            pytrace=False,
+        )
+    jupyter_book = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
+    assert jupyter_book, "jupyter-book is not installed: python -m pip install -r requirements.txt"
+    command = [jupyter_book, "build", str(exec_tree), "--path-output", str(ROOT), "--all", "-n", "-W", "--keep-going"]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    print(f"\nbook built in {time.perf_counter() - start:.1f} s")
+    log = (done.stdout + done.stderr).splitlines()
+    warnings = [line for line in log if "WARNING" in line or "ERROR" in line]
+    if done.returncode != 0:
+        pytest.fail(
+            f"jupyter-book build failed (exit {done.returncode}); warnings count as errors.\n"
+            + ("Warnings and errors:\n" + "\n".join(warnings) + "\n" if warnings else "")
+            + "End of the build log:\n"
+            + "\n".join(log[-40:]),
+            pytrace=False,
+        )
+    assert (HTML / "index.html").is_file(), f"the build succeeded but wrote no {HTML / 'index.html'}"
+
+    # each notebook page has an "Open in Colab" button that opens that notebook on the main branch
+    repository = CONFIG["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+    colab = CONFIG["launch_buttons"]["colab_url"].rstrip("/")
+    for nb in NOTEBOOKS:
+        page = (HTML / nb).with_suffix(".html").read_text(encoding="utf-8")
+        link = f"{colab}/github/{repository}/blob/{CONFIG['repository']['branch']}/{nb.as_posix()}"
+        assert link in page, f"{nb.with_suffix('.html')} has no launch button to {link}"
