@@ -133,7 +133,8 @@ class RandomBatches:
 
     Calling the object returns the next ``(x, y)`` on ``device``. It owns a seeded
     generator; ``state_dict()``/``load_state_dict()`` let a resumed run draw the
-    same batches an uninterrupted run would have drawn.
+    same batches an uninterrupted run would have drawn. Under ``torchrun`` the seed
+    is offset by the process's rank, so processes train on different windows.
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu", seed: int = 0):
@@ -148,6 +149,8 @@ class RandomBatches:
         self.device = torch.device(device)
         self.data = data.to(self.device)  # a corpus of this book's size fits on any GPU
         self.block_size, self.batch_size = block_size, batch_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            seed += 1_000_003 * torch.distributed.get_rank()  # under torchrun each process draws its own windows
         self.generator = torch.Generator().manual_seed(seed)  # on the CPU: same draws on every device
         self._offsets = torch.arange(block_size + 1, device=self.device)  # (T+1,)
 

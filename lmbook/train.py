@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .runtime import autocast_dtype
@@ -209,6 +211,26 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``(0, 1)`` outside ``torchrun``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    if world()[1] > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world()[1]
+    return values
+
+
+def _local_state(train_batches: Batches) -> dict:
+    """What differs between processes and must come back on resume: random generators and batches."""
+    batches = train_batches.state_dict() if hasattr(train_batches, "state_dict") else None
+    return {"rng": _rng_state(), "batches": batches}
+
+
 def train(
     model: nn.Module,
     train_batches: Batches,
@@ -222,8 +244,13 @@ def train(
     from the same state, so every point of a curve is measured on the same batches.
     With ``resume=True`` and an existing ``config.checkpoint_path`` the run continues
     exactly where the checkpoint left it (the schedule is a function of the step).
+
+    Under ``torchrun`` (a process group initialised) the model is wrapped in
+    ``DistributedDataParallel``: each process draws its own batches, gradients and
+    reported losses are averaged over processes, and process 0 writes checkpoints.
     """
     device = next(model.parameters()).device
+    rank, n_proc = world()
     eval_batches = eval_batches or {}
     eval_states = {k: b.state_dict() for k, b in eval_batches.items() if hasattr(b, "state_dict")}
     optimizer = make_optimizer(model, config, device)
@@ -233,14 +260,17 @@ def train(
         state = load_checkpoint(path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        local = state["processes"][rank]
         if hasattr(train_batches, "load_state_dict"):
-            train_batches.load_state_dict(state["batches"])
-        _set_rng_state(state["rng"])
+            train_batches.load_state_dict(local["batches"])
+        _set_rng_state(local["rng"])
         history, step = History.from_dict(state["history"]), state["step"]
-        eval_states = state.get("eval_batches", eval_states)
+        eval_states = state["eval_batches"]
     else:
-        torch.manual_seed(config.seed)  # dropout masks
+        torch.manual_seed(config.seed + rank)  # dropout masks, different in each process
     forward = compiled(model, config.compile)
+    if n_proc > 1:
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
 
     def evaluate() -> None:
@@ -248,68 +278,80 @@ def train(
             if name in eval_states:
                 batches.load_state_dict(eval_states[name])
             with torch.compiler.set_stance("force_eager"):  # no recompiling for eval mode or new shapes
-                loss = estimate_loss(forward, batches, config.eval_iters, config.precision)
+                loss = estimate_loss(model, batches, config.eval_iters, config.precision)
+            loss = _mean_over_processes(torch.tensor(loss, device=device)).item()
             history.eval_loss.setdefault(name, []).append(loss)
         history.eval_steps.append(step)
         history.eval_seconds.append(history.seconds + time.perf_counter() - started)
 
     def save() -> None:
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "history": history.to_dict(),
-                "batches": train_batches.state_dict() if hasattr(train_batches, "state_dict") else None,
-                "eval_batches": eval_states,
-                "rng": _rng_state(),
-                "config": asdict(config),
-            },
-            path,
-        )
+        processes = [_local_state(train_batches)]
+        if n_proc > 1:
+            processes = [None] * n_proc
+            dist.all_gather_object(processes, _local_state(train_batches))
+        if rank == 0:
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "history": history.to_dict(),
+                    "eval_batches": eval_states,
+                    "processes": processes,
+                    "config": asdict(config),
+                },
+                path,
+            )
+        if n_proc > 1:
+            dist.barrier()  # no process runs ahead of a checkpoint being written
+
+    def record(pending: list[torch.Tensor], steps: list[tuple[int, float]]) -> list[float]:
+        losses = _mean_over_processes(torch.stack(pending)).tolist()  # one device sync per log interval
+        for (s, rate), value in zip(steps, losses):
+            if not math.isfinite(value):
+                bar.close()
+                where = f"the last good checkpoint is {path}." if path and path.exists() else "no checkpoint was written."
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at step {s} (learning rate {rate:.3g}). "
+                    f"Lower the learning rate, raise the warm-up or check the data; {where}"
+                )
+            history.steps.append(s)
+            history.train_loss.append(value)
+            history.lr.append(rate)
+        return losses
 
     started = time.perf_counter()
-    train_seconds, pending, pending_steps = 0.0, [], []
     if step == 0 and eval_batches:
         evaluate()
-    bar = tqdm(total=config.max_steps, initial=step, desc=config.desc, disable=not config.progress)
-    first_step, tick = step, time.perf_counter()
+    bar = tqdm(total=config.max_steps, initial=step, desc=config.desc, disable=not config.progress or rank != 0)
+    first_step, tick, train_seconds, pending, pending_steps = step, time.perf_counter(), 0.0, [], []
     while step < config.max_steps:
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
-        for _ in range(config.grad_accum):
+        for micro in range(config.grad_accum):
             x, y = train_batches()
-            with autocast(device, config.precision):
-                _, loss = forward(x, y)
-            (loss / config.grad_accum).backward()
+            last = micro == config.grad_accum - 1
+            sync = contextlib.nullcontext() if last or n_proc == 1 else forward.no_sync()  # all-reduce once
+            with sync:
+                with autocast(device, config.precision):
+                    _, loss = forward(x, y)
+                (loss / config.grad_accum).backward()
             step_loss += loss.detach().float()
         if config.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        history.tokens_per_step = x.numel() * config.grad_accum
+        history.tokens_per_step = x.numel() * config.grad_accum * n_proc
         pending.append(step_loss / config.grad_accum)
         pending_steps.append((step, lr))
         step += 1
-        checkpoint_due = path is not None and (
-            step % (config.checkpoint_interval or config.eval_interval) == 0 or step == config.max_steps
-        )
-        eval_due = bool(eval_batches) and (step % config.eval_interval == 0 or step == config.max_steps)
-        if step % config.log_interval == 0 or checkpoint_due or eval_due or step == config.max_steps:
-            losses = torch.stack(pending).tolist()  # one device sync per log interval
-            for (s, rate), value in zip(pending_steps, losses):
-                if not math.isfinite(value):
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"the training loss became {value} at step {s} (learning rate {rate:.3g}). "
-                        "Lower the learning rate, raise the warm-up or check the data; "
-                        + (f"the last good checkpoint is {path}." if path and path.exists() else "no checkpoint was written.")
-                    )
-                history.steps.append(s)
-                history.train_loss.append(value)
-                history.lr.append(rate)
+        last_step = step == config.max_steps
+        checkpoint_due = path is not None and (step % (config.checkpoint_interval or config.eval_interval) == 0 or last_step)
+        eval_due = bool(eval_batches) and (step % config.eval_interval == 0 or last_step)
+        if step % config.log_interval == 0 or checkpoint_due or eval_due or last_step:
+            losses = record(pending, pending_steps)
             now = time.perf_counter()
             train_seconds += now - tick
             bar.update(len(losses))
@@ -317,7 +359,8 @@ def train(
             pending, pending_steps = [], []
             if eval_due:
                 evaluate()
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items()))
+                if rank == 0:
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items()))
             if checkpoint_due:
                 history.seconds += time.perf_counter() - started
                 started = time.perf_counter()
