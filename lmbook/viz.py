@@ -52,3 +52,16 @@ def compare_histories(histories: Mapping[str, History], split: str = "val", x: s
         plot_history(history, ax=ax, label=name, splits=(split,), x=x, train=False)
     ax.set_title(f"{split} loss")
     return ax
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Hand a number computed in a chapter to its prose (myst-nb's ``glue``); a no-op outside the book build.
+
+    In the rendered book, ``{glue:text}`name:.2f``` in Markdown shows the value; in Colab or
+    plain Jupyter, where myst-nb is absent, the value is simply not glued.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=display)
