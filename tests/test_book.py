@@ -9,6 +9,7 @@ mirror of the book under ``_build/exec/``, then build the HTML from that mirror 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ HTML = BUILD / "html"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 CELL_TIMEOUT = CONFIG["execute"]["timeout"]
+ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 # The first code cell of every notebook: in Colab it installs the package (torch is
 # already there and must not be reinstalled); everywhere it prints versions and device.
@@ -152,8 +154,11 @@ def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
     start = time.perf_counter()
     try:
         client.execute()
+        error = None
     except CellExecutionError as err:
-        pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{err}", pytrace=False)
+        error = ANSI_COLOURS.sub("", str(err))  # the failing cell and its traceback, readable in any log
+    if error:
+        pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{error}", pytrace=False)
     seconds = time.perf_counter() - start
     record_property("seconds", round(seconds, 1))
     print(f"\n{notebook}: executed in {seconds:.1f} s (LMBOOK_SIZE={size})")
