@@ -2,7 +2,8 @@
 
 Each module holds one concept and names the chapters that use it:
 ``runtime`` (device, size, seeds), ``data`` (corpus, batches), ``tokenizers``,
-``gpt``, ``train`` (the one training loop), ``generate``, ``hf`` (transformers).
+``ngram`` and ``metrics`` (chapter 1), ``gpt``, ``train`` (the one training loop),
+``generate``, ``hf`` (transformers), ``viz`` (plots), ``reference`` (full-size runs).
 """
 
 __version__ = "0.1.0"
