@@ -164,3 +164,50 @@ class RandomBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class SequentialBatches:
+    """Consecutive blocks of ``batch_size`` parallel streams, for models that carry a state (chapter 2).
+
+    The data is cut into ``batch_size`` equal streams, side by side; call ``i`` returns
+    block ``i`` of every stream: ``x[b]`` is tokens ``i*T .. i*T+T-1`` of stream ``b`` and
+    ``y[b]`` the same shifted by one. Row ``b`` of a batch thus continues row ``b`` of the
+    batch before, so a recurrent model may start each batch from the state the previous
+    one ended in (truncated backpropagation through time). After the last whole block
+    the streams start again from their beginning. ``state_dict()`` holds the block to come.
+    Under ``torchrun`` the data is cut into ``batch_size`` streams per process, each
+    process reading its own.
+    """
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu"):
+        data = torch.as_tensor(data, dtype=torch.long)
+        if data.dim() != 1:
+            raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(data.shape)}.")
+        rank, processes = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, processes = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        streams = batch_size * processes
+        length = (len(data) - 1) // streams  # tokens of input per stream (one more for the last target)
+        if length < block_size:
+            raise ValueError(
+                f"{len(data)} tokens cut into {streams} streams leave {length} per stream, fewer than "
+                f"block_size={block_size}: use more data, fewer streams or a smaller block_size."
+            )
+        self.device = torch.device(device)
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        self.x = data[: streams * length].view(streams, length)[rows].to(self.device)  # (B, L)
+        self.y = data[1 : streams * length + 1].view(streams, length)[rows].to(self.device)  # (B, L)
+        self.block_size, self.batch_size = block_size, batch_size
+        self.blocks = length // block_size  # blocks per pass over the data
+        self.block = 0  # the block the next call returns
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        span = slice(self.block * self.block_size, (self.block + 1) * self.block_size)
+        self.block = (self.block + 1) % self.blocks
+        return self.x[:, span].clone(), self.y[:, span].clone()  # (B, T), (B, T)
+
+    def state_dict(self) -> dict:
+        return {"block": self.block}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.block = int(state["block"])

@@ -65,8 +65,7 @@ def generate(
     window = idx
     for _ in range(max_new_tokens):
         if cache is None:
-            if context is not None:
-                window = idx[:, -context:]
+            window = idx if context is None else idx[:, -context:]  # everything, or the last context tokens
             logits, _ = model(window)
         else:
             if context is not None and cache.pos + window.size(1) > context:

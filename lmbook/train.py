@@ -87,6 +87,7 @@ class History:
     steps: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)  # of the whole gradient, before clipping, per step
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: dict[str, list[float]] = field(default_factory=dict)
     eval_seconds: list[float] = field(default_factory=list)  # training wall time at each evaluation
@@ -306,8 +307,9 @@ def train(
             dist.barrier()  # no process runs ahead of a checkpoint being written
 
     def record(pending: list[torch.Tensor], steps: list[tuple[int, float]]) -> list[float]:
-        losses = _mean_over_processes(torch.stack(pending)).tolist()  # one device sync per log interval
-        for (s, rate), value in zip(steps, losses):
+        values = _mean_over_processes(torch.stack(pending)).tolist()  # one device sync per log interval
+        losses = [loss for loss, _ in values]
+        for (s, rate), (value, norm) in zip(steps, values):
             if not math.isfinite(value):
                 bar.close()
                 where = f"the last good checkpoint is {path}." if path and path.exists() else "no checkpoint was written."
@@ -318,6 +320,7 @@ def train(
             history.steps.append(s)
             history.train_loss.append(value)
             history.lr.append(rate)
+            history.grad_norm.append(norm)
         return losses
 
     started = time.perf_counter()
@@ -339,12 +342,12 @@ def train(
                     _, loss = forward(x, y)
                 (loss / config.grad_accum).backward()
             step_loss += loss.detach().float()
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        # the norm before clipping; without clipping (an infinite threshold) the gradient is left as it is
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         history.tokens_per_step = x.numel() * config.grad_accum * n_proc
-        pending.append(step_loss / config.grad_accum)
+        pending.append(torch.stack([step_loss / config.grad_accum, grad_norm.float()]))
         pending_steps.append((step, lr))
         step += 1
         last_step = step == config.max_steps
