@@ -28,7 +28,9 @@ DIRECTORY = Path(__file__).with_name("references")
 # name -> "module:function"; the function takes no arguments, runs at the full size and
 # returns a dict with any of: "histories" ({label: History}), "results" (numbers, tables),
 # "samples" ({label: text}), "sizes" (the settings that matter).
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "rnn": "lmbook.rnn:reference_run",  # chapter 2: RNN, LSTM and GRU on characters
+}
 
 
 def commit() -> str:

@@ -41,3 +41,12 @@ def test_missing_reference_is_said_not_invented(tmp_path):
 def test_unknown_recipe_lists_the_known_ones():
     with pytest.raises(KeyError, match="no recipe"):
         reference.run("no-such-recipe")
+
+
+def test_every_recipe_names_a_function_that_exists():
+    import importlib
+
+    assert reference.RECIPES, "no recipes registered"
+    for name, target in reference.RECIPES.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
