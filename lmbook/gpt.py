@@ -9,11 +9,13 @@ layer names follow GPT-2 closely enough that :mod:`lmbook.hf` maps them one to o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import Presets
 
 PRESETS: dict[str, dict] = {
     # For unit tests and quick experiments: runs in milliseconds on a CPU.
@@ -26,7 +28,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(Presets):
     """Shape of a GPT. ``GPTConfig.preset(name, **overrides)`` gives the named ones."""
 
     vocab_size: int = 65
@@ -42,17 +44,8 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "GPTConfig":
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes) -> "GPTConfig":
-        return replace(self, **changes)
+GPTConfig.PRESETS = PRESETS
 
 
 class KVCache:

@@ -16,12 +16,13 @@ and :func:`reference_run` is the chapter's full-size experiment.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import Presets
 from .data import RandomBatches, SequentialBatches, load_shakespeare, train_val_split
 from .generate import complete
 from .runtime import get_device
@@ -40,7 +41,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(Presets):
     """Shape of a recurrent language model. ``RNNConfig.preset(name, **overrides)`` gives the named ones."""
 
     vocab_size: int = 65
@@ -56,17 +57,8 @@ class RNNConfig:
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, not {self.cell!r}.")
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "RNNConfig":
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes) -> "RNNConfig":
-        return replace(self, **changes)
+RNNConfig.PRESETS = PRESETS
 
 
 class RNNCell(nn.Module):
