@@ -39,10 +39,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.data import RandomBatches, load_shakespeare, train_val_split  # noqa: E402
+from lmbook.data import RandomBatches, shakespeare_chars  # noqa: E402
 from lmbook.gpt import GPT, GPTConfig  # noqa: E402
 from lmbook.runtime import environment, get_device  # noqa: E402
-from lmbook.tokenizers import CharTokenizer  # noqa: E402
 from lmbook.train import TrainConfig, estimate_loss, train  # noqa: E402
 
 
@@ -74,10 +73,7 @@ def main(argv=None) -> dict:
 
     device = get_device()
     torch.set_float32_matmul_precision("high")
-    text = load_shakespeare()
-    tokenizer = CharTokenizer.train(text)
-    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    train_data, val_data = train_val_split(data, 0.1)
+    tokenizer, train_data, val_data = shakespeare_chars(0.1)
     config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout)
     T = config.block_size
     torch.manual_seed(args.seed)

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -120,12 +121,22 @@ def load_shakespeare(folder: Path | None = None) -> str:
     return load_text(TINY_SHAKESPEARE, folder)
 
 
-def train_val_split(data: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``1 - val_fraction`` of ``data`` for training, the rest for validation (no shuffling)."""
+def train_val_split(data: Sequence, val_fraction: float = 0.1) -> tuple[Sequence, Sequence]:
+    """The first ``1 - val_fraction`` of ``data`` (a tensor of ids or a string) for training, the rest for validation."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}.")
     n = int(len(data) * (1 - val_fraction))
     return data[:n], data[n:]
+
+
+def shakespeare_chars(val_fraction: float = 0.1):
+    """Tiny Shakespeare as character ids: ``(tokenizer, train_data, val_data)`` (chapters 2 and 3)."""
+    from .tokenizers import CharTokenizer
+
+    text = load_shakespeare()
+    tokenizer = CharTokenizer.train(text)
+    train_data, val_data = train_val_split(torch.tensor(tokenizer.encode(text)), val_fraction)
+    return tokenizer, train_data, val_data
 
 
 class RandomBatches:

@@ -23,10 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .data import RandomBatches, SequentialBatches, load_shakespeare, train_val_split
+from .data import RandomBatches, SequentialBatches, shakespeare_chars
 from .generate import complete
 from .runtime import get_device
-from .tokenizers import CharTokenizer
 from .train import History, TrainConfig, train
 
 CELLS = ("rnn", "lstm", "gru")
@@ -314,14 +313,6 @@ RUNS = {
     "fast": CharRun(n_layer=1, n_embd=48, n_hidden=128, dropout=0.0, block_size=64, batch_size=32,
                     max_steps=500, lr=1e-2, min_lr=1e-3, warmup_steps=20, eval_interval=100, eval_iters=10),
 }
-
-
-def shakespeare_chars(val_fraction: float = 0.1):
-    """Tiny Shakespeare as character ids: ``(tokenizer, train_data, val_data)``."""
-    text = load_shakespeare()
-    tokenizer = CharTokenizer.train(text)
-    train_data, val_data = train_val_split(torch.tensor(tokenizer.encode(text)), val_fraction)
-    return tokenizer, train_data, val_data
 
 
 def make_char_model(cell: str, run: CharRun, vocab_size: int, device=None, seed: int = 0) -> RNNLM:
