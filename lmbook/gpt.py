@@ -39,6 +39,7 @@ class GPTConfig(Presets):
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
     layer_norm_eps: float = 1e-5
+    causal: bool = True  # False gives a bidirectional encoder (chapter 4's masked language model)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -86,6 +87,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.causal = config.causal
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
@@ -97,8 +99,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        mask, causal = None, True
+        mask, causal = None, self.causal
         if cache is not None:
+            if not self.causal:
+                raise ValueError("A key/value cache only makes sense for a causal model (GPTConfig(causal=True)).")
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nh, start+T, hs)
             if T == 1:
@@ -187,6 +191,14 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.lm_head(self.features(idx, cache))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, C), after the last LayerNorm: what the LM head (or a task head) reads."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -199,13 +211,9 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
             x = block(x) if cache is None else block(x, cache, layer)  # (B, T, C); identical calls compile once
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         if cache is not None:
             cache.advance(T)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.ln_f(x)  # (B, T, C)
 
     def num_params(self, exclude_positions: bool = True) -> int:
         """Parameters, counting the tied embedding once and (by default) leaving out the position table."""

@@ -47,6 +47,8 @@ def to_hf_config(config: GPTConfig) -> GPT2Config:
     """The ``GPT2Config`` that computes exactly what a ``GPT`` with ``config`` computes."""
     from transformers import GPT2Config
 
+    if not config.causal:
+        raise ValueError("GPT2LMHeadModel is causal; a bidirectional GPTConfig(causal=False) has no GPT-2 twin.")
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,

@@ -60,6 +60,25 @@ def test_future_tokens_do_not_change_earlier_logits():
     assert not torch.allclose(a[:, 12:], b[:, 12:])
 
 
+def test_a_bidirectional_model_sees_the_future_and_refuses_a_cache():
+    model = tiny(causal=False).eval()
+    idx = torch.randint(0, 65, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 7) % 65
+    assert not torch.allclose(model(idx)[0][:, :12], model(changed)[0][:, :12])
+    with pytest.raises(ValueError, match="causal"):
+        model(idx, cache=model.make_cache())
+
+
+def test_features_are_what_the_lm_head_reads():
+    model = tiny().eval()
+    idx = torch.randint(0, 65, (2, 10))
+    h = model.features(idx)
+    assert h.shape == (2, 10, 32)
+    torch.testing.assert_close(model.lm_head(h), model(idx)[0])
+    torch.testing.assert_close(h.mean(-1), torch.zeros(2, 10), atol=1e-5, rtol=0)  # after the final LayerNorm
+
+
 def test_initial_loss_is_close_to_log_vocab():
     model = tiny()
     idx, targets = torch.randint(0, 65, (8, 32)), torch.randint(0, 65, (8, 32))
