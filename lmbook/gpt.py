@@ -4,6 +4,11 @@ Pre-LayerNorm blocks, learned positions, input and output embeddings tied, fused
 attention through ``scaled_dot_product_attention`` with the causal mask, GPT-2's
 initialisation and GELU, and a key/value cache for incremental decoding. The
 layer names follow GPT-2 closely enough that :mod:`lmbook.hf` maps them one to one.
+
+Chapter 3 varies two choices through :class:`GPTConfig`: ``position`` (a learned
+table, the fixed sinusoidal one, or the deliberate mistake of indexing the table by
+token id) and ``norm`` (LayerNorm before each sublayer, or after the residual sum).
+The defaults are GPT-2's; :mod:`lmbook.attention` writes the attention out step by step.
 """
 
 from __future__ import annotations
@@ -40,13 +45,42 @@ class GPTConfig(Presets):
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
     layer_norm_eps: float = 1e-5
     causal: bool = True  # False gives a bidirectional encoder (chapter 4's masked language model)
+    position: str = "learned"  # "learned", "sinusoidal" (fixed), or "token-id": chapter 3's deliberate MISTAKE
+    norm: str = "pre"  # LayerNorm before each sublayer ("pre", GPT-2) or after the residual sum ("post", 2017)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, not {self.position!r}.")
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', not {self.norm!r}.")
+
+    def check_gpt2(self) -> None:
+        """Raise unless this is GPT-2's architecture (causal, learned positions, pre-LN), which ``lmbook.hf`` converts."""
+        changed = [f"{k}={getattr(self, k)!r}" for k, v in GPT2_ARCHITECTURE.items() if getattr(self, k) != v]
+        if changed:
+            raise ValueError(
+                f"GPT-2 has no twin for a GPT with {', '.join(changed)}: only the defaults "
+                f"({', '.join(f'{k}={v!r}' for k, v in GPT2_ARCHITECTURE.items())}) convert to GPT2LMHeadModel."
+            )
+
+
+POSITIONS = ("learned", "sinusoidal", "token-id")
+GPT2_ARCHITECTURE = dict(causal=True, position="learned", norm="pre")
 
 
 GPTConfig.PRESETS = PRESETS
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(the same). (n_positions, dim)"""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    frequency = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
 
 
 class KVCache:
@@ -134,17 +168,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-LayerNorm decoder block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """One decoder block. Pre-LN: x + attn(ln(x)), then x + mlp(ln(x)); post-LN: ln(x + attn(x)), then ln(x + mlp(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.post_norm = config.norm == "post"
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        if self.post_norm:  # the 2017 Transformer: the residual stream itself is normalised
+            x = self.ln_1(x + self.attn(x, cache, layer))
+            return self.ln_2(x + self.mlp(x))
+        x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LN: the residual stream is left alone
         return x + self.mlp(self.ln_2(x))
 
 
@@ -160,13 +198,20 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # one vector per position
+        # one vector per position; the "token-id" mistake needs a row for every token id instead
+        rows = max(config.block_size, config.vocab_size) if config.position == "token-id" else config.block_size
+        self.wpe = nn.Embedding(rows, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        # post-LN blocks end with a LayerNorm already
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias) if config.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
+        if config.position == "sinusoidal":  # fixed, not learned; scaled to the spread of the token embeddings
+            table = sinusoidal_table(config.block_size, config.n_embd)
+            self.wpe.weight.data.copy_(table * 0.02 / table.std())
+            self.wpe.weight.requires_grad_(False)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -207,7 +252,9 @@ class GPT(nn.Module):
                 f"keep the last {self.config.block_size - start} tokens (idx[:, -{self.config.block_size - start}:])"
                 + (" or start a new cache." if cache is not None else ".")
             )
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,) positions, never token ids
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,) positions, never token ids...
+        if self.config.position == "token-id":
+            pos = idx  # ...except in chapter 3's deliberate mistake: (B, T) token ids index the position table
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
             x = block(x) if cache is None else block(x, cache, layer)  # (B, T, C); identical calls compile once

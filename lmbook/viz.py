@@ -1,4 +1,5 @@
-"""Plots the chapters show: loss curves of one or more runs, the reader's run beside a reference run.
+"""Plots the chapters show: loss curves of one or more runs, the reader's run beside a reference run,
+attention heat maps and the cost of attention (chapter 3).
 
 matplotlib only; every function draws on a given ``ax`` (or makes one) and returns it.
 """
@@ -65,3 +66,51 @@ def glue(name: str, value, display: bool = False) -> None:
     except ImportError:
         return
     myst_glue(name, value, display=display)
+
+
+def plot_attention(weights, tokens: list[str], ax=None, title: str = ""):
+    """One head's attention weights (T, T) as a heat map: row = query (the position predicting), column = key."""
+    T = len(tokens)
+    ax = _ax(ax, figsize=(0.22 * T + 1.5, 0.22 * T + 1))
+    ax.imshow(weights[:T, :T].detach().cpu().float().numpy(), cmap="Blues", vmin=0, vmax=1)
+    labels = [{" ": "␣", "\n": "⏎"}.get(t, t) for t in tokens]  # spaces and newlines made visible
+    ax.set_xticks(range(T), labels, fontsize=7, family="monospace")
+    ax.set_yticks(range(T), labels, fontsize=7, family="monospace")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_attention_grid(maps, tokens: list[str], heads: list[tuple[int, int]], columns: int = 2):
+    """Heat maps of chosen (layer, head) pairs from ``maps`` (L, nh, T, T), as returned for one text."""
+    rows = -(-len(heads) // columns)
+    size = 0.16 * len(tokens) + 1.2
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size), squeeze=False)
+    for ax, (layer, head) in zip(axes.flat, heads):
+        plot_attention(maps[layer, head], tokens, ax=ax, title=f"layer {layer}, head {head}")
+    for ax in axes.flat[len(heads):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_cost(cost: Mapping, axes=None):
+    """Time and memory of attention against sequence length (log-log), one line per implementation."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lengths = cost["lengths"]
+    for name in ("written out", "fused (SDPA)"):
+        axes[0].loglog(lengths, [s * 1e3 for s in cost[name]["seconds"]], marker="o", label=name)
+        memory = cost[name]["bytes"]
+        if all(m is not None for m in memory):
+            axes[1].loglog(lengths, [m / 2**20 for m in memory], marker="o", label=name)
+    quadratic = [cost["written out"]["seconds"][-1] * 1e3 * (t / lengths[-1]) ** 2 for t in lengths]
+    axes[0].loglog(lengths, quadratic, ls=":", color="gray", label="∝ T²")
+    axes[0].set_ylabel("milliseconds per call")
+    axes[1].set_ylabel("MiB" + (" (peak, CUDA)" if cost["device"].startswith("cuda") else " (score and weight tensors)"))
+    for ax in axes:
+        ax.set_xlabel("sequence length T")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    return axes
