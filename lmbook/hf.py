@@ -181,3 +181,50 @@ def load_gpt2(name_or_path: str = "gpt2") -> GPT:
             ) from err
         raise
     return from_hf(hf_model)
+
+
+# --- Training with transformers' own Trainer (chapter 4) -----------------------------
+class TokenBlocks(torch.utils.data.Dataset):
+    """Consecutive blocks of ``block_size`` token ids, as ``transformers`` models read them.
+
+    Item ``i`` is ``{"input_ids": block, "labels": block}``: a ``GPT2LMHeadModel`` shifts the
+    labels by one itself, so both are the same tokens.
+    """
+
+    def __init__(self, ids: torch.Tensor, block_size: int):
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        n = len(ids) // block_size
+        if n < 1:
+            raise ValueError(f"{len(ids)} tokens do not fill one block of {block_size}: use more text or shorter blocks.")
+        self.blocks = ids[: n * block_size].view(n, block_size)  # (N, T)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def make_trainer(hf_model, train_dataset, output_dir: str | os.PathLike, max_steps: int, lr: float = 1e-4,
+                 batch_size: int = 16, tokenizer=None, seed: int = 0, **arguments):
+    """A ``transformers.Trainer`` for a causal language model, on the GPU if there is one, else the CPU.
+
+    It logs the training loss at every step and reports to no tracking service; ``arguments``
+    override any other ``TrainingArguments``. ``tokenizer`` (a ``PreTrainedTokenizerFast``) is
+    saved with the model.
+    """
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    settings = dict(
+        output_dir=str(output_dir), max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
+        lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=not torch.cuda.is_available(), seed=seed, disable_tqdm=True,
+    )
+    args = TrainingArguments(**{**settings, **arguments})
+    return Trainer(model=hf_model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                   data_collator=default_data_collator)
+
+
+def training_losses(trainer) -> list[float]:
+    """The training loss logged at each logging step of a finished ``Trainer`` run."""
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

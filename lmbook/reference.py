@@ -30,6 +30,7 @@ DIRECTORY = Path(__file__).with_name("references")
 # "samples" ({label: text}), "sizes" (the settings that matter).
 RECIPES: dict[str, str] = {
     "rnn": "lmbook.rnn:reference_run",  # chapter 2: RNN, LSTM and GRU on characters
+    "finetune": "lmbook.finetune:reference_run",  # chapter 4: pretraining, domain adaptation, a labelled task
     "gpt": "lmbook.attention:reference_run",  # chapter 3: the character-level GPT
 }
 

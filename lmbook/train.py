@@ -6,7 +6,8 @@ The loop brings AdamW (fused on CUDA), linear warm-up then cosine (or linear)
 decay, gradient accumulation and clipping, bf16 autocast where the GPU supports
 it, optional ``torch.compile``, periodic evaluation on fixed batches, a tqdm bar
 with loss and tokens/s, a :class:`History` to plot, atomic checkpoints with exact
-resume, and a clear error naming the step at which the loss stopped being finite.
+resume, early stopping on an evaluation split (keeping the best weights if asked),
+and a clear error naming the step at which the loss stopped being finite.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class TrainConfig:
     seed: int = 1337
     progress: bool = True
     desc: str = "train"
+    # Early stopping (chapter 4): watch the evaluation loss on the split ``monitor``; stop after
+    # ``patience`` evaluations in a row without a new lowest loss (None: never stop early), and with
+    # ``restore_best`` end with the weights of the lowest loss instead of the last ones.
+    patience: int | None = None
+    restore_best: bool = False
+    monitor: str = "val"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -63,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"compile must be False, True, 'model' or 'blocks', not {self.compile!r}.")
         if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 evaluation (or None: never stop early), not {self.patience}.")
         self.betas = tuple(self.betas)
 
 
@@ -94,6 +103,8 @@ class History:
     tokens_per_step: int = 0
     tokens_per_second: float = 0.0  # over the whole run, evaluation excluded
     seconds: float = 0.0  # wall time spent in this loop, evaluation included
+    stopped_early: int | None = None  # the step at which early stopping ended the run, if it did
+    restored_step: int | None = None  # the step whose weights restore_best put back, if it did
 
     def best(self, split: str = "val") -> tuple[int, float]:
         """The step and loss of the lowest evaluation loss on ``split``."""
@@ -102,6 +113,13 @@ class History:
             raise KeyError(f"no evaluation on split {split!r}; recorded: {sorted(self.eval_loss)}")
         i = min(range(len(losses)), key=losses.__getitem__)
         return self.eval_steps[i], losses[i]
+
+    def evaluations_since_best(self, split: str = "val") -> int:
+        """How many evaluations on ``split`` came after its lowest loss (0 when the last one is the lowest)."""
+        losses = self.eval_loss.get(split) or []
+        if not losses:
+            return 0
+        return len(losses) - 1 - min(range(len(losses)), key=losses.__getitem__)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,6 +271,13 @@ def train(
     device = next(model.parameters()).device
     rank, n_proc = world()
     eval_batches = eval_batches or {}
+    watching = config.patience is not None or config.restore_best
+    if watching and config.monitor not in eval_batches:
+        raise ValueError(
+            f"early stopping watches the split {config.monitor!r}, which eval_batches does not have "
+            f"({sorted(eval_batches)}): pass it in eval_batches or set TrainConfig.monitor."
+        )
+    best_state: dict | None = None  # the weights at the lowest loss on config.monitor (restore_best)
     eval_states = {k: b.state_dict() for k, b in eval_batches.items() if hasattr(b, "state_dict")}
     optimizer = make_optimizer(model, config, device)
     history, step = History(), 0
@@ -267,6 +292,7 @@ def train(
         _set_rng_state(local["rng"])
         history, step = History.from_dict(state["history"]), state["step"]
         eval_states = state["eval_batches"]
+        best_state = state.get("best_model")
     else:
         torch.manual_seed(config.seed + rank)  # dropout masks, different in each process
     forward = compiled(model, config.compile)
@@ -275,6 +301,7 @@ def train(
     model.train()
 
     def evaluate() -> None:
+        nonlocal best_state
         for name, batches in eval_batches.items():
             if name in eval_states:
                 batches.load_state_dict(eval_states[name])
@@ -284,6 +311,8 @@ def train(
             history.eval_loss.setdefault(name, []).append(loss)
         history.eval_steps.append(step)
         history.eval_seconds.append(history.seconds + time.perf_counter() - started)
+        if config.restore_best and history.evaluations_since_best(config.monitor) == 0:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def save() -> None:
         processes = [_local_state(train_batches)]
@@ -300,6 +329,7 @@ def train(
                     "eval_batches": eval_states,
                     "processes": processes,
                     "config": asdict(config),
+                    "best_model": best_state,
                 },
                 path,
             )
@@ -360,16 +390,29 @@ def train(
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{len(losses) * history.tokens_per_step / (now - tick):,.0f}")
             pending, pending_steps = [], []
+            stopping = False
             if eval_due:
                 evaluate()
                 if rank == 0:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items()))
-            if checkpoint_due:
+                since_best = history.evaluations_since_best(config.monitor) if watching else 0
+                stopping = config.patience is not None and since_best >= config.patience and not last_step
+                if stopping:
+                    history.stopped_early = step
+                    if rank == 0:
+                        bar.write(f"step {step}: stopping early, no lower {config.monitor} loss "
+                                  f"in {since_best} evaluations")
+            if checkpoint_due or (stopping and path is not None):
                 history.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save()
             tick = time.perf_counter()
+            if stopping:
+                break
     bar.close()
+    if config.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+        history.restored_step = history.best(config.monitor)[0]
     history.seconds += time.perf_counter() - started
     if step > first_step:
         history.tokens_per_second = history.tokens_per_step * (step - first_step) / train_seconds

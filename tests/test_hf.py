@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+import math  # noqa: E402
 import time  # noqa: E402
 
 import huggingface_hub.constants  # noqa: E402
@@ -15,7 +16,7 @@ import torch  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
 from lmbook.gpt import GPT, GPTConfig  # noqa: E402
-from lmbook.hf import from_hf, load_gpt2, to_hf, to_hf_config  # noqa: E402
+from lmbook.hf import TokenBlocks, from_hf, load_gpt2, make_trainer, to_hf, to_hf_config, training_losses  # noqa: E402
 
 CONFIG = GPTConfig(vocab_size=97, block_size=24, n_layer=3, n_head=4, n_embd=48, dropout=0.0)
 
@@ -193,3 +194,51 @@ def test_load_gpt2_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no directory at that path") as info:
         load_gpt2(str(missing))
     assert str(missing) in str(info.value)
+
+
+# --- Training with transformers' Trainer, saving and reloading ---------------------------
+def test_trainer_round_trip_gives_the_same_logits(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from lmbook.tokenizers import FastBPETokenizer
+
+    text = "To be, or not to be, that is the question. Whether 'tis nobler in the mind to suffer. " * 20
+    tokenizer = FastBPETokenizer.train(text, 300)
+    ids = torch.tensor(tokenizer.encode(text))
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = GPT(config)
+    hf_model = to_hf(model)
+    before = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    hf_tokenizer = tokenizer.to_transformers()
+    trainer = make_trainer(hf_model, TokenBlocks(ids, 16), tmp_path / "run", max_steps=4, lr=1e-2, batch_size=4,
+                           tokenizer=hf_tokenizer)
+    trainer.train()
+    losses = training_losses(trainer)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]
+    assert not torch.equal(hf_model.transformer.h[0].attn.c_attn.weight, before["transformer.h.0.attn.c_attn.weight"])
+
+    saved = tmp_path / "saved"
+    trainer.save_model(str(saved))  # the model and the tokenizer given as processing_class
+    hf_model.eval()
+    reloaded = GPT2LMHeadModel.from_pretrained(saved).eval()
+    ours = load_gpt2(str(saved))  # the same directory, into our GPT
+    reloaded_tokenizer = PreTrainedTokenizerFast.from_pretrained(saved)
+    sample = "Whether 'tis nobler to suffer"
+    assert reloaded_tokenizer(sample)["input_ids"] == tokenizer.encode(sample)
+    idx = torch.tensor([tokenizer.encode(sample)])
+    with torch.no_grad():
+        trained = hf_model(idx).logits
+        assert torch.allclose(reloaded(idx).logits, trained, atol=1e-5)
+        assert torch.allclose(ours(idx)[0], trained, atol=1e-4)
+        assert not torch.allclose(model.eval()(idx)[0], trained, atol=1e-3)  # training did change the model
+
+
+def test_token_blocks():
+    blocks = TokenBlocks(torch.arange(50), 16)
+    assert len(blocks) == 3
+    item = blocks[1]
+    assert torch.equal(item["input_ids"], torch.arange(16, 32)) and torch.equal(item["labels"], item["input_ids"])
+    with pytest.raises(ValueError, match="do not fill one block"):
+        TokenBlocks(torch.arange(10), 16)

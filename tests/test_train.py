@@ -165,3 +165,44 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
         train(m, counting, cfg)
     assert "ckpt.pt" in str(err.value)
     assert load_checkpoint(cfg.checkpoint_path)["step"] == 4
+
+
+# --- Early stopping ------------------------------------------------------------------
+# Training teaches "next = this + 7"; the "drift" split follows "next = this + 3", which the
+# model gets worse at as it learns: its loss rises after the first steps.
+DRIFT = (torch.arange(5000) * 3 + torch.arange(5000) // 97) % 65
+
+
+def drifting(**overrides):
+    return config(**{"max_steps": 40, "eval_interval": 2, **overrides})
+
+
+def test_early_stopping_stops_after_patience_evaluations():
+    h = train(model(), batches(), drifting(patience=2, monitor="drift"),
+              {"drift": RandomBatches(DRIFT, block_size=16, batch_size=4, seed=5)})
+    assert h.stopped_early is not None and h.stopped_early < 40
+    assert h.steps[-1] == h.stopped_early - 1 and h.eval_steps[-1] == h.stopped_early
+    assert h.evaluations_since_best("drift") == 2
+    full = train(model(), batches(), drifting(), {"drift": RandomBatches(DRIFT, block_size=16, batch_size=4, seed=5)})
+    assert full.stopped_early is None and full.steps[-1] == 39
+
+
+def test_restore_best_puts_back_the_weights_of_the_lowest_loss():
+    from lmbook.train import estimate_loss
+
+    drift = RandomBatches(DRIFT, block_size=16, batch_size=4, seed=5)
+    state = drift.state_dict()
+    m = model()
+    h = train(m, batches(), drifting(restore_best=True, monitor="drift"), {"drift": drift})
+    best_step, best_loss = h.best("drift")
+    assert h.restored_step == best_step and best_step < h.eval_steps[-1]  # the last weights were not the best
+    drift.load_state_dict(state)
+    assert estimate_loss(m, drift, 2) == pytest.approx(best_loss, abs=1e-5)
+    assert h.eval_loss["drift"][-1] > best_loss + 1e-3
+
+
+def test_early_stopping_needs_its_split():
+    with pytest.raises(ValueError, match="watches the split 'val'"):
+        train(model(), batches(), config(patience=2), {"train": batches(seed=2)})
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)

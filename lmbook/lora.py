@@ -1,0 +1,88 @@
+"""Low-rank adaptation (LoRA, Hu et al., 2021): fine-tune a few small matrices beside frozen weights (chapter 4).
+
+A frozen linear layer ``W x`` becomes ``W x + (alpha / r) B A x``, with ``A`` of shape
+(r, in) and ``B`` of shape (out, r) for a small rank ``r``. ``B`` starts at zero, so the
+wrapped model computes exactly what the original did until training moves it; afterwards
+the update can be merged into ``W`` (:meth:`LoRALinear.merged`) at no cost at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (alpha / r) * x Aᵀ Bᵀ`` around a frozen ``nn.Linear``; only ``A`` and ``B`` train."""
+
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 8.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, not a {type(base).__name__}.")
+        if r < 1:
+            raise ValueError(f"the LoRA rank r must be at least 1, not {r}.")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        weight = base.weight
+        self.A = nn.Parameter(torch.empty(r, base.in_features, device=weight.device, dtype=weight.dtype))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=weight.device, dtype=weight.dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight; B = 0 keeps the output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.A.T @ self.B.T) * self.scaling  # (..., out)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``(alpha / r) B A`` (out, in) that training added to the frozen weight."""
+        return self.scaling * self.B @ self.A
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``W + (alpha / r) B A``: the same function, no adapter left."""
+        base = self.base
+        linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                           device=base.weight.device, dtype=base.weight.dtype)
+        linear.weight.copy_(base.weight + self.delta_weight())
+        if base.bias is not None:
+            linear.bias.copy_(base.bias)
+        return linear
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def apply_lora(model: nn.Module, targets: tuple[str, ...] = ("attn.c_attn", "attn.c_proj"), r: int = 4,
+               alpha: float = 8.0) -> list[str]:
+    """Freeze every parameter of ``model`` and wrap each ``nn.Linear`` whose name ends with one of ``targets``.
+
+    Returns the names of the wrapped layers; afterwards only their ``A`` and ``B`` train (a task
+    head outside ``model`` keeps training). For a GPT the targets may be any of ``attn.c_attn``,
+    ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``.
+    """
+    if r < 1:
+        raise ValueError(f"the LoRA rank r must be at least 1, not {r}.")
+    model.requires_grad_(False)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(tuple(targets))]
+    if not names:
+        raise ValueError(f"no nn.Linear in the model has a name ending with one of {targets}: nothing to adapt.")
+    for name in names:
+        _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha))
+    return names
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear``, in place; returns ``model``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            _replace(model, name, module.merged())
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` numbers of parameters (a tied matrix counts once)."""
+    params = list(model.parameters())  # parameters() yields a shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

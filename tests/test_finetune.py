@@ -1,0 +1,161 @@
+"""lmbook.finetune: the corpus cut into speeches, the labelled tasks, and the classification head."""
+
+import random
+
+import pytest
+import torch
+
+from lmbook.finetune import (
+    ExampleBatches,
+    SequenceClassifier,
+    accuracy,
+    encode_examples,
+    freeze_backbone,
+    labelled_subset,
+    order_examples,
+    shuffle_words,
+    speaker_share,
+    speeches,
+    split_corpus,
+)
+from lmbook.gpt import GPT, GPTConfig
+
+TEXT = "\n\n".join(
+    f"{name}:\n{line} number {i}\nand a second line {i}"
+    for i, (name, line) in enumerate(
+        [("ROMEO", "O she doth teach the torches"), ("JULIET", "My bounty is as boundless"), ("NURSE", "Anon anon")] * 10
+    )
+) + "\n"
+
+
+def test_speeches_are_parsed_with_their_offsets():
+    found = speeches("First Citizen:\nBefore we proceed.\n\nAll:\nSpeak, speak.\n\n\nnot a speech\n")
+    assert [(s.speaker, s.words) for s in found] == [("First Citizen", "Before we proceed."), ("All", "Speak, speak.")]
+    assert found[1].start == len("First Citizen:\nBefore we proceed.\n\n")
+    assert found[0].block == "First Citizen:\nBefore we proceed."
+    assert speaker_share("ROMEO:\nhi\n\nJULIET:\nho\n\nROMEO:\nha", "ROMEO") == pytest.approx(2 / 3)
+    assert speaker_share("no speech", "ROMEO") == 0.0
+
+
+def test_split_corpus_holds_test_speeches_out_of_pretraining():
+    corpus = split_corpus(TEXT, n_speakers=2, test_fraction=0.3, val_fraction=0.1)
+    assert len(corpus.speakers) == 2 and corpus.task_test
+    for s in corpus.task_test:
+        assert s.block not in corpus.pretrain  # each speech is unique (numbered), so this is a real check
+    for s in corpus.task_train:
+        assert s.block in corpus.pretrain
+    assert corpus.val and corpus.val in TEXT and corpus.val not in corpus.pretrain
+    name = corpus.speakers[0]
+    train_text, held_out = corpus.speaker_text(name)
+    assert held_out.strip() and all(s.block in held_out for s in corpus.task_test if s.speaker == name)
+    assert all(s.block not in train_text for s in corpus.task_test)
+    assert all(s.block in train_text for s in corpus.task_train if s.speaker == name)
+    with pytest.raises(ValueError, match="no held-out speeches"):
+        corpus.speaker_text("HAMLET")
+    with pytest.raises(ValueError, match="n_speakers"):
+        split_corpus(TEXT, n_speakers=1)
+
+
+def test_shuffled_lines_keep_their_words():
+    text = "one two three four\nfive six seven"
+    shuffled = shuffle_words(text, random.Random(0))
+    for a, b in zip(text.split("\n"), shuffled.split("\n")):
+        assert sorted(a.split(" ")) == sorted(b.split(" "))
+    assert shuffled != text
+    items = speeches(TEXT)
+    texts, labels = order_examples(items, seed=0)
+    assert set(labels) == {0, 1}
+    for s, t, label in zip(items, texts, labels):
+        assert (t == s.words) == (label == 1)
+
+
+class Chars:
+    """A stand-in tokenizer: one id per byte."""
+
+    vocab_size = 256
+
+    def encode(self, text):
+        return list(text.encode())
+
+
+def test_encode_examples_pads_with_minus_one():
+    x, y = encode_examples(["ab", "abcdef", ""], [0, 1, 1], Chars(), block_size=4)
+    assert x.tolist() == [[97, 98, -1, -1], [97, 98, 99, 100]]  # cut to 4 tokens; the empty text left out
+    assert y.tolist() == [0, 1]
+
+
+def test_labelled_subset():
+    x, y = torch.arange(30)[:, None], torch.arange(30) % 3
+    xs, ys = labelled_subset(x, y, per_class=4, seed=0)
+    assert ys.bincount().tolist() == [4, 4, 4]
+    assert torch.equal(xs[:, 0] % 3, ys)  # examples keep their labels
+    assert labelled_subset(x, y, None)[0] is x
+    with pytest.raises(ValueError, match="at least one labelled example per class"):
+        labelled_subset(x, y, per_class=0)
+    with pytest.raises(ValueError, match="fewer than"):
+        labelled_subset(x, y, per_class=11)
+
+
+def classifier(seed=0, pool="mean"):
+    torch.manual_seed(seed)
+    return SequenceClassifier(GPT(GPTConfig.preset("tiny", vocab_size=20, block_size=12)), n_classes=3, pool=pool)
+
+
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_classifier_shapes_and_padding(pool):
+    model = classifier(pool=pool).eval()
+    x = torch.randint(20, (4, 7))
+    x[1, 4:] = -1  # a shorter sequence
+    logits, loss = model(x, torch.tensor([0, 1, 2, 0]))
+    assert logits.shape == (4, 3) and loss.ndim == 0
+    padded = torch.cat([x, torch.full((4, 5), -1)], dim=1)  # more padding changes nothing
+    assert torch.allclose(model(padded)[0], logits, atol=1e-6)
+    alone = model(x[1:2, :4])[0]  # the short one, without padding
+    assert torch.allclose(alone, logits[1:2], atol=1e-5)
+    with pytest.raises(ValueError, match="at least one real token"):
+        model(torch.full((1, 3), -1))
+
+
+def test_gradients_reach_the_backbone_only_in_full_fine_tuning():
+    x, y = torch.randint(20, (4, 6)), torch.tensor([0, 1, 2, 1])
+    full = classifier()
+    full(x, y)[1].backward()
+    assert full.head.weight.grad.abs().sum() > 0
+    assert full.backbone.h[0].attn.c_attn.weight.grad.abs().sum() > 0
+    assert full.backbone.wte.weight.grad.abs().sum() > 0
+
+    probe = freeze_backbone(classifier())
+    probe(x, y)[1].backward()
+    assert probe.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in probe.backbone.parameters())
+
+
+def test_classifier_learns_with_the_training_loop():
+    from lmbook.train import TrainConfig, train
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 20, (120, 8), generator=generator)
+    y = (x[:, 0] % 3)  # the class is written in the first token
+    model = classifier()
+    before = accuracy(model, x, y)
+    config = TrainConfig(max_steps=60, lr=3e-3, warmup_steps=0, eval_interval=60, progress=False, weight_decay=0.0)
+    train(model, ExampleBatches(x, y, batch_size=32, seed=0), config)
+    assert accuracy(model, x, y) > max(0.8, before + 0.3)
+
+
+def test_classifier_refuses_bad_settings():
+    backbone = GPT(GPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="pool"):
+        SequenceClassifier(backbone, 3, pool="max")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        SequenceClassifier(backbone, 1)
+    with pytest.raises(ValueError, match="bidirectional"):
+        SequenceClassifier(GPT(GPTConfig.preset("tiny", causal=False)), 3)
+
+
+def test_example_batches_cut_padding():
+    x = torch.tensor([[1, 2, -1, -1, -1], [3, -1, -1, -1, -1]])
+    xb, yb = ExampleBatches(x, torch.tensor([0, 1]), batch_size=6, seed=0)()
+    assert xb.shape == (6, 2) and yb.shape == (6,)
+    with pytest.raises(ValueError, match="as many labels"):
+        ExampleBatches(x, torch.tensor([0]), batch_size=2)

@@ -1,0 +1,86 @@
+"""lmbook.lora: a zero update at first, only the adapters train, and merging changes nothing."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.lora import LoRALinear, apply_lora, count_parameters, merge_lora
+
+
+def tiny_gpt(seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.preset("tiny", vocab_size=50, block_size=16)).eval()
+
+
+def test_zero_initialised_update_leaves_the_output_unchanged():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 7)
+    lora = LoRALinear(base, r=3, alpha=6)
+    x = torch.randn(5, 12)
+    assert torch.equal(lora(x), base(x))
+    assert lora.A.abs().sum() > 0 and lora.B.abs().sum() == 0 and lora.scaling == 2.0
+
+
+def test_apply_lora_keeps_the_model_and_trains_only_adapters():
+    model = tiny_gpt()
+    idx = torch.randint(50, (2, 16))
+    before = model(idx)[0]
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    names = apply_lora(model, targets=("attn.c_attn", "mlp.c_fc"), r=2, alpha=4)
+    assert names == ["h.0.attn.c_attn", "h.0.mlp.c_fc", "h.1.attn.c_attn", "h.1.mlp.c_fc"]
+    assert torch.equal(model(idx)[0], before)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith((".A", ".B")) for n in trainable)
+    trained, total = count_parameters(model)
+    assert trained == sum(2 * (m.in_features + m.out_features) for m in (model.h[0].attn.c_attn.base, model.h[0].mlp.c_fc.base)) * 2
+    assert trained < total / 10
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(idx, idx)[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.equal(model(idx)[0], before)  # the adapters learned something
+    after = model.state_dict()
+    for name, value in frozen.items():  # every original weight is where it was
+        wrapped = name.replace("c_attn.", "c_attn.base.").replace("c_fc.", "c_fc.base.")
+        assert torch.equal(after[wrapped if wrapped in after else name], value), name
+
+
+def test_merged_weights_give_the_same_output():
+    torch.manual_seed(1)
+    lora = LoRALinear(nn.Linear(10, 6), r=2, alpha=3)
+    with torch.no_grad():
+        lora.B.normal_()
+    x = torch.randn(4, 10)
+    merged = lora.merged()
+    assert isinstance(merged, nn.Linear)
+    assert torch.allclose(merged(x), lora(x), atol=1e-6)
+    assert not torch.allclose(merged(x), lora.base(x))
+
+
+def test_merge_lora_on_a_gpt():
+    model = tiny_gpt()
+    apply_lora(model, r=2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.B.normal_(std=0.1)
+    idx = torch.randint(50, (2, 16))
+    adapted = model(idx)[0]
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert torch.allclose(model(idx)[0], adapted, atol=1e-5)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="rank r must be at least 1"):
+        LoRALinear(nn.Linear(4, 4), r=0)
+    with pytest.raises(ValueError, match="rank r must be at least 1"):
+        apply_lora(tiny_gpt(), r=0)
+    with pytest.raises(ValueError, match="nothing to adapt"):
+        apply_lora(tiny_gpt(), targets=("no.such.layer",))
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(2, 2, 1))
