@@ -231,18 +231,19 @@ RUNS = {
                    lr=4e-3, min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.1, beta2=0.99,
                    eval_interval=100, eval_iters=10),
 }
-# small runs that compare position tables: seconds each on a CPU
+# small runs that compare position tables: seconds each on a CPU (one layer at the fast size,
+# where a model without position information is exactly blind to the order of its context)
 POSITION_RUNS = {
     "full": RUNS["full"].replace(n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.0, max_steps=1000,
                                  eval_interval=100, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=2, n_embd=64, batch_size=16, max_steps=200, lr=3e-3, warmup_steps=20,
-                                 eval_interval=25, eval_iters=5),
+    "fast": RUNS["fast"].replace(n_layer=1, n_embd=64, batch_size=32, max_steps=300, lr=5e-3, warmup_steps=20,
+                                 eval_interval=50, eval_iters=5),
 }
-# deeper, narrow stacks at a high learning rate, to compare pre-LN with post-LN (trained with and without warm-up)
+# deeper, narrow stacks at a high learning rate, to compare pre-LN with post-LN
 NORM_RUNS = {
     "full": RUNS["full"].replace(n_layer=12, n_head=4, n_embd=128, block_size=128, dropout=0.0, max_steps=600,
-                                 lr=3e-3, min_lr=0.0, schedule="linear", warmup_steps=100, eval_interval=50, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, batch_size=16, max_steps=150, lr=1e-2, warmup_steps=50,
+                                 lr=1e-2, min_lr=0.0, schedule="linear", warmup_steps=100, eval_interval=50, eval_iters=20),
+    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, batch_size=16, max_steps=100, lr=1e-2, warmup_steps=30,
                                  eval_interval=25, eval_iters=5),
 }
 
