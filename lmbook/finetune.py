@@ -107,12 +107,18 @@ def split_corpus(text: str, n_speakers: int = 4, test_fraction: float = 0.25, va
 
 # --- Labelled tasks built from the corpus ----------------------------------------------
 def shuffle_words(text: str, rng: random.Random) -> str:
-    """``text`` with the words of each line in a random order (the lines, and the words, stay)."""
+    """``text`` with the words of each line in a new order (the lines, and the words, stay).
+
+    A line of two or more different words always comes out changed.
+    """
     lines = []
     for line in text.split("\n"):
         words = line.split(" ")
-        rng.shuffle(words)
-        lines.append(" ".join(words))
+        shuffled = list(words)
+        if len(set(words)) > 1:
+            while shuffled == words:
+                rng.shuffle(shuffled)
+        lines.append(" ".join(shuffled))
     return "\n".join(lines)
 
 
@@ -129,8 +135,10 @@ def order_examples(items: list[Speech], seed: int = 0) -> tuple[list[str], list[
     texts, labels = [], []
     for s in items:
         keep = rng.random() < 0.5
-        texts.append(s.words if keep else shuffle_words(s.words, rng))
-        labels.append(int(keep))
+        text = s.words if keep else shuffle_words(s.words, rng)
+        if keep or text != s.words:  # a speech of one-word lines cannot be shuffled: left out
+            texts.append(text)
+            labels.append(int(keep))
     return texts, labels
 
 
@@ -281,6 +289,7 @@ class ChapterRun:
     lora_rank: int = 4
     lora_alpha: float = 8.0
     small_tokens: int = 20_000  # the small training set of the overfitting runs
+    overfit_batch_size: int = 16
     overfit_steps: int = 400
     overfit_lr: float = 3e-3
     dropout: float = 0.2  # compared against none in the overfitting runs
@@ -307,12 +316,13 @@ RUNS = {
     "full": ChapterRun(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=128, batch_size=64,
                        pretrain_steps=3000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_iters=20,
                        adapt_steps=600, adapt_lr=1e-4, classify_steps=300, classify_lr=3e-4, probe_lr=3e-3, lora_lr=1e-3,
-                       small_tokens=50_000, overfit_steps=1500, overfit_lr=1e-3, hf_steps=100, sample_tokens=300),
+                       small_tokens=50_000, overfit_batch_size=64, overfit_steps=1500, overfit_lr=1e-3, hf_steps=100,
+                       sample_tokens=300),
     # two CPU cores, about three minutes for the whole chapter
     "fast": ChapterRun(vocab_size=512, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=32,
                        pretrain_steps=600, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
                        adapt_steps=150, adapt_lr=3e-4, classify_steps=60, classify_lr=3e-3, probe_lr=1e-2, lora_lr=3e-3,
-                       small_tokens=20_000, overfit_steps=300, overfit_lr=3e-3, hf_steps=10),
+                       small_tokens=10_000, overfit_steps=300, overfit_lr=3e-3, hf_steps=30),
 }
 
 
@@ -416,7 +426,7 @@ def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int 
     """
     device = device or get_device()
     small = data.train_ids[: run.small_tokens]
-    batches = lambda ids, s: RandomBatches(ids, run.block_size, run.batch_size, device, seed=s)  # noqa: E731
+    batches = lambda ids, s: RandomBatches(ids, run.block_size, run.overfit_batch_size, device, seed=s)  # noqa: E731
     base = dict(max_steps=run.overfit_steps, lr=run.overfit_lr, min_lr=run.overfit_lr / 10, weight_decay=0.0,
                 eval_interval=max(1, run.overfit_steps // 10), seed=seed)
     settings = {

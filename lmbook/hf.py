@@ -209,11 +209,11 @@ def make_trainer(hf_model, train_dataset, output_dir: str | os.PathLike, max_ste
                  batch_size: int = 16, tokenizer=None, seed: int = 0, **arguments):
     """A ``transformers.Trainer`` for a causal language model, on the GPU if there is one, else the CPU.
 
-    It logs the training loss at every step and reports to no tracking service; ``arguments``
+    It records the training loss at every step and reports to no tracking service; ``arguments``
     override any other ``TrainingArguments``. ``tokenizer`` (a ``PreTrainedTokenizerFast``) is
     saved with the model.
     """
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
 
     settings = dict(
         output_dir=str(output_dir), max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
@@ -221,8 +221,10 @@ def make_trainer(hf_model, train_dataset, output_dir: str | os.PathLike, max_ste
         use_cpu=not torch.cuda.is_available(), seed=seed, disable_tqdm=True,
     )
     args = TrainingArguments(**{**settings, **arguments})
-    return Trainer(model=hf_model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                   data_collator=default_data_collator)
+    trainer = Trainer(model=hf_model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                      data_collator=default_data_collator)
+    trainer.remove_callback(PrinterCallback)  # the losses stay in trainer.state.log_history, unprinted
+    return trainer
 
 
 def training_losses(trainer) -> list[float]:

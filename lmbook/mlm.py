@@ -127,11 +127,14 @@ def fill_blank(model: nn.Module, tokenizer, text: str, mask_id: int | None = Non
 
     A causal GPT sees only the text before the blank (it predicts the next token); a
     bidirectional encoder (``config.causal=False``) reads the text on both sides, with
-    ``mask_id`` in the blank's place.
+    ``mask_id`` in the blank's place. A space just before the blank goes with the blank, as
+    byte-level BPE attaches it to the following word (``"I will ___ thee"`` asks for `` love``).
     """
     if text.count(blank) != 1:
         raise ValueError(f"the text must hold exactly one blank {blank!r}; it holds {text.count(blank)}.")
     left, right = text.split(blank)
+    if left.endswith(" "):
+        left = left[:-1]  # byte-level BPE puts a space in front of the word that follows it: the blank's
     ids = tokenizer.encode(left)
     causal = getattr(model.config, "causal", True)
     if causal:

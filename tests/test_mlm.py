@@ -110,6 +110,13 @@ def test_fill_blank_reads_the_right_side_only_when_bidirectional(text_and_tokeni
     assert all(token in tok.chars for token, _ in left)  # the mask itself is never proposed
 
 
+def test_fill_blank_gives_the_space_before_the_blank_to_the_blank(text_and_tokenizer):
+    _, tok = text_and_tokenizer
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size))
+    assert fill_blank(gpt, tok, "the cat ___ on") == fill_blank(gpt, tok, "the cat___ on")
+
+
 def test_fill_blank_errors(text_and_tokenizer):
     _, tok = text_and_tokenizer
     encoder = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size + 1, causal=False))
