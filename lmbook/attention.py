@@ -227,9 +227,9 @@ RUNS = {
                    lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.1, beta2=0.99,
                    eval_interval=250, eval_iters=40),
     # two CPU cores, about a minute (benchmarks/speedrun_char_cpu.py times it)
-    "fast": GPTRun(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, max_steps=600,
-                   lr=4e-3, min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.1, beta2=0.99,
-                   eval_interval=100, eval_iters=10),
+    "fast": GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=64, dropout=0.0, batch_size=32, max_steps=600,
+                   lr=1e-2, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
+                   eval_interval=100, eval_iters=4),
 }
 # small runs that compare position tables: seconds each on a CPU (one layer at the fast size,
 # where a model without position information is exactly blind to the order of its context)
