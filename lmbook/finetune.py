@@ -273,6 +273,7 @@ class ChapterRun:
     block_size: int
     batch_size: int
     pretrain_steps: int
+    mlm_steps: int  # the masked language model's pretraining
     lr: float
     warmup_steps: int
     eval_interval: int
@@ -314,13 +315,13 @@ class ChapterRun:
 RUNS = {
     # a GPU, a few minutes for the whole chapter
     "full": ChapterRun(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=128, batch_size=64,
-                       pretrain_steps=3000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_iters=20,
+                       pretrain_steps=3000, mlm_steps=3000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_iters=20,
                        adapt_steps=600, adapt_lr=1e-4, classify_steps=300, classify_lr=3e-4, probe_lr=3e-3, lora_lr=1e-3,
                        small_tokens=50_000, overfit_batch_size=64, overfit_steps=1500, overfit_lr=1e-3, hf_steps=100,
                        sample_tokens=300),
     # two CPU cores, about three minutes for the whole chapter
     "fast": ChapterRun(vocab_size=512, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=32,
-                       pretrain_steps=600, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
+                       pretrain_steps=600, mlm_steps=400, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
                        adapt_steps=150, adapt_lr=3e-4, classify_steps=60, classify_lr=3e-3, probe_lr=1e-2, lora_lr=3e-3,
                        small_tokens=10_000, overfit_steps=300, overfit_lr=3e-3, hf_steps=30),
 }
@@ -357,7 +358,8 @@ def pretrain(run: ChapterRun, data: Prepared, causal: bool = True, device=None, 
         make = lambda ids, s: RandomBatches(ids, run.block_size, run.batch_size, device, seed=s)  # noqa: E731
     else:
         make = lambda ids, s: MLMBatches(ids, run.block_size, run.batch_size, V, V, device=device, seed=s)  # noqa: E731
-    config = run.train_config(desc="GPT (causal LM)" if causal else "encoder (masked LM)", seed=seed)
+    config = run.train_config(max_steps=run.pretrain_steps if causal else run.mlm_steps, seed=seed,
+                              desc="GPT (causal LM)" if causal else "encoder (masked LM)")
     history = train(model, make(data.train_ids, seed), config, {"val": make(data.val_ids, seed + 1)})
     return model, history
 

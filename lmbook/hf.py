@@ -47,8 +47,7 @@ def to_hf_config(config: GPTConfig) -> GPT2Config:
     """The ``GPT2Config`` that computes exactly what a ``GPT`` with ``config`` computes."""
     from transformers import GPT2Config
 
-    if not config.causal:
-        raise ValueError("GPT2LMHeadModel is causal; a bidirectional GPTConfig(causal=False) has no GPT-2 twin.")
+    config.check_gpt2()  # causal, learned positions, pre-LayerNorm: what GPT-2 computes
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,

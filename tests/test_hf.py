@@ -242,3 +242,8 @@ def test_token_blocks():
     assert torch.equal(item["input_ids"], torch.arange(16, 32)) and torch.equal(item["labels"], item["input_ids"])
     with pytest.raises(ValueError, match="do not fill one block"):
         TokenBlocks(torch.arange(10), 16)
+
+
+def test_only_gpt2s_architecture_converts():
+    with pytest.raises(ValueError, match="causal"):
+        to_hf(GPT(CONFIG.replace(causal=False)))
