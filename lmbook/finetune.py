@@ -126,7 +126,7 @@ ORDER_CLASSES = ["shuffled", "in order"]
 
 
 def order_examples(items: list[Speech], seed: int = 0) -> tuple[list[str], list[int]]:
-    """The word-order task: each speech as written (label 1) or with its words shuffled line by line (label 0), at random.
+    """The word-order task: each speech as written (label 1) or its words shuffled line by line (label 0).
 
     Telling them apart needs what a language model learns from raw text, which words may
     follow which: an acceptability judgement, like the CoLA task of the GLUE benchmark.
@@ -148,7 +148,8 @@ def speaker_examples(items: list[Speech], speakers: list[str]) -> tuple[list[str
     return [s.words for s in chosen], [speakers.index(s.speaker) for s in chosen]
 
 
-def encode_examples(texts: list[str], labels: list[int], tokenizer, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_examples(texts: list[str], labels: list[int], tokenizer,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of each text (its first ``block_size`` tokens, padded with -1) and its label.
 
     Returns ``x`` (N, block_size) and ``y`` (N,); texts with no tokens are left out.
@@ -164,7 +165,8 @@ def encode_examples(texts: list[str], labels: list[int], tokenizer, block_size: 
     return torch.tensor(rows), torch.tensor(kept)  # (N, T), (N,)
 
 
-def labelled_subset(x: torch.Tensor, y: torch.Tensor, per_class: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_subset(x: torch.Tensor, y: torch.Tensor, per_class: int | None,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` examples of each class, drawn at random (``None``: all of them)."""
     if per_class is None:
         return x, y
@@ -225,7 +227,8 @@ class SequenceClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.n_embd, n_classes)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         real = idx >= 0  # (B, T)
         lengths = real.sum(dim=1)  # (B,)
         if not bool((lengths > 0).all()):
@@ -316,7 +319,8 @@ RUNS = {
     # a GPU, a few minutes for the whole chapter
     "full": ChapterRun(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=128, batch_size=64,
                        pretrain_steps=3000, mlm_steps=3000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_iters=20,
-                       adapt_steps=600, adapt_lr=1e-4, classify_steps=300, classify_lr=3e-4, probe_lr=3e-3, lora_lr=1e-3,
+                       adapt_steps=600, adapt_lr=1e-4, classify_steps=300, classify_lr=3e-4, probe_lr=3e-3,
+                       lora_lr=1e-3,
                        small_tokens=50_000, overfit_batch_size=64, overfit_steps=1500, overfit_lr=1e-3, hf_steps=100,
                        sample_tokens=300),
     # two CPU cores, about three minutes for the whole chapter
@@ -403,7 +407,7 @@ def task_data(run: ChapterRun, data: Prepared, task: str = "order") -> dict:
 
 def train_classifier(classifier: SequenceClassifier, run: ChapterRun, task: dict[str, torch.Tensor],
                      per_class: int | None, seed: int = 0, **changes) -> tuple[History, float]:
-    """Train ``classifier`` on ``per_class`` labelled examples of each speaker; returns its history and test accuracy."""
+    """Train ``classifier`` on ``per_class`` labelled examples of each class; returns its history and test accuracy."""
     device = next(classifier.parameters()).device
     x, y = labelled_subset(task["x_train"], task["y_train"], per_class, seed)
     config = run.train_config(**{"max_steps": run.classify_steps, "lr": run.classify_lr, "min_lr": run.classify_lr / 10,
@@ -456,16 +460,18 @@ def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0) -> dict[st
     Returns ``{"pretrained": {per_class: accuracy}, "scratch": {...}}`` (``None``: all the examples).
     """
     results: dict[str, dict] = {"pretrained": {}, "scratch": {}}
+    device = next(gpt.parameters()).device
     for per_class in run.per_class:
         for start in results:
             torch.manual_seed(seed)
-            backbone = copy.deepcopy(gpt) if start == "pretrained" else GPT(gpt.config).to(next(gpt.parameters()).device)
+            backbone = copy.deepcopy(gpt) if start == "pretrained" else GPT(gpt.config).to(device)
             classifier = SequenceClassifier(backbone, len(task["classes"]))
             results[start][per_class] = train_classifier(classifier, run, task, per_class, seed)[1]
     return results
 
 
-def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None = None, seed: int = 0) -> dict[str, dict]:
+def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None = None,
+                    seed: int = 0) -> dict[str, dict]:
     """Full fine-tuning, a linear probe and LoRA from the same pretrained ``gpt``, each at its own learning rate.
 
     Returns ``{method: {"accuracy", "trainable", "total", "seconds"}}``.

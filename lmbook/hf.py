@@ -194,7 +194,7 @@ class TokenBlocks(torch.utils.data.Dataset):
         ids = torch.as_tensor(ids, dtype=torch.long)
         n = len(ids) // block_size
         if n < 1:
-            raise ValueError(f"{len(ids)} tokens do not fill one block of {block_size}: use more text or shorter blocks.")
+            raise ValueError(f"{len(ids)} tokens do not fill one block of {block_size}: use more text or shorter ones.")
         self.blocks = ids[: n * block_size].view(n, block_size)  # (N, T)
 
     def __len__(self) -> int:

@@ -80,7 +80,9 @@ class MLMBatches:
                  masking: Masking = Masking(), device="cpu", seed: int = 0):
         data = torch.as_tensor(data, dtype=torch.long)
         if data.dim() != 1 or len(data) < block_size:
-            raise ValueError(f"need a 1-D tensor of at least block_size={block_size} token ids, got shape {tuple(data.shape)}.")
+            raise ValueError(
+                f"need a 1-D tensor of at least block_size={block_size} token ids, got shape {tuple(data.shape)}."
+            )
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.mask_id, self.n_random, self.masking = mask_id, n_random, masking
         self.device = torch.device(device)

@@ -71,7 +71,7 @@ class TrainConfig:
         if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1 evaluation (or None: never stop early), not {self.patience}.")
+            raise ValueError(f"patience must be at least 1 evaluation (None: never stop early), not {self.patience}.")
         self.betas = tuple(self.betas)
 
 

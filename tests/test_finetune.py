@@ -23,7 +23,7 @@ from lmbook.gpt import GPT, GPTConfig
 TEXT = "\n\n".join(
     f"{name}:\n{line} number {i}\nand a second line {i}"
     for i, (name, line) in enumerate(
-        [("ROMEO", "O she doth teach the torches"), ("JULIET", "My bounty is as boundless"), ("NURSE", "Anon anon")] * 10
+        [("ROMEO", "O she doth teach the torches"), ("JULIET", "My bounty is as boundless"), ("NURSE", "Anon")] * 10
     )
 ) + "\n"
 

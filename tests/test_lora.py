@@ -33,7 +33,8 @@ def test_apply_lora_keeps_the_model_and_trains_only_adapters():
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith((".A", ".B")) for n in trainable)
     trained, total = count_parameters(model)
-    assert trained == sum(2 * (m.in_features + m.out_features) for m in (model.h[0].attn.c_attn.base, model.h[0].mlp.c_fc.base)) * 2
+    wrapped = (model.h[0].attn.c_attn.base, model.h[0].mlp.c_fc.base)
+    assert trained == 2 * sum(2 * (m.in_features + m.out_features) for m in wrapped)  # 2 layers, rank 2
     assert trained < total / 10
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -45,8 +46,8 @@ def test_apply_lora_keeps_the_model_and_trains_only_adapters():
     assert not torch.equal(model(idx)[0], before)  # the adapters learned something
     after = model.state_dict()
     for name, value in frozen.items():  # every original weight is where it was
-        wrapped = name.replace("c_attn.", "c_attn.base.").replace("c_fc.", "c_fc.base.")
-        assert torch.equal(after[wrapped if wrapped in after else name], value), name
+        renamed = name.replace("c_attn.", "c_attn.base.").replace("c_fc.", "c_fc.base.")
+        assert torch.equal(after[renamed if renamed in after else name], value), name
 
 
 def test_merged_weights_give_the_same_output():
