@@ -1,5 +1,6 @@
 """lmbook.finetune: the corpus cut into speeches, the labelled tasks, and the classification head."""
 
+import dataclasses
 import random
 
 import pytest
@@ -162,3 +163,41 @@ def test_example_batches_cut_padding():
     assert xb.shape == (6, 2) and yb.shape == (6,)
     with pytest.raises(ValueError, match="as many labels"):
         ExampleBatches(x, torch.tensor([0]), batch_size=2)
+
+
+def test_the_chapter_pipeline_runs_at_a_tiny_size():
+    """Every experiment of chapter 4, a few steps each, on a made-up play."""
+    from lmbook.finetune import (ChapterRun, adapt, compare_methods, label_sweep, prepare, pretrain,
+                                 regularisation_runs, task_data)
+
+    rng = random.Random(0)
+    words = "thou art the sun and moon my lord good night sweet prince of love".split()
+    play = "\n\n".join(
+        f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n" + "\n".join(" ".join(rng.choices(words, k=6)) for _ in range(2))
+        for _ in range(120)
+    ) + "\n"
+    run = ChapterRun(vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, pretrain_steps=3,
+                     mlm_steps=2, lr=1e-3, warmup_steps=1, eval_interval=3, eval_iters=1, adapt_steps=3, adapt_lr=1e-3,
+                     classify_steps=3, classify_lr=1e-3, probe_lr=1e-3, lora_lr=1e-3, per_class=(1, None),
+                     n_speakers=2, small_tokens=300, overfit_batch_size=4, overfit_steps=4, hf_steps=1)
+    data = prepare(run, play)
+    gpt, history = pretrain(run, data, device="cpu")
+    assert history.eval_steps == [0, 3] and gpt.config.causal
+    encoder, mlm_history = pretrain(run, data, causal=False, device="cpu")
+    assert not encoder.config.causal and encoder.config.vocab_size == data.tokenizer.vocab_size + 1
+    assert mlm_history.steps == [0, 1]
+    run = dataclasses.replace(run, adapt_speaker=data.corpus.speakers[0])
+    adapted, adapt_history = adapt(gpt, run, data)
+    assert set(adapt_history.eval_loss) == {run.adapt_speaker, "rest"}
+    assert not torch.equal(adapted.wte.weight, gpt.wte.weight)  # a trained copy; the original is left alone
+    runs = regularisation_runs(run, data, "cpu")
+    assert len(runs) == 4 and all(set(h.eval_loss) == {"train", "val"} for h in runs.values())
+    task = task_data(run, data)
+    assert task["classes"] == ["shuffled", "in order"] and len(task["x_test"]) > 0
+    sweep = label_sweep(gpt, run, task)
+    assert set(sweep) == {"pretrained", "scratch"} and set(sweep["scratch"]) == {1, None}
+    methods = compare_methods(gpt, run, task)
+    trainable = {m: r["trainable"] for m, r in methods.items()}
+    assert trainable["linear probe"] == 16 * 2 + 2  # the head alone
+    assert trainable["linear probe"] < trainable["LoRA"] < trainable["full fine-tuning"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in methods.values())
