@@ -107,21 +107,18 @@ def split_corpus(text: str, n_speakers: int = 4, test_fraction: float = 0.25, va
 
 # --- Labelled tasks built from the corpus ----------------------------------------------
 def shuffle_words(text: str, rng: random.Random) -> str:
-    """``text`` with the inner words of each line (all but its first and last) in a new order.
+    """``text`` with the words of each line in a new order (the lines, and the words, stay).
 
-    The first word keeps its capital and the last its punctuation, so that only the order of
-    the words tells a shuffled line from a real one. A line whose inner words are not all the
-    same always comes out changed; a line of three words or fewer stays as it is.
+    A line of two or more different words always comes out changed.
     """
     lines = []
     for line in text.split("\n"):
         words = line.split(" ")
-        inner = words[1:-1]
-        shuffled = list(inner)
-        if len(set(inner)) > 1:
-            while shuffled == inner:
+        shuffled = list(words)
+        if len(set(words)) > 1:
+            while shuffled == words:
                 rng.shuffle(shuffled)
-        lines.append(" ".join(words[:1] + shuffled + words[1:][-1:]) if len(words) > 2 else line)
+        lines.append(" ".join(shuffled))
     return "\n".join(lines)
 
 
@@ -129,7 +126,7 @@ ORDER_CLASSES = ["shuffled", "in order"]
 
 
 def order_examples(items: list[Speech], seed: int = 0) -> tuple[list[str], list[int]]:
-    """The word-order task: each speech as written (label 1) or with the inner words of its lines shuffled (label 0).
+    """The word-order task: each speech as written (label 1) or its words shuffled line by line (label 0).
 
     Telling them apart needs what a language model learns from raw text, which words may
     follow which: an acceptability judgement, like the CoLA task of the GLUE benchmark.
@@ -139,7 +136,7 @@ def order_examples(items: list[Speech], seed: int = 0) -> tuple[list[str], list[
     for s in items:
         keep = rng.random() < 0.5
         text = s.words if keep else shuffle_words(s.words, rng)
-        if keep or text != s.words:  # a speech of short lines cannot be shuffled: left out
+        if keep or text != s.words:  # a speech of one-word lines cannot be shuffled: left out
             texts.append(text)
             labels.append(int(keep))
     return texts, labels

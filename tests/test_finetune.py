@@ -57,16 +57,15 @@ def test_split_corpus_holds_test_speeches_out_of_pretraining():
         split_corpus(TEXT, n_speakers=1)
 
 
-def test_shuffled_lines_keep_their_words_and_their_ends():
-    text = "One two three four five,\nsix seven eight nine ten."
+def test_shuffled_lines_keep_their_words():
+    text = "one two three four\nfive six seven"
     shuffled = shuffle_words(text, random.Random(0))
     for a, b in zip(text.split("\n"), shuffled.split("\n")):
         assert sorted(a.split(" ")) == sorted(b.split(" "))
-        assert a.split(" ")[0] == b.split(" ")[0] and a.split(" ")[-1] == b.split(" ")[-1]
-        assert a != b
-    for seed in range(20):  # two different inner words always swap; a line of three words or fewer stays
-        assert shuffle_words("In fair Verona we\nO Romeo!", random.Random(seed)) == "In Verona fair we\nO Romeo!"
-    items = speeches(TEXT + "\nBRUTUS:\nAy, my lord.\n")
+    assert shuffled != text
+    for seed in range(20):  # a line of two different words always changes; one of a single word cannot
+        assert shuffle_words("fair Verona\nO", random.Random(seed)) == "Verona fair\nO"
+    items = speeches(TEXT + "\nBRUTUS:\nAy.\n")
     texts, labels = order_examples(items, seed=0)
     assert set(labels) == {0, 1} and len(texts) >= len(items) - 1
     originals = {s.words for s in items}
