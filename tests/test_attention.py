@@ -162,3 +162,20 @@ def test_attention_cost_grows_quadratically_in_memory():
     written = cost["written out"]["bytes"]
     assert written[1] == 4 * written[0]
     assert all(s > 0 for s in cost["fused (SDPA)"]["seconds"])
+
+
+def test_the_chapters_runs_build_models_and_training_configs():
+    import importlib
+
+    from lmbook.attention import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS, make_char_gpt
+    from lmbook.reference import RECIPES
+
+    for runs in (RUNS, POSITION_RUNS, NORM_RUNS):
+        for run in runs.values():
+            config = run.model_config(65)
+            assert config.n_embd % config.n_head == 0
+            assert run.train_config().max_steps == run.max_steps
+    for change in [*VARIANTS["positions"].values(), *VARIANTS["norm"].values()]:
+        make_char_gpt(RUNS["fast"], 65, "cpu", **change)
+    module, function = RECIPES["gpt"].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
