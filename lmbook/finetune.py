@@ -325,9 +325,9 @@ RUNS = {
                        sample_tokens=300),
     # two CPU cores, about three minutes for the whole chapter
     "fast": ChapterRun(vocab_size=512, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=32,
-                       pretrain_steps=600, mlm_steps=400, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
+                       pretrain_steps=600, mlm_steps=300, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
                        adapt_steps=150, adapt_lr=3e-4, classify_steps=60, classify_lr=3e-3, probe_lr=1e-2, lora_lr=3e-3,
-                       small_tokens=10_000, overfit_steps=300, overfit_lr=3e-3, hf_steps=30),
+                       small_tokens=10_000, overfit_steps=250, overfit_lr=3e-3, hf_steps=30),
 }
 
 

@@ -65,6 +65,7 @@ def to_hf_config(config: GPTConfig) -> GPT2Config:
         reorder_and_upcast_attn=False,
         add_cross_attention=False,
         tie_word_embeddings=True,
+        loss_type="ForCausalLM",  # next-token cross-entropy, said outright (transformers warns when it must guess)
         # GPT-2 uses its last token, <|endoftext|> (50256), for both; small vocabularies get their last id too.
         bos_token_id=config.vocab_size - 1,
         eos_token_id=config.vocab_size - 1,
