@@ -137,9 +137,13 @@ def test_post_ln_block_normalises_the_residual_stream():
 
 @pytest.mark.parametrize("change", [dict(position="sinusoidal"), dict(position="token-id"), dict(norm="post")])
 def test_variants_other_than_gpt2s_are_refused_for_conversion(change):
+    from lmbook.hf import to_hf
+
     GPTConfig().check_gpt2()
     with pytest.raises(ValueError, match="GPT-2 has no twin"):
         GPTConfig(**change).check_gpt2()
+    with pytest.raises(ValueError, match="GPT-2 has no twin"):
+        to_hf(GPT(GPTConfig.preset("tiny", **change)))
 
 
 def test_unknown_variants_are_refused():
