@@ -2,7 +2,8 @@
 
 Each module holds one concept and names the chapters that use it:
 ``runtime`` (device, size, seeds), ``data`` (corpus, batches), ``tokenizers``,
-``ngram`` and ``metrics`` (chapter 1), ``rnn`` (chapter 2), ``gpt``, ``train`` (the one training loop),
+``ngram`` and ``metrics`` (chapter 1), ``rnn`` (chapter 2), ``attention`` and ``widgets`` (chapter 3),
+``mlm``, ``lora`` and ``finetune`` (chapter 4), ``gpt``, ``train`` (the one training loop),
 ``generate``, ``hf`` (transformers), ``viz`` (plots), ``reference`` (full-size runs).
 """
 

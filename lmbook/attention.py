@@ -243,7 +243,7 @@ POSITION_RUNS = {
 NORM_RUNS = {
     "full": RUNS["full"].replace(n_layer=12, n_head=4, n_embd=128, block_size=128, dropout=0.0, max_steps=600,
                                  lr=1e-2, min_lr=0.0, schedule="linear", warmup_steps=100, eval_interval=50, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, batch_size=16, max_steps=100, lr=1e-2, warmup_steps=30,
+    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, batch_size=16, max_steps=300, lr=1e-2, warmup_steps=30,
                                  eval_interval=25, eval_iters=5),
 }
 
