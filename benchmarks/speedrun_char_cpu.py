@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.attention import RUNS, make_char_gpt, split_loss, train_char_gpt  # noqa: E402
+from lmbook.attention import RUNS, make_char_gpt, train_char_gpt  # noqa: E402
+from lmbook.metrics import split_loss  # noqa: E402
 from lmbook.data import shakespeare_chars  # noqa: E402
 from lmbook.runtime import environment  # noqa: E402
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import Presets
 from .data import RandomBatches
 from .gpt import GPT, CausalSelfAttention, GPTConfig
+from .metrics import split_loss
 from .runtime import get_device, pick
 from .train import History, TrainConfig, train
 
@@ -185,7 +186,7 @@ def attention_cost(lengths=(64, 128, 256, 512, 1024), batch: int = 4, n_head: in
 
 # --- The chapter's experiment: a character-level GPT on Tiny Shakespeare ----------------
 @dataclass(frozen=True)
-class GPTRun:
+class GPTRun(Presets):
     """The sizes of chapter 3's character-level GPT run: model shape, batches, training."""
 
     n_layer: int
@@ -214,11 +215,6 @@ class GPTRun:
                         eval_interval=self.eval_interval, eval_iters=self.eval_iters)
         return TrainConfig(**{**settings, **changes})
 
-    def replace(self, **changes) -> "GPTRun":
-        return GPTRun(**{**asdict(self), **changes})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 RUNS = {
@@ -261,21 +257,6 @@ def train_char_gpt(model: GPT, run: GPTRun, train_data: torch.Tensor, val_data: 
     batches = RandomBatches(train_data, run.block_size, run.batch_size, device, seed=seed)
     eval_batches = {"val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 1)}
     return train(model, batches, run.train_config(**{"seed": seed, **changes}), eval_batches)
-
-
-@torch.no_grad()
-def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256) -> float:
-    """Mean loss over a whole split cut into consecutive windows of ``block_size`` (every token predicted once)."""
-    n = (len(data) - 1) // block_size
-    device = next(model.parameters()).device
-    x = data[: n * block_size].view(n, block_size).to(device)  # (N, T)
-    y = data[1 : n * block_size + 1].view(n, block_size).to(device)  # (N, T), shifted by one
-    was_training = model.training
-    model.eval()
-    total = sum(model(x[i : i + batch_size], y[i : i + batch_size])[1].item() * len(x[i : i + batch_size])
-                for i in range(0, n, batch_size))
-    model.train(was_training)
-    return total / n
 
 
 def layer_gradient_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> list[float]:

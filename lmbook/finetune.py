@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import Presets
 from .data import RandomBatches, load_shakespeare, train_val_split
 from .gpt import GPT, GPTConfig
 from .mlm import MLMBatches
@@ -266,7 +267,7 @@ def freeze_backbone(classifier: SequenceClassifier) -> SequenceClassifier:
 
 # --- The chapter's sizes and experiments ----------------------------------------------
 @dataclass(frozen=True)
-class ChapterRun:
+class ChapterRun(Presets):
     """The sizes of chapter 4's runs: tokenizer, model, pretraining and each fine-tuning."""
 
     vocab_size: int  # BPE tokens (the MLM encoder has one more: the mask)
@@ -310,9 +311,6 @@ class ChapterRun:
         settings = dict(max_steps=self.pretrain_steps, lr=self.lr, min_lr=self.lr / 10, warmup_steps=self.warmup_steps,
                         eval_interval=self.eval_interval, eval_iters=self.eval_iters)
         return TrainConfig(**{**settings, **changes})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 RUNS = {

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn as nn
+
 LN2 = math.log(2.0)  # nats in one bit
 
 
@@ -53,3 +56,21 @@ def bits_per_char(total_nll_nats: float, n_chars: int) -> float:
     if n_chars <= 0:
         raise ValueError(f"n_chars must be positive, not {n_chars}.")
     return total_nll_nats / (n_chars * LN2)
+
+
+@torch.no_grad()
+def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256) -> float:
+    """Mean loss over a whole split cut into consecutive windows of ``block_size`` (every token predicted once).
+
+    Chapter 3 compares its GPT and the LSTM with it; ``benchmarks/speedrun_char_cpu.py`` reports it.
+    """
+    n = (len(data) - 1) // block_size
+    device = next(model.parameters()).device
+    x = data[: n * block_size].view(n, block_size).to(device)  # (N, T)
+    y = data[1 : n * block_size + 1].view(n, block_size).to(device)  # (N, T), shifted by one
+    was_training = model.training
+    model.eval()
+    total = sum(model(x[i : i + batch_size], y[i : i + batch_size])[1].item() * len(x[i : i + batch_size])
+                for i in range(0, n, batch_size))
+    model.train(was_training)
+    return total / n

@@ -16,7 +16,7 @@ and :func:`reference_run` is the chapter's full-size experiment.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -274,7 +274,7 @@ def sequential_loss(model: RNNLM, data: torch.Tensor, block_size: int = 250, bat
 
 # --- The chapter's experiment: char-level models on Tiny Shakespeare ---------------
 @dataclass(frozen=True)
-class CharRun:
+class CharRun(Presets):
     """The sizes of the chapter's character-level runs: model shape, batches, training."""
 
     n_layer: int
@@ -300,9 +300,6 @@ class CharRun:
             eval_interval=self.eval_interval, eval_iters=self.eval_iters, grad_clip=self.grad_clip,
         )
         return TrainConfig(**{**settings, **changes})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 RUNS = {

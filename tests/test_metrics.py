@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lmbook.metrics import LN2, bits_per_char, nats_to_bits, perplexity
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.metrics import LN2, bits_per_char, nats_to_bits, perplexity, split_loss
 
 
 def test_uniform_guessing_has_the_vocabulary_size_as_perplexity() -> None:
@@ -52,3 +53,11 @@ def test_impossible_nll_is_refused(bad: float) -> None:
 def test_bits_per_char_needs_characters() -> None:
     with pytest.raises(ValueError, match="n_chars"):
         bits_per_char(1.0, 0)
+
+
+def test_split_loss_reads_every_token_once():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    data = torch.randint(0, 65, (32 * 5 + 1,))
+    x, y = data[:-1].view(5, 32), data[1:].view(5, 32)
+    assert split_loss(model, data, 32, batch_size=2) == pytest.approx(model.eval()(x, y)[1].item(), rel=1e-5)
