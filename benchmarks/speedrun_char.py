@@ -7,6 +7,7 @@ the operating system started this process, so importing torch, reading the data,
 compiling and evaluating all count. Prints the figures and can write them as JSON.
 
     python benchmarks/speedrun_char.py --steps 2500 --batch-size 64 --lr 2e-3
+    python benchmarks/speedrun_char.py --cuda-graph --steps 1100 --batch-size 128 ...
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--beta2", type=float, default=0.99)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--compile", default="none", choices=["none", "model", "blocks"])
+    parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph")
     parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--eval-iters", type=int, default=10, help="batches per evaluation during training")
     parser.add_argument("--final-batches", type=int, default=200, help="batches of 64 x 256 in the final evaluation")
@@ -90,6 +92,7 @@ def main(argv=None) -> dict:
         eval_iters=args.eval_iters,
         log_interval=50,
         compile=False if args.compile == "none" else args.compile,
+        cuda_graph=args.cuda_graph,
         progress=args.progress,
         seed=args.seed,
     )
@@ -113,6 +116,7 @@ def main(argv=None) -> dict:
         "setup_seconds": setup_seconds,
         "train_seconds": history.seconds,
         "seconds_to_final_loss": done_at,
+        "final_eval_seconds": done_at - trained_at,
         "final_val_loss": final,
         "final_eval": f"{args.final_batches} random batches of 64 x {T} from the validation split",
         "tokens_per_second": history.tokens_per_second,

@@ -167,6 +167,10 @@ class RandomBatches:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        if self.device.type == "cuda":
+            # An ordinary copy from the CPU waits until the GPU has finished all its queued work; from
+            # pinned memory it does not, so Python can launch the next step while the GPU computes this one.
+            starts = starts.pin_memory().to(self.device, non_blocking=True)
         windows = self.data[starts.to(self.device)[:, None] + self._offsets]  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
 

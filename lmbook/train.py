@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .cudagraph import CapturedStep
 from .runtime import autocast_dtype
 
 Batches = Callable[[], tuple[torch.Tensor, torch.Tensor]]
@@ -49,6 +50,7 @@ class TrainConfig:
     log_interval: int = 10  # how often losses are brought back from the device
     precision: str = "auto"  # "auto" (bf16 where supported), "bf16" or "fp32"
     compile: bool | str = False  # True or "model": the whole model; "blocks": each block (compiles faster)
+    cuda_graph: bool = False  # record each step as one CUDA graph and replay it (lmbook.cudagraph; CUDA only)
     checkpoint_path: str | None = None
     checkpoint_interval: int | None = None  # default: at every evaluation
     seed: int = 1337
@@ -70,6 +72,11 @@ class TrainConfig:
             raise ValueError(f"compile must be False, True, 'model' or 'blocks', not {self.compile!r}.")
         if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
+        if self.cuda_graph and (self.compile or self.grad_accum != 1):
+            raise ValueError(
+                "cuda_graph records one whole step of one batch: use it with compile=False and grad_accum=1 "
+                f"(got compile={self.compile!r}, grad_accum={self.grad_accum})."
+            )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1 evaluation (None: never stop early), not {self.patience}.")
         self.betas = tuple(self.betas)
@@ -138,21 +145,36 @@ class CheckpointError(RuntimeError):
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of two or more dimensions (fused kernels on CUDA)."""
+    """AdamW with weight decay on tensors of two or more dimensions (fused kernels on CUDA).
+
+    With ``config.cuda_graph`` each group's learning rate is a tensor on the device, written
+    in place before every step, and the optimizer is ``capturable`` (see :mod:`lmbook.cudagraph`).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
+    fused = device.type == "cuda"
+    if config.cuda_graph:
+        if not fused:
+            raise ValueError(f"cuda_graph needs a CUDA device; the model is on {device.type}. Set cuda_graph=False.")
+        for group in groups:  # one tensor per group, so that a group's rate is never shared by accident
+            group["lr"] = torch.tensor(config.lr, dtype=torch.float32, device=device)
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True, capturable=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
 
 
-def autocast(device: torch.device, precision: str = "auto"):
-    """The autocast context for ``precision`` on ``device`` (a no-op for float32)."""
+def autocast(device: torch.device, precision: str = "auto", cache: bool = True):
+    """The autocast context for ``precision`` on ``device`` (a no-op for float32).
+
+    ``cache=False`` recasts the weights at every use instead of keeping the casts, as a
+    CUDA graph's recording needs.
+    """
     dtype = autocast_dtype(device) if precision == "auto" else torch.bfloat16 if precision == "bf16" else None
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 @torch.no_grad()
@@ -297,7 +319,17 @@ def train(
         torch.manual_seed(config.seed + rank)  # dropout masks, different in each process
     forward = compiled(model, config.compile)
     if n_proc > 1:
+        if config.cuda_graph:
+            raise ValueError("cuda_graph trains in one process; under torchrun set TrainConfig(cuda_graph=False).")
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    captured = None
+    if config.cuda_graph:
+
+        def graph_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with autocast(device, config.precision, cache=False):
+                return forward(x, y)[1]
+
+        captured = CapturedStep(model, graph_loss, optimizer, config.grad_clip)
     model.train()
 
     def evaluate() -> None:
@@ -360,22 +392,26 @@ def train(
     first_step, tick, train_seconds, pending, pending_steps = step, time.perf_counter(), 0.0, [], []
     while step < config.max_steps:
         lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
+        if captured is not None:  # the whole update in one replay (the rate is written into the graph's tensor)
             x, y = train_batches()
-            last = micro == config.grad_accum - 1
-            sync = contextlib.nullcontext() if last or n_proc == 1 else forward.no_sync()  # all-reduce once
-            with sync:
-                with autocast(device, config.precision):
-                    _, loss = forward(x, y)
-                (loss / config.grad_accum).backward()
-            step_loss += loss.detach().float()
-        # the norm before clipping; without clipping (an infinite threshold) the gradient is left as it is
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            step_loss, grad_norm = captured(x, y, lr)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                x, y = train_batches()
+                last = micro == config.grad_accum - 1
+                sync = contextlib.nullcontext() if last or n_proc == 1 else forward.no_sync()  # all-reduce once
+                with sync:
+                    with autocast(device, config.precision):
+                        _, loss = forward(x, y)
+                    (loss / config.grad_accum).backward()
+                step_loss += loss.detach().float()
+            # the norm before clipping; without clipping (an infinite threshold) the gradient is left as it is
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         history.tokens_per_step = x.numel() * config.grad_accum * n_proc
         pending.append(torch.stack([step_loss / config.grad_accum, grad_norm.float()]))
         pending_steps.append((step, lr))
@@ -410,6 +446,8 @@ def train(
             if stopping:
                 break
     bar.close()
+    if captured is not None:
+        optimizer.zero_grad(set_to_none=True)  # the graph's gradients are not left on the model
     if config.restore_best and best_state is not None:
         model.load_state_dict(best_state)
         history.restored_step = history.best(config.monitor)[0]

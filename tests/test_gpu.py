@@ -25,6 +25,53 @@ def test_bf16_training_learns_on_cuda(compile):
     assert history.eval_loss["val"][-1] < 1.0 < history.eval_loss["val"][0]
 
 
+def test_batches_on_cuda_are_the_cpu_batches():
+    on_cpu, on_gpu = RandomBatches(DATA, 64, 16, seed=3), RandomBatches(DATA, 64, 16, device="cuda", seed=3)
+    for _ in range(3):
+        (xc, yc), (xg, yg) = on_cpu(), on_gpu()
+        assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
+def _graph_run(cuda_graph, precision="fp32", dropout=0.0, steps=30):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", block_size=64, dropout=dropout)).cuda()
+    batches = RandomBatches(DATA, 64, 16, device="cuda", seed=1)
+    # a rate that changes at every step: a graph that kept the rate it was recorded with would drift away
+    config = TrainConfig(max_steps=steps, lr=1e-2, min_lr=0.0, warmup_steps=5, schedule="linear", log_interval=7,
+                         precision=precision, cuda_graph=cuda_graph, progress=False, eval_interval=10, eval_iters=2)
+    history = train(model, batches, config, {"val": RandomBatches(DATA, 64, 16, device="cuda", seed=2)})
+    return model, history
+
+
+def test_cuda_graph_step_matches_the_eager_step():
+    eager, eager_history = _graph_run(False)
+    graphed, graph_history = _graph_run(True)
+    assert len(graph_history.train_loss) == 30
+    torch.testing.assert_close(torch.tensor(graph_history.train_loss), torch.tensor(eager_history.train_loss), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(graph_history.grad_norm), torch.tensor(eager_history.grad_norm), rtol=1e-3, atol=1e-4)
+    for (name, a), b in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+    assert all(p.grad is None for p in graphed.parameters())
+
+
+def test_cuda_graph_trains_with_bf16_and_dropout():
+    _, history = _graph_run(True, precision="auto", dropout=0.2, steps=60)
+    assert history.eval_loss["val"][-1] < 1.0 < history.eval_loss["val"][0]
+
+
+def test_cuda_graph_refuses_a_new_batch_shape():
+    from lmbook.cudagraph import CapturedStep
+
+    model = GPT(GPTConfig.preset("tiny")).cuda()
+    optimizer = make_optimizer(model, TrainConfig(cuda_graph=True), torch.device("cuda"))
+    step = CapturedStep(model, lambda x, y: model(x, y)[1], optimizer, 1.0)
+    x = torch.randint(0, 65, (4, 32), device="cuda")
+    for _ in range(4):
+        step(x, x, 1e-3)
+    with pytest.raises(ValueError, match="one batch shape"):
+        step(x[:2], x[:2], 1e-3)
+
+
 def test_optimizer_is_fused_on_cuda():
     model = GPT(GPTConfig.preset("tiny")).cuda()
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cuda"))

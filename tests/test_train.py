@@ -54,6 +54,27 @@ def test_bad_settings_are_refused():
         TrainConfig(precision="fp16")
 
 
+def test_cuda_graph_settings_are_refused_before_any_step():
+    with pytest.raises(ValueError, match="compile=False and grad_accum=1"):
+        TrainConfig(cuda_graph=True, compile="blocks")
+    with pytest.raises(ValueError, match="grad_accum=2"):
+        TrainConfig(cuda_graph=True, grad_accum=2)
+    net = model()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="needs a CUDA device; the model is on cpu"):
+        train(net, batches(), config(cuda_graph=True))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_captured_step_refuses_a_cpu_model():
+    from lmbook.cudagraph import CapturedStep
+
+    net = model()
+    optimizer = torch.optim.AdamW(net.parameters())
+    with pytest.raises(ValueError, match="CUDA device; it is on cpu"):
+        CapturedStep(net, lambda x, y: net(x, y)[1], optimizer, 1.0)
+
+
 def test_training_lowers_the_loss_and_records_history():
     m = model()
     h = train(m, batches(), config(max_steps=40), {"val": batches(seed=9)})
