@@ -9,6 +9,7 @@ with its own generator, whose state goes into checkpoints (exact resume).
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import tempfile
@@ -129,13 +130,19 @@ def train_val_split(data: Sequence, val_fraction: float = 0.1) -> tuple[Sequence
     return data[:n], data[n:]
 
 
+def as_ids(ids: Sequence[int]) -> torch.Tensor:
+    """A list of token ids as a 1-D int64 tensor (through a typed array: ``torch.tensor`` on a
+    Python list of a million ints takes a third of a second, this a twentieth)."""
+    return torch.frombuffer(array.array("q", ids), dtype=torch.int64) if len(ids) else torch.zeros(0, dtype=torch.int64)
+
+
 def shakespeare_chars(val_fraction: float = 0.1):
     """Tiny Shakespeare as character ids: ``(tokenizer, train_data, val_data)`` (chapters 2 and 3)."""
     from .tokenizers import CharTokenizer
 
     text = load_shakespeare()
     tokenizer = CharTokenizer.train(text)
-    train_data, val_data = train_val_split(torch.tensor(tokenizer.encode(text)), val_fraction)
+    train_data, val_data = train_val_split(as_ids(tokenizer.encode(text)), val_fraction)
     return tokenizer, train_data, val_data
 
 

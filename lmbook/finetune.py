@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .data import RandomBatches, load_shakespeare, train_val_split
+from .data import RandomBatches, as_ids, load_shakespeare, train_val_split
 from .gpt import GPT, GPTConfig
 from .mlm import MLMBatches
 from .runtime import get_device
@@ -343,7 +343,7 @@ def prepare(run: ChapterRun, text: str | None = None) -> Prepared:
     """Cut the corpus, train the BPE tokenizer on the pretraining text only, and encode both parts."""
     corpus = split_corpus(text if text is not None else load_shakespeare(), run.n_speakers)
     tokenizer = FastBPETokenizer.train(corpus.pretrain, run.vocab_size)
-    encode = lambda t: torch.tensor(tokenizer.encode(t))  # noqa: E731
+    encode = lambda t: as_ids(tokenizer.encode(t))  # noqa: E731
     return Prepared(corpus, tokenizer, encode(corpus.pretrain), encode(corpus.val))
 
 
@@ -375,7 +375,7 @@ def adapt(model: GPT, run: ChapterRun, data: Prepared, speaker: str | None = Non
     speaker = speaker or run.adapt_speaker
     train_text, held_out = data.corpus.speaker_text(speaker)
     device = next(model.parameters()).device
-    encode = lambda t: torch.tensor(data.tokenizer.encode(t))  # noqa: E731
+    encode = lambda t: as_ids(data.tokenizer.encode(t))  # noqa: E731
     batches = lambda ids, s: RandomBatches(ids, run.block_size, run.batch_size, device, seed=s)  # noqa: E731
     adapted = copy.deepcopy(model)
     settings = dict(max_steps=run.adapt_steps, lr=run.adapt_lr, min_lr=run.adapt_lr, warmup_steps=0,

@@ -11,6 +11,7 @@ from lmbook.data import (
     DataUnavailableError,
     RandomBatches,
     RemoteFile,
+    as_ids,
     fetch,
     load_shakespeare,
     train_val_split,
@@ -78,6 +79,12 @@ def test_split_keeps_order_and_sizes():
     assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
     with pytest.raises(ValueError):
         train_val_split(data, 1.0)
+
+
+def test_as_ids_equals_torch_tensor_of_the_list():
+    ids = [0, 64, 2**40, 7] * 1000
+    assert torch.equal(as_ids(ids), torch.tensor(ids)) and as_ids(ids).dtype == torch.int64
+    assert as_ids([]).shape == (0,) and as_ids([]).dtype == torch.int64
 
 
 def test_batches_are_shifted_windows_and_reproducible():
