@@ -8,6 +8,7 @@ device, versions and sizes, and optionally writes them to a JSON file.
 
     python benchmarks/bench_gpt.py --preset tiny                # CPU, under a minute
     python benchmarks/bench_gpt.py --preset gpt2 --batch-size 16 --compile --out benchmarks/results/gpt2-h100.json
+    python benchmarks/bench_gpt.py --preset shakespeare-char --batch-size 128 --no-hf --cuda-graph --profile 10
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lmbook.cudagraph import CapturedStep  # noqa: E402
 from lmbook.gpt import GPT, GPTConfig  # noqa: E402
 from lmbook.runtime import device_name, environment, get_device  # noqa: E402
 from lmbook.train import TrainConfig, autocast, make_optimizer  # noqa: E402
@@ -56,10 +58,17 @@ def git_commit() -> str:
         return "unknown"
 
 
-def time_training(model, forward, batches, steps: int, warmup: int, precision: str, device: torch.device) -> dict:
-    """Run ``warmup`` untimed then ``steps`` timed optimizer steps; returns seconds and memory."""
-    config = TrainConfig(lr=1e-4, precision=precision)
+def make_step(model, forward, batches, precision: str, device: torch.device, cuda_graph: bool = False):
+    """One optimizer step on batch ``i % len(batches)``: eager, or replayed as a CUDA graph."""
+    config = TrainConfig(lr=1e-4, precision=precision, cuda_graph=cuda_graph)
     optimizer = make_optimizer(model, config, device)
+    if cuda_graph:
+        def loss_fn(x, y):
+            with autocast(device, precision, cache=False):
+                return forward(x, y)
+
+        captured = CapturedStep(model, loss_fn, optimizer, grad_clip=1.0)
+        return lambda i: captured(*batches[i % len(batches)], config.lr)
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
@@ -70,6 +79,11 @@ def time_training(model, forward, batches, steps: int, warmup: int, precision: s
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_training(step, steps: int, warmup: int, device: torch.device) -> dict:
+    """Run ``warmup`` untimed then ``steps`` timed calls of ``step``; returns seconds and memory."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -87,6 +101,36 @@ def time_training(model, forward, batches, steps: int, warmup: int, precision: s
     return {"warmup_seconds": warm, "seconds": seconds, "peak_memory_gib": memory}
 
 
+def profile_steps(step, steps: int, device: torch.device, rows: int = 12) -> dict:
+    """Profile ``steps`` calls of ``step``: where the time goes, and how busy the device was.
+
+    On CUDA, ``busy`` is the kernels' summed time over the wall time: well below 1, the
+    GPU waits for Python to launch work (a launch-bound step).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    result = {"ms_per_step": 1000 * wall / steps}
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        busy_us = sum(e.self_device_time_total for e in kernels)
+        result.update(kernels_per_step=sum(e.count for e in kernels) / steps,
+                      kernel_ms_per_step=busy_us / 1000 / steps, busy=busy_us / 1e6 / wall)
+    print(events.table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=rows))
+    print("profile: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()))
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -96,11 +140,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph (not with --compile)")
+    parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of lmbook's model")
     parser.add_argument("--vocab-size", type=int, default=None, help="e.g. 50304, GPT-2's vocabulary padded to 64")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers model")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.cuda_graph and args.compile:
+        parser.error("--cuda-graph records the eager step; use it without --compile")
 
     device = get_device(args.device)
     overrides = {"dropout": 0.0}
@@ -127,13 +175,15 @@ def main(argv=None) -> dict:
         "sizes": {**config.to_dict(), "batch_size": B, "seq_len": T, "steps": args.steps, "warmup": args.warmup},
         "precision": args.precision,
         "compile": args.compile,
+        "cuda_graph": args.cuda_graph,
         "peak_flops": peak,
         "models": {},
     }
 
     def run(name: str, model, forward) -> None:
         model.to(device).train()
-        timing = time_training(model, forward, batches, args.steps, args.warmup, args.precision, device)
+        step = make_step(model, forward, batches, args.precision, device, args.cuda_graph)
+        timing = time_training(step, args.steps, args.warmup, device)
         tokens_per_second = B * T * args.steps / timing["seconds"]
         results["models"][name] = {
             **timing,
@@ -150,6 +200,11 @@ def main(argv=None) -> dict:
         return module(x, y)[1]
 
     run("lmbook", model, lmbook_forward)
+    if args.profile:
+        step = make_step(model, lmbook_forward, batches, args.precision, device, args.cuda_graph)
+        for i in range(5):  # past the CUDA graph's recording and the optimizer's first steps
+            step(i)
+        results["profile"] = profile_steps(step, args.profile, device)
     del model, lmbook_forward
     gc.collect()
     if device.type == "cuda":
@@ -173,7 +228,7 @@ def main(argv=None) -> dict:
     print(f"torch       : {torch.__version__}   transformers: {results['environment'].get('transformers')}")
     print(f"model       : preset {args.preset}, {n_params / 1e6:.2f}M parameters (positions excluded), "
           f"L={config.n_layer} H={config.n_head} C={config.n_embd} V={config.vocab_size}")
-    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {args.compile}, "
+    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {args.compile}, cuda graph {args.cuda_graph}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'model':<14}{'ms/step':>10}{'tokens/s':>14}{'MFU':>8}{'peak GiB':>10}{'warm-up s':>11}")
     for name, r in results["models"].items():
