@@ -82,21 +82,23 @@ def make_step(model, forward, batches, precision: str, device: torch.device, cud
     return step
 
 
+def run_steps(step, first: int, n: int, device: torch.device) -> float:
+    """Seconds for calls ``first .. first + n - 1`` of ``step``, the device's queue drained at both ends."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for i in range(first, first + n):
+        step(i)
+    sync()
+    return time.perf_counter() - start
+
+
 def time_training(step, steps: int, warmup: int, device: torch.device) -> dict:
     """Run ``warmup`` untimed then ``steps`` timed calls of ``step``; returns seconds and memory."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for i in range(warmup):
-        step(i)
-    sync()
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync()
-    seconds = time.perf_counter() - start
+    warm = run_steps(step, 0, warmup, device)
+    seconds = run_steps(step, warmup, steps, device)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"warmup_seconds": warm, "seconds": seconds, "peak_memory_gib": memory}
 
@@ -111,14 +113,8 @@ def profile_steps(step, steps: int, device: torch.device, rows: int = 12) -> dic
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
     with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        sync()
-        wall = time.perf_counter() - start
+        wall = run_steps(step, 0, steps, device)
     events = prof.key_averages()
     result = {"ms_per_step": 1000 * wall / steps}
     if device.type == "cuda":
