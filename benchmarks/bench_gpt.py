@@ -136,6 +136,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"],
+                        help="torch.compile's mode, with --compile")
     parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph (not with --compile)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of lmbook's model")
     parser.add_argument("--vocab-size", type=int, default=None, help="e.g. 50304, GPT-2's vocabulary padded to 64")
@@ -171,6 +174,7 @@ def main(argv=None) -> dict:
         "sizes": {**config.to_dict(), "batch_size": B, "seq_len": T, "steps": args.steps, "warmup": args.warmup},
         "precision": args.precision,
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "cuda_graph": args.cuda_graph,
         "peak_flops": peak,
         "models": {},
@@ -192,7 +196,7 @@ def main(argv=None) -> dict:
     model = GPT(config)
     n_params, flops_per_token = model.num_params(), model.flops_per_token(T)  # same shape, same FLOPs for both
 
-    def lmbook_forward(x, y, module=torch.compile(model) if args.compile else model):
+    def lmbook_forward(x, y, module=torch.compile(model, mode=args.compile_mode) if args.compile else model):
         return module(x, y)[1]
 
     run("lmbook", model, lmbook_forward)
@@ -212,7 +216,7 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         hf = to_hf(GPT(config))
         hf.config._attn_implementation = "sdpa"
-        hf_module = torch.compile(hf) if args.compile else hf
+        hf_module = torch.compile(hf, mode=args.compile_mode) if args.compile else hf
 
         def hf_forward(x, y):
             logits = hf_module(input_ids=x).logits
@@ -224,7 +228,7 @@ def main(argv=None) -> dict:
     print(f"torch       : {torch.__version__}   transformers: {results['environment'].get('transformers')}")
     print(f"model       : preset {args.preset}, {n_params / 1e6:.2f}M parameters (positions excluded), "
           f"L={config.n_layer} H={config.n_head} C={config.n_embd} V={config.vocab_size}")
-    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {args.compile}, cuda graph {args.cuda_graph}, "
+    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {args.compile_mode if args.compile else False}, cuda graph {args.cuda_graph}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'model':<14}{'ms/step':>10}{'tokens/s':>14}{'MFU':>8}{'peak GiB':>10}{'warm-up s':>11}")
     for name, r in results["models"].items():
