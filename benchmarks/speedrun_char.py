@@ -2,7 +2,9 @@
 
 Trains the ``shakespeare-char`` preset (6 layers, 6 heads, 384 dims, context 256,
 dropout 0.2, the 90/10 split) with lmbook's own training loop, then measures the
-validation loss on 200 random batches of 64 x 256 tokens. The clock starts when
+validation loss over the whole validation split (every character predicted once, in
+consecutive windows of 256), or with ``--final-eval random`` on 200 random batches of
+64 x 256 tokens, as the runs before 2026-11-23 did. The clock starts when
 the operating system started this process, so importing torch, reading the data,
 compiling and evaluating all count. Prints the figures and can write them as JSON.
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmbook.data import RandomBatches, shakespeare_chars  # noqa: E402
 from lmbook.gpt import GPT, GPTConfig  # noqa: E402
+from lmbook.metrics import split_loss  # noqa: E402
 from lmbook.runtime import environment, get_device  # noqa: E402
 from lmbook.train import TrainConfig, estimate_loss, train  # noqa: E402
 
@@ -65,7 +68,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph")
     parser.add_argument("--eval-interval", type=int, default=250)
     parser.add_argument("--eval-iters", type=int, default=10, help="batches per evaluation during training")
-    parser.add_argument("--final-batches", type=int, default=200, help="batches of 64 x 256 in the final evaluation")
+    parser.add_argument("--final-eval", default="split", choices=["split", "random"],
+                        help="the whole validation split, or --final-batches random batches of 64 x 256")
+    parser.add_argument("--final-batches", type=int, default=200, help="with --final-eval random")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--preset", default="shakespeare-char")
     parser.add_argument("--label", default="")
@@ -101,8 +106,12 @@ def main(argv=None) -> dict:
     setup_seconds = since_start()
     history = train(model, batches, train_cfg, {"val": val})
     trained_at = since_start()
-    final_batches = RandomBatches(val_data, T, 64, device, seed=12345)
-    final = estimate_loss(model, final_batches, args.final_batches)
+    if args.final_eval == "split":
+        final = split_loss(model, val_data, T)
+        final_eval = f"the whole validation split ({len(val_data):,} characters) in consecutive windows of {T}"
+    else:
+        final = estimate_loss(model, RandomBatches(val_data, T, 64, device, seed=12345), args.final_batches)
+        final_eval = f"{args.final_batches} random batches of 64 x {T} from the validation split"
     done_at = since_start()
 
     result = {
@@ -118,7 +127,7 @@ def main(argv=None) -> dict:
         "seconds_to_final_loss": done_at,
         "final_eval_seconds": done_at - trained_at,
         "final_val_loss": final,
-        "final_eval": f"{args.final_batches} random batches of 64 x {T} from the validation split",
+        "final_eval": final_eval,
         "tokens_per_second": history.tokens_per_second,
         "curve": {"step": history.eval_steps, "val_loss": history.eval_loss["val"],
                   "seconds_from_start": [setup_seconds + s for s in history.eval_seconds]},
