@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .data import RandomBatches, as_ids, load_shakespeare
+from .data import RandomBatches, as_ids, load_shakespeare, to_device
 from .gpt import GPT, GPTConfig
 from .mlm import MLMBatches
 from .runtime import get_device
@@ -76,7 +76,7 @@ class ExampleBatches:
         rows = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
         x = self.x[rows]
         longest = int((x >= 0).sum(1).max())
-        return x[:, :longest].to(self.device), self.y[rows].to(self.device)  # (B, T'), (B,)
+        return to_device(x[:, :longest], self.device), to_device(self.y[rows], self.device)  # (B, T'), (B,)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

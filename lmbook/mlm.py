@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .data import to_device
+
 
 @dataclass(frozen=True)
 class Masking:
@@ -92,7 +94,7 @@ class MLMBatches:
         starts = torch.randint(len(self.data) - self.block_size + 1, (self.batch_size,), generator=self.generator)
         windows = self.data[starts[:, None] + torch.arange(self.block_size)]  # (B, T)
         inputs, targets = mask_tokens(windows, self.mask_id, self.n_random, self.masking, generator=self.generator)
-        return inputs.to(self.device), targets.to(self.device)  # (B, T), (B, T)
+        return to_device(inputs, self.device), to_device(targets, self.device)  # (B, T), (B, T)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -12,6 +12,7 @@ from lmbook.data import (
     RandomBatches,
     RemoteFile,
     as_ids,
+    to_device,
     fetch,
     load_shakespeare,
     train_val_split,
@@ -85,6 +86,11 @@ def test_as_ids_equals_torch_tensor_of_the_list():
     ids = [0, 64, 2**40, 7] * 1000
     assert torch.equal(as_ids(ids), torch.tensor(ids)) and as_ids(ids).dtype == torch.int64
     assert as_ids([]).shape == (0,) and as_ids([]).dtype == torch.int64
+
+
+def test_to_device_on_the_cpu_is_the_tensor_itself():
+    t = torch.arange(5)
+    assert to_device(t, torch.device("cpu")) is t
 
 
 def test_batches_are_shifted_windows_and_reproducible():

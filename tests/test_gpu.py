@@ -25,10 +25,20 @@ def test_bf16_training_learns_on_cuda(compile):
     assert history.eval_loss["val"][-1] < 1.0 < history.eval_loss["val"][0]
 
 
-def test_batches_on_cuda_are_the_cpu_batches():
-    on_cpu, on_gpu = RandomBatches(DATA, 64, 16, seed=3), RandomBatches(DATA, 64, 16, device="cuda", seed=3)
+@pytest.mark.parametrize("kind", ["random", "mlm", "examples"])
+def test_batches_on_cuda_are_the_cpu_batches(kind):
+    from lmbook.finetune import ExampleBatches
+    from lmbook.mlm import MLMBatches
+
+    examples = torch.where(torch.arange(64)[None] < torch.arange(1, 41)[:, None], DATA[:64], -1)  # (40, 64), padded
+    make = {
+        "random": lambda device: RandomBatches(DATA, 64, 16, device=device, seed=3),
+        "mlm": lambda device: MLMBatches(DATA, 64, 16, mask_id=65, n_random=65, device=device, seed=3),
+        "examples": lambda device: ExampleBatches(examples, torch.arange(40) % 2, 8, device=device, seed=3),
+    }[kind]
+    on_cpu, on_gpu = make("cpu"), make("cuda")
     for _ in range(3):
-        (xc, yc), (xg, yg) = on_cpu(), on_gpu()
+        (xc, yc), (xg, yg) = on_cpu(), on_gpu()  # the copies to the GPU do not wait for it; the values must not change
         assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
 
 
