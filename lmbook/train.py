@@ -308,6 +308,10 @@ def train(
         state = load_checkpoint(path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if config.cuda_graph:  # a checkpoint of an eager run holds plain rates: the graph needs tensors
+            for group in optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device).clone()
+                group["capturable"] = True
         local = state["processes"][rank]
         if hasattr(train_batches, "load_state_dict"):
             train_batches.load_state_dict(local["batches"])
