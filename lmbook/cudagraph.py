@@ -51,8 +51,8 @@ class CapturedStep:
                 f"a CUDA graph needs the model on a CUDA device; it is on {device.type}. "
                 "Train with TrainConfig(cuda_graph=False) here."
             )
-        lrs = [group["lr"] for group in optimizer.param_groups]
-        if not all(isinstance(lr, torch.Tensor) for lr in lrs) or not optimizer.defaults.get("capturable"):
+        groups = optimizer.param_groups
+        if not all(isinstance(group["lr"], torch.Tensor) and group.get("capturable") for group in groups):
             raise ValueError(
                 "a CUDA graph needs AdamW(capturable=True) with the learning rate as a tensor; "
                 "make the optimizer with lmbook.train.make_optimizer and TrainConfig(cuda_graph=True)."
