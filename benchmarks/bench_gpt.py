@@ -107,7 +107,8 @@ def profile_steps(step, steps: int, device: torch.device, rows: int = 12) -> dic
     """Profile ``steps`` calls of ``step``: where the time goes, and how busy the device was.
 
     On CUDA, ``busy`` is the kernels' summed time over the wall time: well below 1, the
-    GPU waits for Python to launch work (a launch-bound step).
+    GPU waits for Python to launch work (a launch-bound step). The profiler slows the Python
+    side itself, so ``ms_per_step`` here is above the timed figure and ``busy`` below the truth.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile

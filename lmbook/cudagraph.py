@@ -57,7 +57,7 @@ class CapturedStep:
                 "a CUDA graph needs AdamW(capturable=True) with the learning rate as a tensor; "
                 "make the optimizer with lmbook.train.make_optimizer and TrainConfig(cuda_graph=True)."
             )
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.loss_fn, self.optimizer = loss_fn, optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.max_norm = math.inf if grad_clip is None else grad_clip
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -59,7 +59,6 @@ def bits_per_char(total_nll_nats: float, n_chars: int) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256) -> float:
     """Mean loss over a whole split cut into consecutive windows of ``block_size`` (every token predicted once).
 

@@ -73,31 +73,29 @@ def test_cuda_graph_trains_with_bf16_and_dropout():
 def test_cuda_graph_resumes_from_a_checkpoint(tmp_path, first):
     # a run interrupted after 12 steps (eager or graphed) and resumed with the graph ends where an
     # uninterrupted graphed run ends
-    def run(max_steps, cuda_graph, resume=False, steps=None):
+    def run(cuda_graph, checkpoint, resume=False, stop_after=None):
         torch.manual_seed(0)
         model = GPT(GPTConfig.preset("tiny", block_size=64)).cuda()
         config = TrainConfig(max_steps=24, lr=1e-2, min_lr=0.0, warmup_steps=4, schedule="linear", precision="fp32",
                              cuda_graph=cuda_graph, progress=False, log_interval=4, eval_interval=12, eval_iters=2,
-                             checkpoint_path=str(tmp_path / f"{max_steps}.pt"))
-        source = RandomBatches(DATA, 64, 16, device="cuda", seed=1)
-        calls = {"n": 0}
+                             checkpoint_path=str(tmp_path / checkpoint))
+        source, calls = RandomBatches(DATA, 64, 16, device="cuda", seed=1), {"n": 0}
 
         def batches():
             calls["n"] += 1
-            if steps is not None and calls["n"] > steps:
+            if stop_after is not None and calls["n"] > stop_after:
                 raise KeyboardInterrupt
             return source()
 
-        try:
-            history = train(model, batches, config, {"val": RandomBatches(DATA, 64, 16, device="cuda", seed=2)}, resume=resume)
-        except KeyboardInterrupt:
-            history = None
+        batches.state_dict, batches.load_state_dict = source.state_dict, source.load_state_dict  # exact resume
+        history = train(model, batches, config, {"val": RandomBatches(DATA, 64, 16, device="cuda", seed=2)}, resume=resume)
         return model, history
 
-    whole, _ = run("whole", True)
-    run("cut", first, steps=12)
-    resumed, history = run("cut", True, resume=True)
-    assert history.steps[-1] == 23
+    whole, _ = run(True, "whole.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(first, "cut.pt", stop_after=12)
+    resumed, history = run(True, "cut.pt", resume=True)
+    assert history.steps == list(range(24))
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
 
