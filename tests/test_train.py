@@ -15,6 +15,7 @@ from lmbook.train import (
     atomic_save,
     load_checkpoint,
     lr_at,
+    make_optimizer,
     train,
 )
 
@@ -73,6 +74,22 @@ def test_captured_step_refuses_a_cpu_model():
     optimizer = torch.optim.AdamW(net.parameters())
     with pytest.raises(ValueError, match="CUDA device; it is on cpu"):
         CapturedStep(net, lambda x, y: net(x, y)[1], optimizer, 1.0)
+
+
+def test_optimizer_is_fused_adamw_with_decay_on_matrices_only():
+    net = model()
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    config = TrainConfig(lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
+    optimizer = make_optimizer(net, config, torch.device("cpu"))
+    assert optimizer.defaults["fused"]
+    optimizer.step()
+    for name, p in net.named_parameters():  # AdamW's first step written out: m/(1-b1) = g, v/(1-b2) = g^2
+        g, w = p.grad, before[name]
+        decay = config.weight_decay if p.dim() >= 2 else 0.0
+        expected = w * (1 - config.lr * decay) - config.lr * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_training_lowers_the_loss_and_records_history():
