@@ -1,0 +1,104 @@
+"""The benchmark scripts: they run end to end on a CPU at tiny sizes, and every command of
+``benchmarks/gpu_runs.sh`` is accepted by the script it calls (a renamed option would
+otherwise be found only on a GPU machine, after its start-up)."""
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmbook import reference
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (its ``main`` is not run)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other by name
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Parsed(Exception):
+    """Raised in place of running a script, once its arguments have parsed."""
+
+
+def parse_only(main, argv: list[str], monkeypatch) -> argparse.Namespace:
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(Parsed) as parsed:
+        main(argv)
+    return parsed.value.args[0]
+
+
+def test_bench_gpt_runs_both_models_on_the_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    result = script("bench_gpt").main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
+                                       "--warmup", "1", "--profile", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    c = result["sizes"]
+    lmbook, hf = result["models"]["lmbook"], result["models"]["transformers"]
+    for r in (lmbook, hf):
+        assert r["tokens_per_second"] == pytest.approx(2 * 16 * 2 / r["seconds"])
+        assert r["mfu"] is None  # no peak rate for a CPU
+    n = c["n_layer"] * 12 * c["n_embd"] ** 2 + c["n_layer"] * 13 * c["n_embd"] + c["vocab_size"] * c["n_embd"] + 2 * c["n_embd"]
+    assert lmbook["flops_per_token"] == 6 * n + 12 * c["n_layer"] * 16 * c["n_embd"]  # 6N + 12LTC, positions excluded
+    assert result["speedup_over_transformers"] == pytest.approx(lmbook["tokens_per_second"] / hf["tokens_per_second"])
+    assert result["profile"]["ms_per_step"] > 0 and "busy" not in result["profile"]  # busy: kernels on a GPU only
+
+
+def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path):
+    out = tmp_path / "run.json"
+    result = script("speedrun_char_cpu").main(["--max-steps", "4", "--eval-interval", "2", "--eval-iters", "1",
+                                               "--label", "tiny", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["curve"]["step"] == [0, 2, 4]
+    seconds = result["curve"]["seconds_from_start"]
+    assert seconds == sorted(seconds) and seconds[-1] < result["seconds_to_final_loss"]
+    assert 3.0 < result["final_val_loss"] < 4.5  # four steps from ln(65) = 4.17
+    assert result["target_met"] is False
+    assert result["recipe"]["max_steps"] == 4
+
+
+def gpu_commands(part: str, tmp_path: Path) -> list[list[str]]:
+    """The commands ``gpu_runs.sh PART`` would run, each as its argument list."""
+    env = {**os.environ, "PYTHON": "echo"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_runs.sh"), part, str(tmp_path / part)], env=env,
+                          capture_output=True, text=True, check=True)
+    lines = [line for line in done.stdout.splitlines() if line and not line.startswith(("==", "-c "))]
+    return [shlex.split(line) for line in lines]
+
+
+@pytest.mark.parametrize("part", ["check", "mfu", "references"])
+def test_every_gpu_command_parses(part, tmp_path, monkeypatch):
+    commands = gpu_commands(part, tmp_path)
+    assert commands
+    for argv in commands:
+        if argv[:2] == ["-m", "pytest"]:
+            assert "gpu" in argv
+        elif argv[:2] == ["-m", "lmbook.reference"]:
+            args = parse_only(reference.main, argv[2:], monkeypatch)
+            assert all(name in reference.RECIPES for name in args.names)
+        else:
+            name = Path(argv[0]).stem
+            parse_only(script(name).main, argv[1:], monkeypatch)
+        monkeypatch.undo()
+
+
+def test_gpu_runs_refuses_an_unknown_part(tmp_path):
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_runs.sh"), "everything", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "check, mfu or references" in done.stderr
