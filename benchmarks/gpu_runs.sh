@@ -46,9 +46,11 @@ check)
     "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
     step 300 "$python" -m pytest -q -m gpu tests/ -p no:cacheprovider
     step 120 "$python" benchmarks/bench_gpt.py --preset shakespeare-char --batch-size 128 --no-hf --profile 10
-    step 120 "$python" benchmarks/bench_gpt.py --preset shakespeare-char --batch-size 128 --no-hf --profile 10 --cuda-graph
+    step 120 "$python" benchmarks/bench_gpt.py --preset shakespeare-char --batch-size 128 --no-hf --profile 10 \
+        --cuda-graph
     step 120 "$python" benchmarks/speedrun_char.py "${recipe[@]}" --label p2 --out "$out/p2.json"
-    step 120 "$python" benchmarks/speedrun_char.py "${recipe[@]}" --cuda-graph --label p2-graph --out "$out/p2-graph.json"
+    step 120 "$python" benchmarks/speedrun_char.py "${recipe[@]}" --cuda-graph --label p2-graph \
+        --out "$out/p2-graph.json"
     ;;
 mfu)
     step 150 "$python" benchmarks/bench_gpt.py --preset gpt2 --batch-size 16 --compile --out "$out/gpt2-b16.json"
