@@ -45,6 +45,22 @@ def since_start() -> float:
     return time.perf_counter() - CLOCK0
 
 
+def host_matmul_gflops(n_embd: int, tokens: int, seconds: float = 0.5) -> float:
+    """The host's speed now: GFLOP/s of the MLP's first product, (tokens, C) @ (C, 4C), for ``seconds``.
+
+    Measured after a run, outside its clock. The same code has run 2x slower on the same
+    virtual machine an hour apart; this reading says which kind of hour a run had.
+    """
+    a, b = torch.randn(tokens, n_embd), torch.randn(n_embd, 4 * n_embd)
+    for _ in range(5):
+        a @ b
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    return 2 * tokens * n_embd * 4 * n_embd * calls / (time.perf_counter() - start) / 1e9
+
+
 def main(argv=None) -> dict:
     recipe = RUNS["fast"]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,12 +83,14 @@ def main(argv=None) -> dict:
     trained_at = since_start()
     final = split_loss(model, val_data, run.block_size)
     done_at = since_start()
+    gflops = host_matmul_gflops(run.n_embd, run.batch_size * run.block_size)
 
     met = final <= TARGET["loss"] and done_at <= TARGET["seconds"]
     result = {
         "label": args.label,
         "environment": environment(),
         "threads": torch.get_num_threads(),
+        "host_matmul_gflops": gflops,  # read after the run: compare runs' seconds at like host speeds
         "load_average": os.getloadavg(),  # over 1, 5 and 15 minutes: other work on the machine inflates times
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": os.environ.get("LMBOOK_COMMIT") or _commit(),
@@ -96,7 +114,8 @@ def main(argv=None) -> dict:
         f"{run.max_steps} steps of {run.batch_size}x{run.block_size}, {history.tokens_per_second:,.0f} tok/s, "
         f"{model.num_params():,} parameters; target <= {TARGET['loss']} in {TARGET['seconds']:.0f} s "
         f"{'met' if met else 'NOT met'}; device {result['environment']['device']}, torch "
-        f"{result['environment']['torch']}, load average {result['load_average'][0]:.2f}"
+        f"{result['environment']['torch']}, load average {result['load_average'][0]:.2f}, "
+        f"host matrix products {gflops:.0f} GFLOP/s"
     )
     out = Path(args.out) if args.out else RESULTS / f"{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

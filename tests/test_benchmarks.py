@@ -72,6 +72,7 @@ def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path):
     assert 3.0 < result["final_val_loss"] < 4.5  # four steps from ln(65) = 4.17
     assert result["target_met"] is False
     assert result["recipe"]["max_steps"] == 4
+    assert result["host_matmul_gflops"] > 0.1
 
 
 def gpu_commands(part: str, tmp_path: Path) -> list[list[str]]:
