@@ -48,7 +48,7 @@ def since_start() -> float:
 def host_matmul_gflops(n_embd: int, tokens: int, seconds: float = 0.5) -> float:
     """The host's speed now: GFLOP/s of the MLP's first product, (tokens, C) @ (C, 4C), for ``seconds``.
 
-    Measured after a run, outside its clock. The same code has run 2x slower on the same
+    Measured after a run, outside its clock. The same code has run nearly 2x slower on the same
     virtual machine an hour apart; this reading says which kind of hour a run had.
     """
     a, b = torch.randn(tokens, n_embd), torch.randn(n_embd, 4 * n_embd)

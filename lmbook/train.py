@@ -145,7 +145,7 @@ class CheckpointError(RuntimeError):
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of two or more dimensions, in fused kernels.
+    """AdamW with weight decay on tensors of two or more dimensions (fused kernels on CUDA and CPU).
 
     With ``config.cuda_graph`` each group's learning rate is a tensor on the device, written
     in place before every step, and the optimizer is ``capturable`` (see :mod:`lmbook.cudagraph`).
