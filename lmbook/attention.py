@@ -222,8 +222,9 @@ RUNS = {
     "full": GPTRun(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=128, max_steps=1100,
                    lr=2e-3, min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.3, beta2=0.99,
                    eval_interval=100, eval_iters=20),
-    # two CPU cores, about a minute (benchmarks/speedrun_char_cpu.py times it)
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=64, dropout=0.0, batch_size=32, max_steps=600,
+    # two CPU cores, under a minute (benchmarks/speedrun_char_cpu.py times it): a context of 32 and more,
+    # smaller steps beat a context of 64 on time and loss alike (benchmarks/NOTES.md)
+    "fast": GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=32, dropout=0.0, batch_size=32, max_steps=1000,
                    lr=1e-2, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
                    eval_interval=100, eval_iters=4),
 }
@@ -233,7 +234,7 @@ POSITION_RUNS = {
     "full": RUNS["full"].replace(n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.0, batch_size=64,
                                  max_steps=1000, lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine",
                                  weight_decay=0.1, eval_interval=100, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=1, n_embd=64, batch_size=32, max_steps=300, lr=5e-3, warmup_steps=20,
+    "fast": RUNS["fast"].replace(n_layer=1, n_embd=64, block_size=64, batch_size=32, max_steps=300, lr=5e-3, warmup_steps=20,
                                  eval_interval=50, eval_iters=5),
 }
 # deeper, narrow stacks at a high learning rate, to compare pre-LN with post-LN
@@ -241,7 +242,7 @@ NORM_RUNS = {
     "full": RUNS["full"].replace(n_layer=12, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=64,
                                  weight_decay=0.1, max_steps=600,
                                  lr=1e-2, min_lr=0.0, schedule="linear", warmup_steps=100, eval_interval=50, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, batch_size=16, max_steps=300, lr=1e-2, warmup_steps=30,
+    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, block_size=64, batch_size=16, max_steps=300, lr=1e-2, warmup_steps=30,
                                  eval_interval=25, eval_iters=2),  # 2 batches of 64: a sixth less time than 5
 }
 
