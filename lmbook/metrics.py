@@ -4,15 +4,20 @@ Every measure here starts from the negative log-likelihood (NLL) a model gives t
 text, in nats (natural logarithms, as ``torch.nn.functional.cross_entropy``
 returns it). Chapter 1 defines perplexity and bits per character and computes
 them by hand for an n-gram model; later chapters score the neural models with
-the same functions and add measures of generated text.
+the same functions. Chapter 6 scores long texts with a sliding window
+(:func:`token_nlls`, :func:`score_text`) for the book's models and for ``transformers``
+causal language models alike, and turns one summed NLL into every figure it is quoted
+as (:class:`TextNLL`). Measures of generated text are in :mod:`lmbook.textmetrics`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 LN2 = math.log(2.0)  # nats in one bit
 
@@ -58,6 +63,18 @@ def bits_per_char(total_nll_nats: float, n_chars: int) -> float:
     return total_nll_nats / (n_chars * LN2)
 
 
+def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
+    """The NLL of a text in bits, divided by the number of bytes of its UTF-8 encoding.
+
+    Equal to :func:`bits_per_char` for ASCII text such as Tiny Shakespeare; the usual
+    tokenizer-independent figure for text in any script (chapter 6).
+    """
+    total_nll_nats = _check_nll(total_nll_nats, "total_nll_nats")
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes must be positive, not {n_bytes}.")
+    return total_nll_nats / (n_bytes * LN2)
+
+
 @torch.no_grad()
 def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256) -> float:
     """Mean loss over a whole split cut into consecutive windows of ``block_size`` (every token predicted once).
@@ -74,3 +91,217 @@ def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size
                 for i in range(0, n, batch_size))
     model.train(was_training)
     return total / n
+
+
+# --- Chapter 6: one summed NLL, every figure it is quoted as; long texts by a sliding window ---
+@dataclass(frozen=True)
+class TextNLL:
+    """The negative log-likelihood a model gives a text, and the sizes it is divided by.
+
+    ``nats`` is summed over ``tokens`` predictions; ``chars`` and ``bytes`` count the text
+    those predicted tokens spell (0 when not known). Chapter 6 quotes one such sum as
+    cross-entropy per token, perplexity, bits per token, per character and per byte;
+    ``a + b`` pools two texts (their NLLs and sizes add up; their perplexities do not).
+    """
+
+    nats: float
+    tokens: int
+    chars: int = 0
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        _check_nll(self.nats, "nats")
+        for name in ("tokens", "chars", "bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, not {value!r}.")
+        if self.tokens == 0:
+            raise ValueError("tokens must be positive: a text with no predicted token has no NLL to divide.")
+
+    @property
+    def cross_entropy(self) -> float:
+        """Mean NLL per predicted token, in nats (what ``model(idx, targets)`` returns as its loss)."""
+        return self.nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(cross_entropy)``: meaningful only beside models with the same tokenizer."""
+        return perplexity(self.cross_entropy)
+
+    @property
+    def bits_per_token(self) -> float:
+        return nats_to_bits(self.cross_entropy)
+
+    @property
+    def bits_per_char(self) -> float:
+        """Bits per character of the predicted text: comparable across tokenizers."""
+        if not self.chars:
+            raise ValueError("chars is not known for this NLL: score the text with score_text to count them.")
+        return bits_per_char(self.nats, self.chars)
+
+    @property
+    def bits_per_byte(self) -> float:
+        if not self.bytes:
+            raise ValueError("bytes is not known for this NLL: score the text with score_text to count them.")
+        return bits_per_byte(self.nats, self.bytes)
+
+    def __add__(self, other: TextNLL) -> TextNLL:
+        if not isinstance(other, TextNLL):
+            return NotImplemented
+        return TextNLL(self.nats + other.nats, self.tokens + other.tokens, self.chars + other.chars,
+                       self.bytes + other.bytes)
+
+    def as_dict(self) -> dict[str, float]:
+        """Every figure at once (those needing unknown sizes left out)."""
+        out = {"nats": self.nats, "tokens": self.tokens, "cross_entropy": self.cross_entropy,
+               "perplexity": self.perplexity, "bits_per_token": self.bits_per_token}
+        if self.chars:
+            out.update(chars=self.chars, bits_per_char=self.bits_per_char)
+        if self.bytes:
+            out.update(bytes=self.bytes, bits_per_byte=self.bits_per_byte)
+        return out
+
+
+def context_of(model: nn.Module) -> int | None:
+    """The most tokens ``model`` reads at once; ``None`` when it has no limit (a recurrent model).
+
+    The book's models say it as ``model.context_length``; a ``transformers`` model as
+    ``config.n_positions`` (GPT-2) or ``config.max_position_embeddings``.
+    """
+    if hasattr(model, "context_length"):
+        return model.context_length
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (B, T, V) for ``idx`` (B, T), from a book model or a ``transformers`` causal LM."""
+    out = model(idx)
+    return out[0] if isinstance(out, tuple) else out.logits  # (logits, loss), or a ModelOutput
+
+
+def sliding_windows(n_predictions: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows that score ``n_predictions`` next-token predictions: ``(begin, first, end)`` each.
+
+    Prediction ``j`` guesses token ``j + 1`` from the tokens before it. Window ``k`` reads
+    tokens ``begin = k * stride`` to ``end - 1`` (at most ``context`` of them) and makes
+    predictions ``begin .. end - 1``; it scores only those from ``first`` on, the ones no
+    earlier window scored, so every prediction is scored exactly once and, after the first
+    window, with at least ``context - stride`` tokens before it in its window.
+    """
+    spans, end, begin = [], 0, 0
+    while end < n_predictions:
+        new_end = min(begin + context, n_predictions)
+        spans.append((begin, end, new_end))
+        begin, end = begin + stride, new_end
+    return spans
+
+
+def _check_window(n_tokens: int, context: int | None, stride: int | None, limit: int | None) -> tuple[int, int]:
+    if n_tokens < 2:
+        raise ValueError(f"the text has {n_tokens} token(s): at least 2 are needed to predict one from another.")
+    if context is None:
+        context = limit if limit is not None else n_tokens - 1  # no limit: the whole text in one window
+    if not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive whole number, not {context!r}.")
+    if limit is not None and context > limit:
+        raise ValueError(f"context={context} is longer than the model's context of {limit} tokens.")
+    if n_tokens - 1 < context:
+        raise ValueError(
+            f"the text has {n_tokens} tokens, shorter than one window of context={context} (+1 to predict): "
+            f"give a longer text, or score it in one window with context={n_tokens - 1}."
+        )
+    stride = context if stride is None else stride
+    if not isinstance(stride, int) or not 0 < stride <= context:
+        raise ValueError(f"stride must be a whole number in (0, context] = (0, {context}], not {stride!r}.")
+    return context, stride
+
+
+@torch.no_grad()
+def token_nlls(
+    model: nn.Module,
+    ids,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """The NLL, in nats, of each token of ``ids`` after the first, by the sliding-window method (chapter 6).
+
+    ``ids`` (N,) is read in windows of ``context`` tokens (the model's own context by
+    default; the whole text for a model without a limit) that start every ``stride``
+    tokens (``stride = context`` by default: windows side by side). Tokens a window shares
+    with the one before serve only as context; each of the N - 1 predictions is scored
+    once (see :func:`sliding_windows`). A smaller stride gives every token more context
+    and costs about ``context / stride`` times the computation. Works for the book's
+    models and for ``transformers`` causal LMs alike, in eval mode; returns (N - 1,)
+    float32 on the CPU, element ``j`` scoring token ``j + 1``.
+    """
+    ids = torch.as_tensor(ids)
+    if ids.numel() == 0:
+        ids = ids.long()  # an empty list becomes a float tensor
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be one text, a 1-D sequence of token ids, not a tensor of shape {tuple(ids.shape)}.")
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise TypeError(f"ids must hold integer token ids, not {ids.dtype}.")
+    context, stride = _check_window(len(ids), context, stride, context_of(model))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number, not {batch_size!r}.")
+    ids = ids.long()
+    device = next(model.parameters()).device
+    spans = sliding_windows(len(ids) - 1, context, stride)
+    out = torch.empty(len(ids) - 1)
+    was_training = model.training
+    model.eval()
+    try:
+        i = 0
+        while i < len(spans):  # windows of equal length in batches (only the last can be shorter)
+            length = spans[i][2] - spans[i][0]
+            group = [spans[i]]
+            while len(group) < batch_size and i + len(group) < len(spans):
+                nxt = spans[i + len(group)]
+                if nxt[2] - nxt[0] != length:
+                    break
+                group.append(nxt)
+            x = torch.stack([ids[b:e] for b, _, e in group]).to(device)  # (B, L)
+            y = torch.stack([ids[b + 1 : e + 1] for b, _, e in group]).to(device)  # (B, L), shifted by one
+            logits = logits_of(model, x)  # (B, L, V)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu()  # (B, L)
+            for row, (b, first, e) in enumerate(group):
+                out[first:e] = nll[row, first - b :]
+            i += len(group)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score_text(
+    model: nn.Module,
+    tokenizer,
+    text: str,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> TextNLL:
+    """The NLL ``model`` gives ``text`` (by :func:`token_nlls`), with the characters and bytes it predicted.
+
+    The first token is only context, so the characters counted are those of the text
+    after it. ``tokenizer`` is any of the book's tokenizers or a ``transformers`` one
+    (``encode(text) -> ids``, ``decode(ids) -> text``). Chapter 6's scoreboard puts every
+    model on one scale with ``score_text(...).bits_per_char``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}.")
+    ids = list(tokenizer.encode(text))
+    if len(ids) < 2:
+        raise ValueError(f"the text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed.")
+    nll = token_nlls(model, ids, context, stride, batch_size)
+    first = tokenizer.decode(ids[:1])
+    if not text.startswith(first):
+        raise ValueError(f"the first token decodes to {first!r}, which does not begin the text: "
+                         "the tokenizer does not round-trip it, so the predicted characters cannot be counted.")
+    predicted = text[len(first) :]
+    return TextNLL(float(nll.double().sum()), len(nll), len(predicted), len(predicted.encode("utf-8")))
