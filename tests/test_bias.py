@@ -1,0 +1,77 @@
+"""lmbook.bias: counts on a small hand-made text, Wilson's interval, Zhao et al.'s amplification worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lmbook.bias import PRONOUNS, Association, amplification, count_association, follower_shares, wilson_interval
+from lmbook.embeddings import words
+
+# he: 4 mentions (he, his, He, him); she: 3 (she, her, She). Followers counted by hand below.
+TEXT = "He is brave and his sword is sharp. She is fair; her eyes are bright. He was bold, she was kind, and I saw him."
+
+
+def test_counts_on_a_hand_made_text():
+    counted = count_association(words(TEXT))
+    assert counted.mentions == {"he": 4, "she": 3}
+    assert dict(counted.followers["he"]) == {"is": 1, "sword": 1, "was": 1}  # "him" ends the text
+    assert dict(counted.followers["she"]) == {"is": 1, "eyes": 1, "was": 1}
+    assert counted.share("he") == pytest.approx(4 / 7)
+    assert counted.n_words == len(words(TEXT))
+
+
+def test_groups_are_case_blind_and_any_groups_can_be_counted():
+    titles = {"lord": ("lord", "king"), "lady": ("lady", "queen")}
+    counted = count_association(["My", "Lord", "the", "KING", "and", "the", "queen", "wept"], titles)
+    assert counted.mentions == {"lord": 2, "lady": 1}
+    assert dict(counted.followers["lord"]) == {"the": 1, "and": 1}
+    with pytest.raises(KeyError, match="nobody"):
+        counted.share("nobody")
+
+
+def test_bad_groups_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="at least two"):
+        count_association(["he"], {"he": ("he",)})
+    with pytest.raises(ValueError, match="overlap"):
+        count_association(["he"], {"a": ("he", "his"), "b": ("his",)})
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        count_association(["he"], {"a": "he", "b": ("she",)})
+    with pytest.raises(TypeError, match="split it first"):
+        count_association("he is here")
+    with pytest.raises(ValueError, match="undefined"):
+        count_association(["nobody", "here"]).share("he")
+
+
+def test_wilson_interval_against_the_formula_and_its_edges():
+    # k = 8 of n = 10 at z = 1.96, worked out: centre 0.7171, half-width 0.2268
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    assert wilson_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    assert wilson_interval(500, 1000)[1] - wilson_interval(500, 1000)[0] < wilson_interval(5, 10)[1] - 0.0
+    with pytest.raises(ValueError, match="k <= n"):
+        wilson_interval(3, 2)
+
+
+def test_follower_shares_and_amplification_worked_by_hand():
+    def association(he: dict, she: dict) -> Association:
+        from collections import Counter
+
+        return Association(PRONOUNS, {"he": sum(he.values()), "she": sum(she.values())},
+                           {"he": Counter(he), "she": Counter(she)}, 0)
+
+    corpus = association({"is": 6, "sword": 18, "eyes": 3}, {"is": 4, "sword": 2, "eyes": 12})
+    model = association({"is": 7, "sword": 10, "eyes": 1}, {"is": 3, "sword": 0, "eyes": 9})
+    shares = follower_shares(corpus, min_count=5)
+    assert shares["is"] == {"he": 0.6, "she": 0.4} and shares["eyes"] == {"he": 0.2, "she": 0.8}
+    result = amplification(corpus, model, min_count=5)  # pairs: the most frequent corpus words first
+    # is: leans he, 0.6 -> 0.7; sword: he, 0.9 -> 1.0; eyes: she, 0.8 -> 0.9: each +0.1
+    assert result["n_words"] == 3 and result["amplification"] == pytest.approx(0.1)
+    assert [(w, g) for w, g, _, _ in result["pairs"]] == [("sword", "he"), ("eyes", "she"), ("is", "he")]
+    same = amplification(corpus, corpus, min_count=5)
+    assert same["amplification"] == pytest.approx(0.0)
+    # a word under min_count in the model's text is left out; with none left the measure is undefined
+    assert math.isnan(amplification(corpus, association({"x": 1}, {"y": 1}), min_count=5)["amplification"])
+    with pytest.raises(ValueError, match="different groups"):
+        amplification(corpus, count_association(["lord"], {"a": ("lord",), "b": ("lady",)}))
