@@ -2,6 +2,11 @@
 # and install into it first; make prints each command before it runs it.
 PYTHON ?= python
 
+# The ipywidgets HTML manager renders the widgets' saved state in the built book. No PyPI package
+# ships it, npm does: fetched once into book/_static/widgets (not committed), served from _static.
+WIDGETS = book/_static/widgets
+HTML_MANAGER = @jupyter-widgets/html-manager@^1.0.15
+
 .PHONY: help install book test clean
 
 help:
@@ -9,8 +14,15 @@ help:
 	@echo "make test   the same installs, then: unit tests, every chapter in the fast size, the build"
 	@echo "make clean  remove _build"
 
-install:
+install: $(WIDGETS)/embed.js
 	$(PYTHON) -m pip install -r requirements.txt -e .
+
+$(WIDGETS)/embed.js:
+	@command -v npm >/dev/null || { echo "npm is needed once, to fetch $(HTML_MANAGER) (Debian: apt-get install npm)"; exit 1; }
+	rm -rf $(WIDGETS).tmp && mkdir -p $(WIDGETS).tmp
+	cd $(WIDGETS).tmp && npm pack --silent "$(HTML_MANAGER)" >/dev/null
+	tar -xzf $(WIDGETS).tmp/*.tgz -C $(WIDGETS).tmp --strip-components=2 --exclude='*.map' --exclude='*amd.js' package/dist
+	rm -f $(WIDGETS).tmp/*.tgz && rm -rf $(WIDGETS) && mv $(WIDGETS).tmp $(WIDGETS)
 
 # The size follows the hardware (full with a CUDA GPU, else fast) unless LMBOOK_SIZE is set.
 book: install

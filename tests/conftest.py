@@ -16,6 +16,7 @@ if "LMBOOK_DATA" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").exi
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.addinivalue_line("markers", "book: executes the notebooks and builds the book")
+    config.addinivalue_line("markers", "browser: opens the built book in Chromium; runs after the build")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,8 +24,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-    # the book is built last, from the notebooks executed before it
-    items.sort(key=lambda item: "book" in item.keywords)
+    # the book is built last, from the notebooks executed before it, and then opened in a browser
+    items.sort(key=lambda item: ("book" in item.keywords, "browser" in item.keywords))
 
 
 @pytest.fixture(scope="session")
