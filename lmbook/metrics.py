@@ -244,7 +244,7 @@ def token_nlls(
     if ids.numel() == 0:
         ids = ids.long()  # an empty list becomes a float tensor
     if ids.dim() != 1:
-        raise ValueError(f"ids must be one text, a 1-D sequence of token ids, not a tensor of shape {tuple(ids.shape)}.")
+        raise ValueError(f"ids must be one text, a 1-D sequence of token ids, not of shape {tuple(ids.shape)}.")
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise TypeError(f"ids must hold integer token ids, not {ids.dtype}.")
     context, stride = _check_window(len(ids), context, stride, context_of(model))

@@ -1,0 +1,155 @@
+"""Tests for lmbook.hf_metrics: evaluate metrics that run with the network cut and no Hub cache, and give
+the numbers of the libraries they wrap (sacrebleu, rouge_score) and of lmbook's written-out measures."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+from lmbook import hf_metrics, textmetrics
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.metrics import score_text
+from lmbook.tokenizers import CharTokenizer, FastBPETokenizer
+
+PREDICTIONS = ["The cat sat on the mat by the door.", "It was the best of times, it was the worst."]
+REFERENCES = [["The cat was sitting on the mat near the door.", "A cat sat on the mat."],
+              ["It was the best of times, it was the worst of times.", "It was the best of times."]]
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 3
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No network at all, and an empty Hugging Face home: any download or Hub look-up fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a metric tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+def metric(cls, tmp_path, **kwargs):
+    return cls(cache_dir=str(tmp_path / "metrics"), **kwargs)
+
+
+def test_bleu_is_sacrebleus(tmp_path):
+    out = metric(hf_metrics.Bleu, tmp_path).compute(predictions=PREDICTIONS, references=REFERENCES)
+    theirs = sacrebleu.corpus_bleu(PREDICTIONS, [list(s) for s in zip(*REFERENCES)])
+    assert out["score"] == pytest.approx(theirs.score, rel=1e-12)
+    assert (out["counts"], out["totals"], out["sys_len"], out["ref_len"]) == (
+        theirs.counts, theirs.totals, theirs.sys_len, theirs.ref_len)
+    assert out["score"] == pytest.approx(100 * textmetrics.corpus_bleu(PREDICTIONS, REFERENCES).score, rel=1e-12)
+    one_reference = metric(hf_metrics.Bleu, tmp_path).compute(
+        predictions=PREDICTIONS, references=[r[0] for r in REFERENCES], smooth_method="none")
+    assert one_reference["score"] == pytest.approx(
+        sacrebleu.corpus_bleu(PREDICTIONS, [[r[0] for r in REFERENCES]], smooth_method="none").score)
+
+
+def test_bleu_needs_as_many_references_for_every_prediction(tmp_path):
+    with pytest.raises(ValueError, match="as many references"):
+        metric(hf_metrics.Bleu, tmp_path).compute(predictions=PREDICTIONS, references=[REFERENCES[0], ["one"]])
+
+
+def test_rouge_is_rouge_scores(tmp_path):
+    references = [r[0] for r in REFERENCES]
+    out = metric(hf_metrics.Rouge, tmp_path).compute(predictions=PREDICTIONS, references=references,
+                                                     use_aggregator=False)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
+    for i, (p, r) in enumerate(zip(PREDICTIONS, references)):
+        theirs = scorer.score(r, p)
+        for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            assert out[key][i] == pytest.approx(theirs[key].fmeasure)
+        assert out["rouge2"][i] == pytest.approx(textmetrics.rouge_n(p, r, 2).fmeasure)
+        assert out["rougeL"][i] == pytest.approx(textmetrics.rouge_l(p, r).fmeasure)
+    # several references: the best-matching one counts; aggregated: the bootstrap median, seeded
+    multi = metric(hf_metrics.Rouge, tmp_path).compute(predictions=PREDICTIONS, references=REFERENCES,
+                                                       use_aggregator=False, rouge_types=["rouge1"])
+    best = [max(scorer.score(r, p)["rouge1"].fmeasure for r in refs) for p, refs in zip(PREDICTIONS, REFERENCES)]
+    assert multi["rouge1"] == pytest.approx(best)
+    runs = [metric(hf_metrics.Rouge, tmp_path, seed=0).compute(predictions=PREDICTIONS, references=references)
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert min(out["rouge1"]) <= runs[0]["rouge1"] <= max(out["rouge1"])
+
+
+def test_diversity_and_repetition_are_the_written_out_measures(tmp_path):
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "a dog barked, a dog barked, a dog barked,"]
+    distinct = metric(hf_metrics.DistinctN, tmp_path).compute(predictions=texts, n=[1, 2, 3])
+    assert distinct == {f"distinct_{n}": pytest.approx(textmetrics.distinct_n(texts, n)) for n in (1, 2, 3)}
+    self_bleu = metric(hf_metrics.SelfBleu, tmp_path).compute(predictions=texts)["self_bleu"]
+    assert self_bleu == pytest.approx(textmetrics.self_bleu(texts), rel=1e-12)  # sacrebleu against lmbook's own
+    repetition = metric(hf_metrics.Repetition, tmp_path).compute(predictions=texts)
+    assert repetition == {"repetition": pytest.approx(1 / 3), "phrase_lengths": [0, 0, 4]}  # "a dog barked ,"
+
+
+def test_metrics_accumulate_batches_as_evaluate_metrics_do(tmp_path):
+    bleu = metric(hf_metrics.Bleu, tmp_path)
+    for p, r in zip(PREDICTIONS, REFERENCES):
+        bleu.add_batch(predictions=[p], references=[r])
+    assert bleu.compute()["score"] == pytest.approx(
+        metric(hf_metrics.Bleu, tmp_path).compute(predictions=PREDICTIONS, references=REFERENCES)["score"])
+    assert isinstance(hf_metrics.load("rouge"), hf_metrics.Rouge)
+    with pytest.raises(ValueError, match="no metric 'bertscore'"):
+        hf_metrics.load("bertscore")
+
+
+def char_model():
+    tokenizer = CharTokenizer.train(TEXT)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    return model, tokenizer
+
+
+def test_perplexity_slides_a_window_over_each_text(tmp_path):
+    model, tokenizer = char_model()
+    texts = [TEXT, TEXT[:100]]
+    out = metric(hf_metrics.Perplexity, tmp_path).compute(predictions=texts, model=model, tokenizer=tokenizer,
+                                                          stride=8)
+    scores = [score_text(model, tokenizer, t, stride=8) for t in texts]
+    assert out["perplexities"] == pytest.approx([s.perplexity for s in scores], rel=1e-6)
+    assert out["mean_perplexity"] == pytest.approx(sum(s.perplexity for s in scores) / 2, rel=1e-6)
+    pooled = scores[0] + scores[1]
+    assert out["tokens"] == len(TEXT) - 1 + 99
+    assert out["perplexity"] == pytest.approx(math.exp(pooled.nats / pooled.tokens), rel=1e-6)
+    assert out["bits_per_char"] == pytest.approx(pooled.nats / math.log(2) / pooled.chars, rel=1e-6)
+
+
+def test_perplexity_of_a_local_transformers_model(tmp_path):
+    """A model saved by save_pretrained is read from its folder, never from the Hub."""
+    from lmbook.hf import to_hf
+
+    bpe = FastBPETokenizer.train(TEXT, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    folder = tmp_path / "local-model"
+    to_hf(model).save_pretrained(folder)
+    bpe.to_transformers().save_pretrained(folder)
+    out = metric(hf_metrics.Perplexity, tmp_path).compute(predictions=[TEXT], model=str(folder))
+    assert out["perplexity"] == pytest.approx(score_text(model, bpe, TEXT).perplexity, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cls, inputs, error, match",
+    [
+        (hf_metrics.Bleu, lambda m, t: {"predictions": [], "references": []}, ValueError, "empty"),
+        (hf_metrics.Bleu, lambda m, t: {"predictions": ["a b"], "references": ["a", "b"]}, ValueError, "as many"),
+        (hf_metrics.Rouge, lambda m, t: {"predictions": "a b", "references": ["a b"]}, TypeError, "list of texts"),
+        (hf_metrics.DistinctN, lambda m, t: {"predictions": ["a"], "references": ["a"]}, ValueError, "no references"),
+        (hf_metrics.SelfBleu, lambda m, t: {"predictions": ["alone"]}, ValueError, "at least 2"),
+        (hf_metrics.Perplexity, lambda m, t: {"predictions": [TEXT]}, ValueError, "model="),
+        (hf_metrics.Perplexity, lambda m, t: {"predictions": [TEXT], "model": "gpt2"}, ValueError, "local directory"),
+        (hf_metrics.Perplexity, lambda m, t: {"predictions": ["short"], "model": m, "tokenizer": t}, ValueError,
+         "shorter than one window"),
+        (hf_metrics.Perplexity, lambda m, t: {"predictions": [TEXT], "model": m, "tokenizer": t, "stride": 40},
+         ValueError, "stride"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tmp_path, cls, inputs, error, match):
+    with pytest.raises(error, match=match):
+        metric(cls, tmp_path).compute(**inputs(*char_model()))
