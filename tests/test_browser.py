@@ -227,7 +227,7 @@ const started = Date.now();
 
 # Text of the page outside code, scripts and typeset math, hidden solutions included.
 _PROSE_TEXT = """
-const skip = 'pre, code, script, style, textarea, mjx-container, .highlight, .output';
+const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
 const walker = document.createTreeWalker(document.querySelector('main') || document.body, NodeFilter.SHOW_TEXT);
 const parts = [];
 for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -259,7 +259,8 @@ def page(request, browser, site):
 @pytest.mark.parametrize("page", PAGES, indirect=True)
 def test_page_renders_offline(page):
     name = page.name
-    assert page.mathjax in (True, None), f"{name}: {page.mathjax}"
+    if page.mathjax not in (True, None):
+        pytest.fail(f"{name}: {page.mathjax}\n" + "\n".join(page.problems()), pytrace=False)
     widgets = page.run("return document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]')"
                        ".length")
     if widgets:  # the HTML manager puts each view in a .widget-subarea before the script that holds its id

@@ -23,9 +23,10 @@ def check_widget_manager(app) -> None:
         return
     folders = [Path(app.confdir or app.srcdir, folder) for folder in app.config.html_static_path]
     if not any((folder / WIDGET_MANAGER).is_file() for folder in folders):
+        own = [f"{folder}/{WIDGET_MANAGER}" for folder in app.config.html_static_path if not Path(folder).is_absolute()]
         raise ConfigError(
-            f"{WIDGET_MANAGER} (the ipywidgets HTML manager that renders the saved widgets) is in none of "
-            f"html_static_path {[str(f) for f in folders]}: run `make install`, which fetches it with npm"
+            f"no {' or '.join(own) or WIDGET_MANAGER} (the ipywidgets HTML manager, which renders the saved "
+            "widgets): run `make install`, which fetches it with npm"
         )
 
 
