@@ -29,9 +29,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmbook.cudagraph import CapturedStep  # noqa: E402
-from lmbook.gpt import GPT, GPTConfig  # noqa: E402
-from lmbook.runtime import device_name, environment, get_device  # noqa: E402
-from lmbook.train import TrainConfig, autocast, make_optimizer  # noqa: E402
+from lmbook.gpt import GPT  # noqa: E402
+from lmbook.runs.ch03_gpt import named_config  # noqa: E402
+from lmbook.runtime import autocast, device_name, environment, get_device  # noqa: E402
+from lmbook.optim import make_optimizer  # noqa: E402
+from lmbook.train import TrainConfig  # noqa: E402
 
 # Peak dense bf16 tensor-core rates in FLOP/s, from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "RTX 4090": 165e12}
@@ -52,7 +54,8 @@ def git_commit() -> str:
     if os.environ.get("LMBOOK_COMMIT"):
         return os.environ["LMBOOK_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -123,7 +126,8 @@ def profile_steps(step, steps: int, device: torch.device, rows: int = 12) -> dic
         busy_us = sum(e.self_device_time_total for e in kernels)
         result.update(kernels_per_step=sum(e.count for e in kernels) / steps,
                       kernel_ms_per_step=busy_us / 1000 / steps, busy=busy_us / 1e6 / wall)
-    print(events.table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=rows))
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=rows))
     print("profile: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()))
     return result
 
@@ -140,7 +144,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--compile-mode", default="default",
                         choices=["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"],
                         help="torch.compile's mode, with --compile")
-    parser.add_argument("--cuda-graph", action="store_true", help="replay each step of lmbook's model as one CUDA graph (not with --compile)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay each step of lmbook's model as one CUDA graph (not with --compile)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of lmbook's model")
     parser.add_argument("--vocab-size", type=int, default=None, help="e.g. 50304, GPT-2's vocabulary padded to 64")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers model")
@@ -154,7 +159,7 @@ def main(argv=None) -> dict:
     overrides = {"dropout": 0.0}
     if args.vocab_size:
         overrides["vocab_size"] = args.vocab_size
-    config = GPTConfig.preset(args.preset, **overrides)
+    config = named_config(args.preset, **overrides)
     T = args.seq_len or config.block_size
     B = args.batch_size
     torch.manual_seed(0)
@@ -229,17 +234,21 @@ def main(argv=None) -> dict:
 
     print(f"device      : {results['device']}")
     print(f"torch       : {torch.__version__}   transformers: {results['environment'].get('transformers')}")
-    print(f"model       : preset {args.preset}, {n_params / 1e6:.2f}M parameters (positions excluded), "
+    print(f"model       : preset {args.preset}, {n_params / 1e6:.2f}M parameters (positions included), "
           f"L={config.n_layer} H={config.n_head} C={config.n_embd} V={config.vocab_size}")
-    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {args.compile_mode if args.compile else False}, cuda graph {args.cuda_graph}, "
+    compile_mode = args.compile_mode if args.compile else False
+    print(f"batch       : {B} x {T} tokens, precision {args.precision}, compile {compile_mode}, "
+          f"cuda graph {args.cuda_graph}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'model':<14}{'ms/step':>10}{'tokens/s':>14}{'MFU':>8}{'peak GiB':>10}{'warm-up s':>11}")
     for name, r in results["models"].items():
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
-        print(f"{name:<14}{r['ms_per_step']:>10.1f}{r['tokens_per_second']:>14,.0f}{mfu:>8}{mem:>10}{r['warmup_seconds']:>11.1f}")
+        print(f"{name:<14}{r['ms_per_step']:>10.1f}{r['tokens_per_second']:>14,.0f}{mfu:>8}{mem:>10}"
+              f"{r['warmup_seconds']:>11.1f}")
     if "transformers" in results["models"]:
-        ratio = results["models"]["lmbook"]["tokens_per_second"] / results["models"]["transformers"]["tokens_per_second"]
+        models = results["models"]
+        ratio = models["lmbook"]["tokens_per_second"] / models["transformers"]["tokens_per_second"]
         results["speedup_over_transformers"] = ratio
         print(f"lmbook / transformers tokens/s: {ratio:.2f}x")
     if args.out:

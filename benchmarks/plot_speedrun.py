@@ -1,6 +1,7 @@
 """Plot recorded speed-run results: validation loss against seconds from process start.
 
-    python benchmarks/plot_speedrun.py benchmarks/results/speedrun-char-h100 --runs a-b64-lr1e-3-3500 e-b256-lr3e-3-800 p \
+    python benchmarks/plot_speedrun.py benchmarks/results/speedrun-char-h100 \
+        --runs a-b64-lr1e-3-3500 e-b256-lr3e-3-800 p \
         --out benchmarks/results/speedrun-char-h100.png
 """
 

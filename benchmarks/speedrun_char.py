@@ -1,6 +1,6 @@
 """How fast the character-level Shakespeare GPT reaches a validation loss, from process start.
 
-Trains the ``shakespeare-char`` preset (6 layers, 6 heads, 384 dims, context 256,
+Trains chapter 3's full GPT, ``shakespeare-char`` (6 layers, 6 heads, 384 dims, context 256,
 dropout 0.2, the 90/10 split) with lmbook's own training loop, then measures the
 validation loss over the whole validation split (every character predicted once, in
 consecutive windows of 256), or with ``--final-eval random`` on 200 random batches of
@@ -43,8 +43,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmbook.data import RandomBatches, shakespeare_chars  # noqa: E402
-from lmbook.gpt import GPT, GPTConfig  # noqa: E402
+from lmbook.gpt import GPT  # noqa: E402
 from lmbook.metrics import split_loss  # noqa: E402
+from lmbook.runs.ch03_gpt import named_config  # noqa: E402
 from lmbook.runtime import environment, get_device  # noqa: E402
 from lmbook.train import TrainConfig, estimate_loss, train  # noqa: E402
 
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     device = get_device()
     torch.set_float32_matmul_precision("high")
     tokenizer, train_data, val_data = shakespeare_chars(0.1)
-    config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout)
+    config = named_config(args.preset, vocab_size=tokenizer.vocab_size, dropout=args.dropout)
     T = config.block_size
     torch.manual_seed(args.seed)
     model = GPT(config).to(device)
@@ -135,7 +136,8 @@ def main(argv=None) -> dict:
     best_step, best = history.best("val")
     print(
         f"{args.label or 'run'}: val {final:.4f} at {done_at:.1f} s from process start "
-        f"(setup {setup_seconds:.1f} s, training {trained_at - setup_seconds:.1f} s, final eval {done_at - trained_at:.1f} s); "
+        f"(setup {setup_seconds:.1f} s, training {trained_at - setup_seconds:.1f} s, "
+        f"final eval {done_at - trained_at:.1f} s); "
         f"{args.steps} steps of {args.batch_size}x{T}, {history.tokens_per_second:,.0f} tok/s; "
         f"best quick eval {best:.4f} at step {best_step}; device {result['environment']['device']}"
     )

@@ -1,11 +1,12 @@
 """How fast chapter 3's fast-size GPT reaches a validation loss on a CPU, from process start.
 
-Trains the recipe ``lmbook.attention.RUNS["fast"]`` (the GPT that chapter 3 trains at
+Trains the recipe ``lmbook.runs.ch03_gpt.RUNS["fast"]`` (the GPT that chapter 3 trains at
 the fast size) on Tiny Shakespeare's characters with lmbook's own training loop, on the
 CPU, with the evaluations the chapter makes along the way; then measures the loss on
 the whole validation split (111,540 characters) cut into consecutive windows of the
-context length, each character predicted once (but the last few, which fill no window). The clock starts when the operating system started this
-process, so importing torch, reading the data and evaluating all count. The target is
+context length, each character predicted once (but the last few, which fill no window).
+The clock starts when the operating system started this process, so importing torch,
+reading the data and evaluating all count. The target is
 a validation loss of at most 1.88 within 65 seconds on two cores.
 
     python benchmarks/speedrun_char_cpu.py                 # the chapter's recipe
@@ -32,7 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.attention import RUNS, make_char_gpt, train_char_gpt  # noqa: E402
+from lmbook.runs.ch03_gpt import RUNS, make_char_gpt, train_char_gpt  # noqa: E402
 from lmbook.metrics import split_loss  # noqa: E402
 from lmbook.data import shakespeare_chars  # noqa: E402
 from lmbook.runtime import environment  # noqa: E402
@@ -69,7 +70,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="recipe")
-    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/speedrun-char-cpu/<label>.json)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file (default: benchmarks/results/speedrun-char-cpu/<label>.json)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -101,7 +103,8 @@ def main(argv=None) -> dict:
         "train_seconds": history.seconds,
         "seconds_to_final_loss": done_at,
         "final_val_loss": final,
-        "final_eval": f"the whole validation split ({len(val_data):,} characters) in consecutive windows of {run.block_size}",
+        "final_eval": f"the whole validation split ({len(val_data):,} characters) "
+                      f"in consecutive windows of {run.block_size}",
         "target": TARGET,
         "target_met": met,
         "tokens_per_second": history.tokens_per_second,

@@ -1,4 +1,4 @@
-"""Attention written out step by step, and chapter 3's experiments with the Transformer.
+"""Attention written out step by step, and what chapter 3 measures with it.
 
 The GPT of :mod:`lmbook.gpt` calls PyTorch's fused ``scaled_dot_product_attention``;
 this module computes the same thing in plain tensor operations (scores, scaling,
@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .config import Presets
-from .data import RandomBatches
-from .gpt import GPT, CausalSelfAttention, GPTConfig
-from .metrics import split_loss
-from .runtime import get_device, pick
-from .train import History, TrainConfig, train
+from .gpt import GPT, CausalSelfAttention
+from .interface import evaluating
+from .runtime import get_device
 
 
 # --- Scaled dot-product attention ------------------------------------------------
@@ -67,7 +63,7 @@ def self_attention(module: CausalSelfAttention, x: torch.Tensor) -> tuple[torch.
     B, T, C = x.shape
     q, k, v = module.c_attn(x).split(C, dim=2)  # each (B, T, C)
     q, k, v = (split_heads(t, module.n_head) for t in (q, k, v))  # each (B, nh, T, hs)
-    y, weights = attention(q, k, v, causal=module.causal)  # (B, nh, T, hs), (B, nh, T, T)
+    y, weights = attention(q, k, v, causal=module.is_causal)  # (B, nh, T, hs), (B, nh, T, T)
     return module.c_proj(merge_heads(y)), weights  # (B, T, C)
 
 
@@ -109,14 +105,12 @@ def attention_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         maps.append(self_attention(module, args[0])[1])
 
     handles = [block.attn.register_forward_hook(hook) for block in model.h]
-    was_training = model.training
     try:
-        model.eval()
-        model(idx)
+        with evaluating(model):
+            model(idx)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return torch.stack(maps)  # (L, B, nh, T, T)
 
 
@@ -132,11 +126,9 @@ def order_test(model: GPT, idx: torch.Tensor, seed: int = 0) -> dict:
     x, target = idx[:, :-1], idx[:, -1]
     perm = torch.stack([torch.randperm(x.size(1) - 1, generator=g) for _ in range(x.size(0))]).to(x.device)
     shuffled = torch.cat([x[:, :-1].gather(1, perm), x[:, -1:]], dim=1)  # the last input token stays last
-    was_training = model.training
-    model.eval()
-    p = torch.softmax(model(x)[0][:, -1].float(), -1)  # (B, vocab)
-    p_shuffled = torch.softmax(model(shuffled)[0][:, -1].float(), -1)
-    model.train(was_training)
+    with evaluating(model):
+        p = torch.softmax(model(x)[0][:, -1].float(), -1)  # (B, vocab)
+        p_shuffled = torch.softmax(model(shuffled)[0][:, -1].float(), -1)
     return {
         "total_variation": 0.5 * (p - p_shuffled).abs().sum(-1).mean().item(),
         "loss": F.nll_loss(p.log(), target).item(),
@@ -184,85 +176,6 @@ def attention_cost(lengths=(64, 128, 256, 512, 1024), batch: int = 4, n_head: in
     return result
 
 
-# --- The chapter's experiment: a character-level GPT on Tiny Shakespeare ----------------
-@dataclass(frozen=True)
-class GPTRun(Presets):
-    """The sizes of chapter 3's character-level GPT run: model shape, batches, training."""
-
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    dropout: float
-    batch_size: int
-    max_steps: int
-    lr: float
-    min_lr: float
-    warmup_steps: int
-    schedule: str
-    weight_decay: float
-    beta2: float
-    eval_interval: int
-    eval_iters: int
-
-    def model_config(self, vocab_size: int, **changes) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=self.dropout).replace(**changes)
-
-    def train_config(self, **changes) -> TrainConfig:
-        settings = dict(max_steps=self.max_steps, lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
-                        schedule=self.schedule, weight_decay=self.weight_decay, betas=(0.9, self.beta2),
-                        eval_interval=self.eval_interval, eval_iters=self.eval_iters)
-        return TrainConfig(**{**settings, **changes})
-
-
-RUNS = {
-    # the shakespeare-char preset on a GPU, under a minute on an H100: the schedule of the best speed runs
-    # (benchmarks/NOTES.md, run p), decaying to zero where longer runs start to overfit
-    "full": GPTRun(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=128, max_steps=1100,
-                   lr=2e-3, min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.3, beta2=0.99,
-                   eval_interval=100, eval_iters=20),
-    # two CPU cores, under a minute (benchmarks/speedrun_char_cpu.py times it): a context of 32 and more,
-    # smaller steps beat a context of 64 on time and loss alike (benchmarks/NOTES.md)
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=32, dropout=0.0, batch_size=32, max_steps=1000,
-                   lr=1e-2, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                   eval_interval=100, eval_iters=4),
-}
-# small runs that compare position tables: seconds each on a CPU (one layer at the fast size,
-# where a model without position information is exactly blind to the order of its context)
-POSITION_RUNS = {
-    "full": RUNS["full"].replace(n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.0, batch_size=64,
-                                 max_steps=1000, lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine",
-                                 weight_decay=0.1, eval_interval=100, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=1, n_embd=64, block_size=64, batch_size=32, max_steps=300, lr=5e-3,
-                                 warmup_steps=20, eval_interval=50, eval_iters=5),
-}
-# deeper, narrow stacks at a high learning rate, to compare pre-LN with post-LN
-NORM_RUNS = {
-    "full": RUNS["full"].replace(n_layer=12, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=64,
-                                 weight_decay=0.1, max_steps=600,
-                                 lr=1e-2, min_lr=0.0, schedule="linear", warmup_steps=100, eval_interval=50, eval_iters=20),
-    # 2 evaluation batches of 64: a sixth less time than 5
-    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, block_size=64, batch_size=16, max_steps=300, lr=1e-2,
-                                 warmup_steps=30, eval_interval=25, eval_iters=2),
-}
-
-
-def make_char_gpt(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **changes) -> GPT:
-    """A fresh :class:`GPT` at the sizes of ``run`` (``changes`` go to its :class:`GPTConfig`), from ``seed``."""
-    torch.manual_seed(seed)
-    return GPT(run.model_config(vocab_size, **changes)).to(device or get_device())
-
-
-def train_char_gpt(model: GPT, run: GPTRun, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
-                   **changes) -> History:
-    """Train ``model`` in place at the sizes of ``run`` on random windows; ``changes`` go to the :class:`TrainConfig`."""
-    device = next(model.parameters()).device
-    batches = RandomBatches(train_data, run.block_size, run.batch_size, device, seed=seed)
-    eval_batches = {"val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 1)}
-    return train(model, batches, run.train_config(**{"seed": seed, **changes}), eval_batches)
-
-
 def layer_gradient_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """The gradient norm of each block's parameters for one batch (x, y): where the learning signal arrives."""
     model.zero_grad(set_to_none=True)
@@ -270,30 +183,3 @@ def layer_gradient_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> list[f
     norms = [torch.cat([p.grad.flatten() for p in block.parameters()]).norm().item() for block in model.h]
     model.zero_grad(set_to_none=True)
     return norms
-
-
-VARIANTS = {  # GPTConfig changes the chapter compares, each against the default
-    "positions": {"learned": {}, "sinusoidal": {"position": "sinusoidal"},
-                  "indexed by token id (mistake)": {"position": "token-id"}},
-    "norm": {"pre-LN": {}, "post-LN": {"norm": "post"}},
-}
-
-
-def reference_run() -> dict:
-    """Chapter 3's full-size experiment: the character-level GPT trained, sampled and measured.
-
-    Recorded by ``python -m lmbook.reference gpt`` into ``lmbook/references/gpt.json``.
-    """
-    from .data import shakespeare_chars
-    from .generate import complete
-
-    run, device = RUNS["full"], get_device()
-    tokenizer, train_data, val_data = shakespeare_chars()
-    model = make_char_gpt(run, tokenizer.vocab_size, device)
-    history = train_char_gpt(model, run, train_data, val_data)
-    samples = {f"gpt {t}": complete(model, tokenizer, "ROMEO:", max_new_tokens=400, temperature=t, seed=0)
-               for t in (0.5, 0.8, 1.0)}
-    results = {"val_loss_whole_split": split_loss(model, val_data, run.block_size), "params": model.num_params(),
-               "tokens_per_second": history.tokens_per_second, "seconds": history.seconds,
-               "cost": attention_cost(lengths=(256, 512, 1024, 2048, 4096), batch=8, n_head=6, head_size=64)}
-    return {"histories": {"gpt": history}, "results": results, "samples": samples, "sizes": run.to_dict()}

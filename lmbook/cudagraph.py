@@ -10,7 +10,7 @@ replaying it launches them all with one call. What that asks of the step:
   gradient norm are read from the same output tensors;
 - nothing in the step waits for the CPU (no ``.item()``, no branch on a value);
 - the learning rate lives on the GPU as a tensor (``AdamW(lr=tensor, capturable=True)``,
-  see :func:`lmbook.train.make_optimizer`) and is written before each replay;
+  see :func:`lmbook.optim.make_optimizer`) and is written before each replay;
 - a few ordinary steps first, on a side stream, so that everything created lazily
   (optimizer moments, library workspaces) exists before the recording.
 
@@ -55,7 +55,7 @@ class CapturedStep:
         if not all(isinstance(group["lr"], torch.Tensor) and group.get("capturable") for group in groups):
             raise ValueError(
                 "a CUDA graph needs AdamW(capturable=True) with the learning rate as a tensor; "
-                "make the optimizer with lmbook.train.make_optimizer and TrainConfig(cuda_graph=True)."
+                "make the optimizer with lmbook.optim.make_optimizer and TrainConfig(cuda_graph=True)."
             )
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]

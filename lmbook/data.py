@@ -123,7 +123,8 @@ def load_shakespeare(folder: Path | None = None) -> str:
 
 
 def train_val_split(data: Sequence, val_fraction: float = 0.1) -> tuple[Sequence, Sequence]:
-    """The first ``1 - val_fraction`` of ``data`` (a tensor of ids or a string) for training, the rest for validation."""
+    """The first ``1 - val_fraction`` of ``data`` (a tensor of ids or a string) for training, the rest for
+    validation."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}.")
     n = int(len(data) * (1 - val_fraction))
@@ -159,12 +160,29 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-class RandomBatches:
+class SeededBatches:
+    """What every random batch source of the book shares: a device and its own seeded generator.
+
+    The generator lives on the CPU, so the same seed draws the same batches on every device, and its
+    state goes into checkpoints: ``state_dict()``/``load_state_dict()`` let a resumed run draw the
+    batches an uninterrupted run would have drawn. Subclasses define ``__call__() -> (x, y)``.
+    """
+
+    def __init__(self, device="cpu", seed: int = 0):
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class RandomBatches(SeededBatches):
     """Random windows of ``block_size + 1`` tokens: inputs ``x`` (B, T) and targets ``y = x`` shifted by one.
 
-    Calling the object returns the next ``(x, y)`` on ``device``. It owns a seeded
-    generator; ``state_dict()``/``load_state_dict()`` let a resumed run draw the
-    same batches an uninterrupted run would have drawn. Under ``torchrun`` the seed
+    Calling the object returns the next ``(x, y)`` on ``device``. Under ``torchrun`` the seed
     is offset by the process's rank, so processes train on different windows.
     """
 
@@ -177,24 +195,17 @@ class RandomBatches:
                 f"{len(data)} tokens are too few for windows of {block_size} + 1 tokens: "
                 "use more data or a smaller block_size."
             )
-        self.device = torch.device(device)
-        self.data = data.to(self.device)  # a corpus of this book's size fits on any GPU
-        self.block_size, self.batch_size = block_size, batch_size
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             seed += 1_000_003 * torch.distributed.get_rank()  # under torchrun each process draws its own windows
-        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: same draws on every device
+        super().__init__(device, seed)
+        self.data = data.to(self.device)  # a corpus of this book's size fits on any GPU
+        self.block_size, self.batch_size = block_size, batch_size
         self._offsets = torch.arange(block_size + 1, device=self.device)  # (T+1,)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
         windows = self.data[to_device(starts, self.device)[:, None] + self._offsets]  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class SequentialBatches:

@@ -1,30 +1,22 @@
-"""Pretraining, then fine-tuning: the experiments of chapter 4 on Tiny Shakespeare.
+"""Fine-tuning a pretrained GPT on a labelled task (chapter 4).
 
-The corpus and its labelled tasks come from :mod:`lmbook.speeches`.
-:class:`SequenceClassifier` puts a linear head on a pretrained GPT's features;
-:func:`train_classifier` trains it with the book's one loop, :func:`lmbook.train.train`;
-:func:`label_sweep` and :func:`compare_methods` are the chapter's two experiments with it.
-``RUNS`` holds the chapter's sizes (``pick(**RUNS)`` chooses one) and
-:func:`reference_run` is its full-size experiment.
+:class:`SequenceClassifier` puts a linear head on a pretrained GPT's features; like every model of the
+book it returns ``(logits, loss)``, so :func:`lmbook.train.train` trains it. :func:`encode_examples`,
+:func:`labelled_subset` and :class:`ExampleBatches` turn labelled texts into its batches, :func:`accuracy`
+scores it, :func:`freeze_backbone` makes it a linear probe. The chapter's runs are in
+:mod:`lmbook.runs.ch04_finetune`.
 """
 
 from __future__ import annotations
-
-import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Presets
-from .data import RandomBatches, as_ids, load_shakespeare, to_device
-from .gpt import GPT, GPTConfig
-from .mlm import MLMBatches
-from .runtime import get_device
-from .tokenizers import FastBPETokenizer
-from .speeches import ORDER_CLASSES, Corpus, order_examples, speaker_examples, split_corpus
-from .train import History, TrainConfig, train
+from .data import SeededBatches, to_device
+from .gpt import GPT
+from .interface import evaluating
+from .mlm import Encoder
 
 
 def encode_examples(texts: list[str], labels: list[int], tokenizer,
@@ -63,26 +55,20 @@ def labelled_subset(x: torch.Tensor, y: torch.Tensor, per_class: int | None,
     return x[keep], y[keep]
 
 
-class ExampleBatches:
+class ExampleBatches(SeededBatches):
     """Random labelled examples ``(x, y)``, (B, T) cut to the longest in the batch, and (B,)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device="cpu", seed: int = 0):
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as examples, and at least one: got {len(x)} and {len(y)}.")
-        self.x, self.y, self.batch_size, self.device = x, y, batch_size, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(device, seed)
+        self.x, self.y, self.batch_size = x, y, batch_size
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
         x = self.x[rows]
         longest = int((x >= 0).sum(1).max())
         return to_device(x[:, :longest], self.device), to_device(self.y[rows], self.device)  # (B, T'), (B,)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class SequenceClassifier(nn.Module):
@@ -98,7 +84,7 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', not {pool!r}.")
-        if not backbone.config.causal:
+        if isinstance(backbone, Encoder):
             raise ValueError("a bidirectional backbone would read the padding; use a causal GPT.")
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, not {n_classes}.")
@@ -125,15 +111,13 @@ class SequenceClassifier(nn.Module):
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """The share of examples whose likeliest class is the right one, in eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     right = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
-        xb = xb[:, : int((xb >= 0).sum(1).max())].to(device)
-        right += (model(xb)[0].argmax(dim=-1).cpu() == y[i : i + batch_size]).sum().item()
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            xb = xb[:, : int((xb >= 0).sum(1).max())].to(device)
+            right += (model(xb)[0].argmax(dim=-1).cpu() == y[i : i + batch_size]).sum().item()
     return right / len(x)
 
 
@@ -141,248 +125,3 @@ def freeze_backbone(classifier: SequenceClassifier) -> SequenceClassifier:
     """A linear probe: the backbone's weights stay as pretrained, only the head trains."""
     classifier.backbone.requires_grad_(False)
     return classifier
-
-
-# --- The chapter's sizes and experiments ----------------------------------------------
-@dataclass(frozen=True)
-class ChapterRun(Presets):
-    """The sizes of chapter 4's runs: tokenizer, model, pretraining and each fine-tuning."""
-
-    vocab_size: int  # BPE tokens (the MLM encoder has one more: the mask)
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    batch_size: int
-    pretrain_steps: int
-    mlm_steps: int  # the masked language model's pretraining
-    lr: float
-    warmup_steps: int
-    eval_interval: int
-    eval_iters: int
-    adapt_steps: int  # domain adaptation: continued training on one speaker
-    adapt_lr: float
-    classify_steps: int
-    classify_lr: float  # full fine-tuning
-    probe_lr: float  # a linear probe: only the head trains
-    lora_lr: float
-    per_class: tuple = (4, 16, 64, None)  # labelled examples per class (None: all)
-    n_speakers: int = 4
-    adapt_speaker: str = "ROMEO"
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
-    small_tokens: int = 20_000  # the small training set of the overfitting runs
-    overfit_batch_size: int = 16
-    overfit_steps: int = 400
-    overfit_lr: float = 3e-3
-    dropout: float = 0.2  # compared against none in the overfitting runs
-    weight_decay: float = 1.0  # compared against none in the overfitting runs
-    patience: int = 2
-    hf_steps: int = 20
-    sample_tokens: int = 200
-
-    def gpt_config(self, vocab_size: int, causal: bool = True, dropout: float = 0.0) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=dropout, causal=causal)
-
-    def train_config(self, **changes) -> TrainConfig:
-        settings = dict(max_steps=self.pretrain_steps, lr=self.lr, min_lr=self.lr / 10, warmup_steps=self.warmup_steps,
-                        eval_interval=self.eval_interval, eval_iters=self.eval_iters)
-        return TrainConfig(**{**settings, **changes})
-
-
-RUNS = {
-    # a GPU, a few minutes for the whole chapter
-    "full": ChapterRun(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=128, batch_size=64,
-                       pretrain_steps=3000, mlm_steps=3000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_iters=20,
-                       adapt_steps=600, adapt_lr=1e-4, classify_steps=300, classify_lr=3e-4, probe_lr=3e-3,
-                       lora_lr=1e-3,
-                       small_tokens=50_000, overfit_batch_size=64, overfit_steps=1500, overfit_lr=1e-3, hf_steps=100,
-                       sample_tokens=300),
-    # two CPU cores, about three minutes for the whole chapter
-    "fast": ChapterRun(vocab_size=512, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=32,
-                       pretrain_steps=600, mlm_steps=300, lr=3e-3, warmup_steps=30, eval_interval=100, eval_iters=10,
-                       adapt_steps=150, adapt_lr=3e-4, classify_steps=60, classify_lr=3e-3, probe_lr=1e-2, lora_lr=3e-3,
-                       small_tokens=10_000, overfit_steps=250, overfit_lr=3e-3, hf_steps=30),
-}
-
-
-@dataclass
-class Prepared:
-    """What every section of the chapter starts from: the corpus, its tokenizer and its ids."""
-
-    corpus: Corpus
-    tokenizer: FastBPETokenizer
-    train_ids: torch.Tensor  # the pretraining text, encoded
-    val_ids: torch.Tensor
-
-
-def prepare(run: ChapterRun, text: str | None = None) -> Prepared:
-    """Cut the corpus, train the BPE tokenizer on the pretraining text only, and encode both parts."""
-    corpus = split_corpus(text if text is not None else load_shakespeare(), run.n_speakers)
-    tokenizer = FastBPETokenizer.train(corpus.pretrain, run.vocab_size)
-    encode = lambda t: as_ids(tokenizer.encode(t))  # noqa: E731
-    return Prepared(corpus, tokenizer, encode(corpus.pretrain), encode(corpus.val))
-
-
-def pretrain(run: ChapterRun, data: Prepared, causal: bool = True, device=None, seed: int = 0) -> tuple[GPT, History]:
-    """A GPT (``causal=True``, next-token prediction) or a bidirectional encoder trained by MLM, from scratch.
-
-    The encoder's vocabulary has one more id than the tokenizer's, ``tokenizer.vocab_size``: the mask.
-    """
-    device = device or get_device()
-    V = data.tokenizer.vocab_size
-    torch.manual_seed(seed)
-    model = GPT(run.gpt_config(V if causal else V + 1, causal=causal)).to(device)
-    if causal:
-        make = lambda ids, s: RandomBatches(ids, run.block_size, run.batch_size, device, seed=s)  # noqa: E731
-    else:
-        make = lambda ids, s: MLMBatches(ids, run.block_size, run.batch_size, V, V, device=device, seed=s)  # noqa: E731
-    config = run.train_config(max_steps=run.pretrain_steps if causal else run.mlm_steps, seed=seed,
-                              desc="GPT (causal LM)" if causal else "encoder (masked LM)")
-    history = train(model, make(data.train_ids, seed), config, {"val": make(data.val_ids, seed + 1)})
-    return model, history
-
-
-def adapt(model: GPT, run: ChapterRun, data: Prepared, speaker: str | None = None, **changes) -> tuple[GPT, History]:
-    """Domain adaptation: a copy of ``model`` trained further on one speaker's speeches at a lower learning rate.
-
-    Evaluates on the speaker's held-out speeches and on the rest of the corpus (``val``), to see
-    both the adaptation and what it costs elsewhere.
-    """
-    speaker = speaker or run.adapt_speaker
-    train_text, held_out = data.corpus.speaker_text(speaker)
-    device = next(model.parameters()).device
-    encode = lambda t: as_ids(data.tokenizer.encode(t))  # noqa: E731
-    batches = lambda ids, s: RandomBatches(ids, run.block_size, run.batch_size, device, seed=s)  # noqa: E731
-    adapted = copy.deepcopy(model)
-    settings = dict(max_steps=run.adapt_steps, lr=run.adapt_lr, min_lr=run.adapt_lr, warmup_steps=0,
-                    eval_interval=max(1, run.adapt_steps // 6), desc=f"adapt to {speaker}")
-    config = run.train_config(**{**settings, **changes})
-    evals = {speaker: batches(encode(held_out), 2), "rest": batches(data.val_ids, 3)}
-    return adapted, train(adapted, batches(encode(train_text), 1), config, evals)
-
-
-def task_data(run: ChapterRun, data: Prepared, task: str = "order") -> dict:
-    """A labelled task, encoded: ``x_train, y_train, x_test, y_test`` and the ``classes``' names.
-
-    ``task="order"``: in order or shuffled (:func:`order_examples`); ``"speaker"``: who speaks
-    (:func:`speaker_examples`). The test speeches are the ones pretraining never read.
-    """
-    c = data.corpus
-    if task == "order":
-        make, classes = (lambda items, seed: order_examples(items, seed)), ORDER_CLASSES
-    elif task == "speaker":
-        make, classes = (lambda items, seed: speaker_examples(items, c.speakers)), c.speakers
-    else:
-        raise ValueError(f"task must be 'order' or 'speaker', not {task!r}.")
-    x_train, y_train = encode_examples(*make(c.task_train, 0), data.tokenizer, run.block_size)
-    x_test, y_test = encode_examples(*make(c.task_test, 1), data.tokenizer, run.block_size)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "classes": list(classes)}
-
-
-def train_classifier(classifier: SequenceClassifier, run: ChapterRun, task: dict[str, torch.Tensor],
-                     per_class: int | None, seed: int = 0, **changes) -> tuple[History, float]:
-    """Train ``classifier`` on ``per_class`` labelled examples of each class; returns its history and test accuracy."""
-    device = next(classifier.parameters()).device
-    x, y = labelled_subset(task["x_train"], task["y_train"], per_class, seed)
-    config = run.train_config(**{"max_steps": run.classify_steps, "lr": run.classify_lr, "min_lr": run.classify_lr / 10,
-                                 "warmup_steps": 0, "eval_interval": run.classify_steps, "progress": False,
-                                 "weight_decay": 0.0, "seed": seed, **changes})
-    history = train(classifier, ExampleBatches(x, y, run.batch_size, device, seed), config)
-    return history, accuracy(classifier, task["x_test"], task["y_test"])
-
-
-def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int = 0) -> dict[str, History]:
-    """A GPT trained from scratch on only ``run.small_tokens`` tokens, four ways, to see overfitting.
-
-    Without regularisation; with strong weight decay; with dropout; and without regularisation
-    but stopped early (``patience``) with the best weights restored. Each evaluates on the
-    small training set itself (``"train"``) and on held-out text (``"val"``).
-    """
-    device = device or get_device()
-    small = data.train_ids[: run.small_tokens]
-    batches = lambda ids, s: RandomBatches(ids, run.block_size, run.overfit_batch_size, device, seed=s)  # noqa: E731
-    base = dict(max_steps=run.overfit_steps, lr=run.overfit_lr, min_lr=run.overfit_lr / 10, weight_decay=0.0,
-                eval_interval=max(1, run.overfit_steps // 10), seed=seed)
-    settings = {
-        "no regularisation": ({}, 0.0),
-        f"weight decay {run.weight_decay:g}": ({"weight_decay": run.weight_decay}, 0.0),
-        f"dropout {run.dropout:g}": ({}, run.dropout),
-        "early stopping": ({"patience": run.patience, "restore_best": True}, 0.0),
-    }
-    histories = {}
-    for name, (changes, dropout) in settings.items():
-        torch.manual_seed(seed)
-        model = GPT(run.gpt_config(data.tokenizer.vocab_size, dropout=dropout)).to(device)
-        config = run.train_config(**{**base, **changes, "desc": name})
-        histories[name] = train(model, batches(small, seed), config,
-                                {"train": batches(small, seed + 1), "val": batches(data.val_ids, seed + 2)})
-    return histories
-
-
-METHODS = ("full fine-tuning", "linear probe", "LoRA")
-
-
-def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0) -> dict[str, dict]:
-    """Test accuracy against labelled examples per class, from the pretrained ``gpt`` and from random weights.
-
-    Returns ``{"pretrained": {per_class: accuracy}, "scratch": {...}}`` (``None``: all the examples).
-    """
-    results: dict[str, dict] = {"pretrained": {}, "scratch": {}}
-    device = next(gpt.parameters()).device
-    for per_class in run.per_class:
-        for start in results:
-            torch.manual_seed(seed)
-            backbone = copy.deepcopy(gpt) if start == "pretrained" else GPT(gpt.config).to(device)
-            classifier = SequenceClassifier(backbone, len(task["classes"]))
-            results[start][per_class] = train_classifier(classifier, run, task, per_class, seed)[1]
-    return results
-
-
-def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None = None,
-                    seed: int = 0) -> dict[str, dict]:
-    """Full fine-tuning, a linear probe and LoRA from the same pretrained ``gpt``, each at its own learning rate.
-
-    Returns ``{method: {"accuracy", "trainable", "total", "seconds"}}``.
-    """
-    from .lora import apply_lora, count_parameters
-
-    lrs = {"full fine-tuning": run.classify_lr, "linear probe": run.probe_lr, "LoRA": run.lora_lr}
-    results = {}
-    for method in METHODS:
-        torch.manual_seed(seed)
-        classifier = SequenceClassifier(copy.deepcopy(gpt), len(task["classes"]))
-        if method == "linear probe":
-            freeze_backbone(classifier)
-        elif method == "LoRA":
-            apply_lora(classifier.backbone, r=run.lora_rank, alpha=run.lora_alpha)
-        history, acc = train_classifier(classifier, run, task, per_class, seed, lr=lrs[method], min_lr=lrs[method] / 10)
-        trainable, total = count_parameters(classifier)
-        results[method] = {"accuracy": acc, "trainable": trainable, "total": total, "seconds": history.seconds}
-    return results
-
-
-def reference_run() -> dict:
-    """Chapter 4's full-size experiment: pretraining, domain adaptation and the labelled task.
-
-    Recorded by ``python -m lmbook.reference finetune`` into ``lmbook/references/finetune.json``.
-    """
-    from .generate import complete
-
-    run, device = RUNS["full"], get_device()
-    data = prepare(run)
-    gpt, gpt_history = pretrain(run, data, causal=True, device=device)
-    _, mlm_history = pretrain(run, data, causal=False, device=device)
-    adapted, adapt_history = adapt(gpt, run, data)
-    regularised = regularisation_runs(run, data, device)
-    task = task_data(run, data)
-    sweep = label_sweep(gpt, run, task)
-    results = {
-        "accuracy": {start: {str(k): v for k, v in accs.items()} for start, accs in sweep.items()},
-        "methods": compare_methods(gpt, run, task),
-    }
-    samples = {name: complete(m, data.tokenizer, "\n", run.sample_tokens, temperature=0.8, seed=0)
-               for name, m in (("pretrained", gpt), ("adapted", adapted))}
-    histories = {"gpt": gpt_history, "mlm": mlm_history, "adapt": adapt_history, **regularised}
-    return {"histories": histories, "results": results, "samples": samples, "sizes": run.to_dict()}

@@ -1,14 +1,11 @@
-"""The decoder-only Transformer (GPT) that chapters 3 to 6 train, fine-tune and decode.
+"""The decoder-only Transformer (GPT) that chapters 3 to 7 train, fine-tune and decode.
 
-Pre-LayerNorm blocks, learned positions, input and output embeddings tied, fused
-attention through ``scaled_dot_product_attention`` with the causal mask, GPT-2's
-initialisation and GELU, and a key/value cache for incremental decoding. The
-layer names follow GPT-2 closely enough that :mod:`lmbook.hf` maps them one to one.
-
-Chapter 3 varies two choices through :class:`GPTConfig`: ``position`` (a learned
-table, the fixed sinusoidal one, or the deliberate mistake of indexing the table by
-token id) and ``norm`` (LayerNorm before each sublayer, or after the residual sum).
-The defaults are GPT-2's; :mod:`lmbook.attention` writes the attention out step by step.
+GPT-2's architecture: learned positions, pre-LayerNorm blocks, input and output embeddings tied,
+GELU, GPT-2's initialisation, and attention through the fused ``scaled_dot_product_attention`` with
+the causal mask; a key/value cache makes decoding read one new token a step. The layer names are
+GPT-2's, so :mod:`lmbook.hf` maps them one to one. Chapter 3's deliberate variants (other position
+tables, post-LN blocks) are in :mod:`lmbook.variants`, chapter 4's bidirectional encoder in
+:mod:`lmbook.mlm`; they swap parts of this model rather than add branches to it.
 """
 
 from __future__ import annotations
@@ -21,12 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
+from .interface import num_params
 
 PRESETS: dict[str, dict] = {
     # For unit tests and quick experiments: runs in milliseconds on a CPU.
     "tiny": dict(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-    # The character-level Shakespeare model of chapter 3.
-    "shakespeare-char": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
     # The shape of GPT-2 small (124M parameters).
     "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
 }
@@ -34,7 +30,8 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class GPTConfig(Presets):
-    """Shape of a GPT. ``GPTConfig.preset(name, **overrides)`` gives the named ones."""
+    """Shape of a GPT. ``GPTConfig.preset(name, **overrides)`` gives the named ones; a chapter's model
+    shapes live with its runs (:mod:`lmbook.runs`)."""
 
     vocab_size: int = 65
     block_size: int = 256  # the context length: the most positions the model can see
@@ -44,43 +41,21 @@ class GPTConfig(Presets):
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
     layer_norm_eps: float = 1e-5
-    causal: bool = True  # False gives a bidirectional encoder (chapter 4's masked language model)
-    position: str = "learned"  # "learned", "sinusoidal" (fixed), or "token-id": chapter 3's deliberate MISTAKE
-    norm: str = "pre"  # LayerNorm before each sublayer ("pre", GPT-2) or after the residual sum ("post", 2017)
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, not {value!r}.")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
-        if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, not {self.position!r}.")
-        if self.norm not in ("pre", "post"):
-            raise ValueError(f"norm must be 'pre' or 'post', not {self.norm!r}.")
-
-    def check_gpt2(self) -> None:
-        """Raise unless this is GPT-2's architecture (causal, learned positions, pre-LN), which ``lmbook.hf`` converts."""
-        changed = [f"{k}={getattr(self, k)!r}" for k, v in GPT2_ARCHITECTURE.items() if getattr(self, k) != v]
-        if changed:
-            raise ValueError(
-                f"GPT-2 has no twin for a GPT with {', '.join(changed)}: only the defaults "
-                f"({', '.join(f'{k}={v!r}' for k, v in GPT2_ARCHITECTURE.items())}) convert to GPT2LMHeadModel."
-            )
-
-
-POSITIONS = ("learned", "sinusoidal", "token-id")
-GPT2_ARCHITECTURE = dict(causal=True, position="learned", norm="pre")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must lie in [0, 1), not {self.dropout!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"GPTConfig.layer_norm_eps must be positive, not {self.layer_norm_eps!r}.")
 
 
 GPTConfig.PRESETS = PRESETS
-
-
-def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
-    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(the same). (n_positions, dim)"""
-    position = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (P, 1)
-    frequency = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
-    table = torch.zeros(n_positions, dim)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
-    return table
 
 
 class KVCache:
@@ -117,11 +92,12 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with the causal mask (chapter 3 writes it out step by step)."""
 
+    is_causal = True  # chapter 4's encoder turns it off: every token then sees both sides
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
-        self.causal = config.causal
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
@@ -133,10 +109,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        mask, causal = None, self.causal
+        mask, causal = None, self.is_causal
         if cache is not None:
-            if not self.causal:
-                raise ValueError("A key/value cache only makes sense for a causal model (GPTConfig(causal=True)).")
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nh, start+T, hs)
             if T == 1:
@@ -168,22 +142,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder block. Pre-LN: x + attn(ln(x)), then x + mlp(ln(x)); post-LN: ln(x + attn(x)), then ln(x + mlp(x))."""
+    """One decoder block, pre-LN as in GPT-2: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.post_norm = config.norm == "post"
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        if self.post_norm:  # the 2017 Transformer: the residual stream itself is normalised
-            x = self.ln_1(x + self.attn(x, cache, layer))
-            return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LN: the residual stream is left alone
+        x = x + self.attn(self.ln_1(x), cache, layer)  # the residual stream itself is never normalised
         return x + self.mlp(self.ln_2(x))
+
+
+class PositionTable(nn.Embedding):
+    """GPT-2's learned position table: row ``p`` is added to whichever token stands at position ``p``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config.block_size, config.n_embd)
+
+    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The rows for the positions ``start .. start+T-1`` of ``idx`` (B, T): (T, C)."""
+        return super().forward(torch.arange(start, start + idx.size(1), device=idx.device))
 
 
 class GPT(nn.Module):
@@ -191,27 +172,23 @@ class GPT(nn.Module):
 
     ``model(idx)`` returns ``(logits, None)``; ``model(idx, targets)`` returns
     ``(logits, loss)`` with the mean cross-entropy over targets that are not -1.
-    With ``cache=model.make_cache(B)`` each call processes only new tokens.
+    With ``cache=model.make_cache()`` each call processes only new tokens.
     """
+
+    block_class: type[nn.Module] = Block  # the parts chapter 3's variants swap (lmbook.variants)
+    position_class: type[nn.Module] = PositionTable
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        # one vector per position; the "token-id" mistake needs a row for every token id instead
-        rows = max(config.block_size, config.vocab_size) if config.position == "token-id" else config.block_size
-        self.wpe = nn.Embedding(rows, config.n_embd)
+        self.wpe = self.position_class(config)  # position embeddings
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        # post-LN blocks end with a LayerNorm already
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias) if config.norm == "pre" else nn.Identity()
+        self.h = nn.ModuleList(self.block_class(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
-        if config.position == "sinusoidal":  # fixed, not learned; scaled to the spread of the token embeddings
-            table = sinusoidal_table(config.block_size, config.n_embd)
-            self.wpe.weight.data.copy_(table * 0.02 / table.std())
-            self.wpe.weight.requires_grad_(False)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -244,31 +221,39 @@ class GPT(nn.Module):
 
     def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after the last LayerNorm: what the LM head (or a task head) reads."""
-        B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"{start + T} positions do not fit in this model's context of {self.config.block_size}: "
-                f"keep the last {self.config.block_size - start} tokens (idx[:, -{self.config.block_size - start}:])"
-                + (" or start a new cache." if cache is not None else ".")
-            )
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,) positions, never token ids...
-        if self.config.position == "token-id":
-            pos = idx  # ...except in chapter 3's deliberate mistake: (B, T) token ids index the position table
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        check_fits(idx, start, self.config.block_size, cache is not None)
+        x = self.drop(self.wte(idx) + self.wpe(idx, start))  # (B, T, C)
         for layer, block in enumerate(self.h):
             x = block(x) if cache is None else block(x, cache, layer)  # (B, T, C); identical calls compile once
         if cache is not None:
-            cache.advance(T)
+            cache.advance(idx.size(1))
         return self.ln_f(x)  # (B, T, C)
 
-    def num_params(self, exclude_positions: bool = True) -> int:
-        """Parameters, counting the tied embedding once and (by default) leaving out the position table."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if exclude_positions else n
+    def num_params(self) -> int:
+        """Parameters by the book's one convention (:func:`lmbook.interface.num_params`)."""
+        return num_params(self)
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6·N for the weights plus 12·L·T·C for attention scores and mixing."""
+        """Training FLOPs per token: 6·N for the weights plus 12·L·T·C for attention scores and mixing.
+
+        N leaves out the position table: a table lookup multiplies nothing (Kaplan et al., 2020, count the same way).
+        """
         T = seq_len or self.config.block_size
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * T * c.n_embd
+        return 6 * (self.num_params() - self.wpe.weight.numel()) + 12 * c.n_layer * T * c.n_embd
+
+
+def check_fits(idx: torch.Tensor, start: int, context: int, cached: bool) -> None:
+    """Raise a clear error unless ``idx`` (B, T) is token ids that fit after ``start`` positions in ``context``."""
+    if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, not {idx.dtype} "
+                         f"{tuple(idx.shape)}.")
+    if idx.size(1) == 0:
+        raise ValueError("idx holds no token: give at least one token id per row.")
+    if start + idx.size(1) > context:
+        raise ValueError(
+            f"{start + idx.size(1)} positions do not fit in this model's context of {context}: "
+            f"keep the last {context - start} tokens (idx[:, -{context - start}:])"
+            + (" or start a new cache." if cached else ".")
+        )

@@ -47,7 +47,6 @@ def to_hf_config(config: GPTConfig) -> GPT2Config:
     """The ``GPT2Config`` that computes exactly what a ``GPT`` with ``config`` computes."""
     from transformers import GPT2Config
 
-    config.check_gpt2()  # causal, learned positions, pre-LayerNorm: what GPT-2 computes
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,
@@ -79,6 +78,11 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
     """
     from transformers import GPT2LMHeadModel
 
+    if type(model) is not GPT:  # a variant (lmbook.variants) or the encoder (lmbook.mlm) computes something else
+        raise ValueError(
+            f"GPT-2 has no twin for a {type(model).__name__}: only lmbook.gpt.GPT itself (causal attention, "
+            "learned positions, pre-LayerNorm blocks) converts to GPT2LMHeadModel."
+        )
     weight = model.wte.weight
     hf_model = GPT2LMHeadModel(to_hf_config(model.config)).to(device=weight.device, dtype=weight.dtype)
     ours, theirs = dict(model.named_parameters()), dict(hf_model.named_parameters())

@@ -19,6 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import SequentialBatches
+from .interface import evaluating
+
 LN2 = math.log(2.0)  # nats in one bit
 
 
@@ -76,22 +79,34 @@ def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
 
 
 @torch.no_grad()
-def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256) -> float:
-    """Mean loss over a whole split cut into consecutive windows of ``block_size`` (every token predicted once).
+def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 256,
+               carry_state: bool = False) -> float:
+    """Mean loss over a whole split, every token predicted once: the book's one loss over a split.
 
-    Chapter 3 compares its GPT and the LSTM with it; ``benchmarks/speedrun_char_cpu.py`` reports it.
+    By default the split is cut into consecutive windows of ``block_size`` tokens, each read from
+    scratch (chapter 3 compares its GPT and the LSTM this way; ``benchmarks/speedrun_char_cpu.py``
+    reports it). With ``carry_state=True`` (recurrent models, chapter 2) it is cut into ``batch_size``
+    streams, as by :class:`~lmbook.data.SequentialBatches`, read block by block with the state carried,
+    so each token but the first few of a stream is predicted from everything before it in its stream.
     """
-    n = (len(data) - 1) // block_size
     device = next(model.parameters()).device
+    if carry_state:
+        batches = SequentialBatches(data, block_size, batch_size, device)
+        state, total = model.make_cache(batch_size), 0.0
+        with evaluating(model):
+            for _ in range(batches.blocks):
+                x, y = batches()
+                total += model(x, y, cache=state)[1].item()
+        return total / batches.blocks
+    n = (len(data) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"{len(data)} tokens do not fill one window of {block_size} + 1: use a smaller block_size.")
     x = data[: n * block_size].view(n, block_size).to(device)  # (N, T)
     y = data[1 : n * block_size + 1].view(n, block_size).to(device)  # (N, T), shifted by one
-    was_training = model.training
-    model.eval()
-    total = sum(model(x[i : i + batch_size], y[i : i + batch_size])[1].item() * len(x[i : i + batch_size])
-                for i in range(0, n, batch_size))
-    model.train(was_training)
+    with evaluating(model):
+        total = sum(model(x[i : i + batch_size], y[i : i + batch_size])[1].item() * len(x[i : i + batch_size])
+                    for i in range(0, n, batch_size))
     return total / n
-
 
 # --- Chapter 6: one summed NLL, every figure it is quoted as; long texts by a sliding window ---
 @dataclass(frozen=True)

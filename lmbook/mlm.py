@@ -7,9 +7,9 @@ modelling* (MLM), where 15% of the tokens are chosen and the model must recover 
 left as they are), and *next-sentence prediction* (NSP), where it tells a pair of
 consecutive segments from a pair drawn at random.
 
-:func:`mask_tokens` does the masking, :class:`MLMBatches` feeds it to the training loop
-(a bidirectional ``GPT(GPTConfig(causal=False))`` is the encoder), :func:`nsp_pairs` makes
-NSP's pairs, and :func:`fill_blank` asks either kind of model what goes in a blank.
+:class:`Encoder` is the GPT with its causal mask taken away, :func:`mask_tokens` does the masking,
+:class:`MLMBatches` feeds it to the training loop, :func:`nsp_pairs` makes NSP's pairs, and
+:func:`fill_blank` asks either kind of model what goes in a blank.
 """
 
 from __future__ import annotations
@@ -21,7 +21,26 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .data import to_device
+from .data import SeededBatches, to_device
+from .gpt import GPT, GPTConfig
+from .interface import evaluating
+
+
+class Encoder(GPT):
+    """A bidirectional encoder: the GPT with the causal mask taken away, so every token sees both sides.
+
+    Trained by masked language modelling it is a small BERT. It reads its whole input at once,
+    so it has no key/value cache and does not generate text.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        for block in self.h:
+            block.attn.is_causal = False
+
+    def make_cache(self, batch_size: int | None = None):
+        raise ValueError("a bidirectional encoder reads its whole input at once: it has no cache and cannot "
+                         "generate text. Use a causal GPT for decoding.")
 
 
 @dataclass(frozen=True)
@@ -70,12 +89,12 @@ def mask_tokens(
     return inputs, targets
 
 
-class MLMBatches:
+class MLMBatches(SeededBatches):
     """Random windows of ``block_size`` tokens, masked by :func:`mask_tokens`: ``(inputs, targets)`` (B, T).
 
     The model must recover the chosen tokens from both sides; ``mask_id`` is usually
     ``vocab_size`` of the tokenizer, one more id than it has. Seeded, with ``state_dict``
-    for exact resume, like :class:`lmbook.data.RandomBatches`.
+    for exact resume (:class:`lmbook.data.SeededBatches`).
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, mask_id: int, n_random: int,
@@ -87,20 +106,13 @@ class MLMBatches:
             )
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.mask_id, self.n_random, self.masking = mask_id, n_random, masking
-        self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(device, seed)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.data) - self.block_size + 1, (self.batch_size,), generator=self.generator)
         windows = self.data[starts[:, None] + torch.arange(self.block_size)]  # (B, T)
         inputs, targets = mask_tokens(windows, self.mask_id, self.n_random, self.masking, generator=self.generator)
         return to_device(inputs, self.device), to_device(targets, self.device)  # (B, T), (B, T)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def nsp_pairs(segments: Sequence, n: int, seed: int = 0) -> list[tuple[object, object, int]]:
@@ -130,7 +142,7 @@ def fill_blank(model: nn.Module, tokenizer, text: str, mask_id: int | None = Non
     """The ``k`` likeliest tokens for the one ``blank`` in ``text``, with their probabilities.
 
     A causal GPT sees only the text before the blank (it predicts the next token); a
-    bidirectional encoder (``config.causal=False``) reads the text on both sides, with
+    bidirectional :class:`Encoder` reads the text on both sides, with
     ``mask_id`` in the blank's place. A space just before the blank goes with the blank, as
     byte-level BPE attaches it to the following word (``"I will ___ thee"`` asks for `` love``).
     """
@@ -140,8 +152,7 @@ def fill_blank(model: nn.Module, tokenizer, text: str, mask_id: int | None = Non
     if left.endswith(" "):
         left = left[:-1]  # byte-level BPE puts a space in front of the word that follows it: the blank's
     ids = tokenizer.encode(left)
-    causal = getattr(model.config, "causal", True)
-    if causal:
+    if not isinstance(model, Encoder):
         position = len(ids) - 1  # the next-token prediction after the left side
     else:
         if mask_id is None:
@@ -150,11 +161,9 @@ def fill_blank(model: nn.Module, tokenizer, text: str, mask_id: int | None = Non
         ids = ids + [mask_id] + tokenizer.encode(right)
     if position < 0:
         raise ValueError("a causal model needs some text before the blank.")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    logits, _ = model(torch.tensor([ids], device=device))  # (1, T, vocab)
-    model.train(was_training)
+    with evaluating(model):
+        logits, _ = model(torch.tensor([ids], device=device))  # (1, T, vocab)
     probs = torch.softmax(logits[0, position, : tokenizer.vocab_size].float(), dim=-1)  # ordinary tokens only
     top = torch.topk(probs, k)
     return [(tokenizer.decode([i]), p) for i, p in zip(top.indices.tolist(), top.values.tolist())]

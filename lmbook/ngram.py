@@ -141,7 +141,8 @@ class NGramLM:
         unknown = {t for t in out if t not in self.index and t != BOS}
         if unknown and not self.config.unk:
             shown = ", ".join(repr(t) for t in list(unknown)[:5])
-            raise ValueError(f"{len(unknown)} token(s) never seen in training, e.g. {shown}; fit with unk=True to map them to {UNK!r}.")
+            raise ValueError(f"{len(unknown)} token(s) never seen in training, e.g. {shown}; "
+                             f"fit with unk=True to map them to {UNK!r}.")
         return [UNK if t in unknown else t for t in out]
 
     def _context(self, context: Sequence[Hashable]) -> tuple:

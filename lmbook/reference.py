@@ -1,10 +1,11 @@
 """Reference runs: full-size results recorded on a GPU and shipped with the package.
 
 CI builds the book in the fast size, so each chapter plots the reader's own run
-beside a reference run made at the full size. A chapter's experiment is a
-function in the package (its *recipe*); this module runs a recipe at the full
-size and writes what it returns, with the device, versions, date and commit, to
-``lmbook/references/<name>.json``. Nothing in those files is typed by hand.
+beside a reference run made at the full size. A chapter's experiment is the
+``reference_run`` function of its runs module (:mod:`lmbook.runs`), its *recipe*;
+this module runs a recipe at the full size and writes what it returns, with the
+device, versions, date and commit, to ``lmbook/references/<name>.json``. Nothing
+in those files is typed by hand.
 
     python -m lmbook.reference rnn           # run the recipe "rnn" and record it
     python -m lmbook.reference --list        # the recipes there are
@@ -21,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from .runtime import environment
-from .train import History
+from .history import History
 
 DIRECTORY = Path(__file__).with_name("references")
 
@@ -29,9 +30,9 @@ DIRECTORY = Path(__file__).with_name("references")
 # returns a dict with any of: "histories" ({label: History}), "results" (numbers, tables),
 # "samples" ({label: text}), "sizes" (the settings that matter).
 RECIPES: dict[str, str] = {
-    "rnn": "lmbook.rnn:reference_run",  # chapter 2: RNN, LSTM and GRU on characters
-    "finetune": "lmbook.finetune:reference_run",  # chapter 4: pretraining, domain adaptation, a labelled task
-    "gpt": "lmbook.attention:reference_run",  # chapter 3: the character-level GPT
+    "rnn": "lmbook.runs.ch02_rnn:reference_run",  # chapter 2: RNN, LSTM and GRU on characters
+    "gpt": "lmbook.runs.ch03_gpt:reference_run",  # chapter 3: the character-level GPT
+    "finetune": "lmbook.runs.ch04_finetune:reference_run",  # chapter 4: pretraining, adaptation, a labelled task
 }
 
 
@@ -40,7 +41,8 @@ def commit() -> str:
     if os.environ.get("LMBOOK_COMMIT"):
         return os.environ["LMBOOK_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=DIRECTORY.parent)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=DIRECTORY.parent)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"

@@ -8,9 +8,8 @@ and a linear layer after a stack of such cells, or of ``torch.nn``'s LSTM or GRU
 called like the GPT: ``model(idx, targets=None, cache=None) -> (logits, loss)``.
 
 In training mode the model carries its final hidden state, detached, into the next call
-(truncated backpropagation through time, with :class:`lmbook.data.SequentialBatches`);
-:func:`train_char_model` trains one on Tiny Shakespeare with :func:`lmbook.train.train`,
-and :func:`reference_run` is the chapter's full-size experiment.
+(truncated backpropagation through time, with :class:`lmbook.data.SequentialBatches`).
+:mod:`lmbook.runs.ch02_rnn` trains them on Tiny Shakespeare.
 """
 
 from __future__ import annotations
@@ -23,10 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .data import RandomBatches, SequentialBatches, shakespeare_chars
-from .generate import complete
-from .runtime import get_device
-from .train import History, TrainConfig, train
+from .interface import evaluating, num_params
 
 CELLS = ("rnn", "lstm", "gru")
 NAMES = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru": "GRU"}  # how the chapter labels them
@@ -34,14 +30,13 @@ NAMES = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru": "GRU"}  # how the chapter l
 PRESETS: dict[str, dict] = {
     # For unit tests: runs in milliseconds on a CPU.
     "tiny": dict(vocab_size=65, cell="lstm", n_layer=2, n_embd=16, n_hidden=32, dropout=0.0),
-    # The character-level Shakespeare model of chapter 2 (about 3.3M parameters as an LSTM).
-    "shakespeare-char": dict(vocab_size=65, cell="lstm", n_layer=2, n_embd=128, n_hidden=512, dropout=0.2),
 }
 
 
 @dataclass
 class RNNConfig(Presets):
-    """Shape of a recurrent language model. ``RNNConfig.preset(name, **overrides)`` gives the named ones."""
+    """Shape of a recurrent language model. ``RNNConfig.preset("tiny")`` is for tests; chapter 2's shapes live
+    with its runs (:mod:`lmbook.runs.ch02_rnn`)."""
 
     vocab_size: int = 65
     cell: str = "lstm"  # "rnn" (the written-out tanh cell), "lstm" or "gru" (torch.nn)
@@ -88,7 +83,8 @@ class SimpleRNN(nn.Module):
     It computes each cell's equation, with the input term of all steps in one product.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh", dropout: float = 0.0):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 dropout: float = 0.0):
         super().__init__()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.cells = nn.ModuleList(RNNCell(n, hidden_size, nonlinearity) for n in sizes)
@@ -222,14 +218,16 @@ class RNNLM(nn.Module):
         if cache is not None:
             cache.update(state, T)
         elif carry:
-            self._carried = _detach(state, self.wte.weight.dtype)  # truncation: no gradient flows into the previous call
+            # truncation: no gradient flows into the previous call
+            self._carried = _detach(state, self.wte.weight.dtype)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters by the book's one convention (:func:`lmbook.interface.num_params`)."""
+        return num_params(self)
 
 
 def input_gradient_norms(model: RNNLM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -240,101 +238,13 @@ def input_gradient_norms(model: RNNLM, x: torch.Tensor, y: torch.Tensor) -> torc
     norm of that gradient averaged over the batch, indexed by the distance ``d`` = 0 .. T-1 (T,).
     Runs from a zero state with dropout off.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         emb = model.wte(x).detach().requires_grad_(True)  # (B, T, C)
         with torch.backends.cudnn.flags(enabled=False):  # cuDNN's RNN backward refuses eval mode
             logits, _ = model.run(emb)
         loss = F.cross_entropy(logits[:, -1].float(), y[:, -1], reduction="sum")  # each sequence its own loss
         (grad,) = torch.autograd.grad(loss, emb)  # (B, T, C)
-    finally:
-        model.train(was_training)
     return grad.norm(dim=-1).mean(dim=0).flip(0)  # (T,) position T-1-d at index d
-
-
-@torch.no_grad()
-def sequential_loss(model: RNNLM, data: torch.Tensor, block_size: int = 250, batch_size: int = 16) -> float:
-    """Mean loss over ``data`` read in order, carrying the state from block to block (in eval mode).
-
-    ``data`` is cut into ``batch_size`` streams as by :class:`~lmbook.data.SequentialBatches` and
-    each block of each stream is read once, so every character but the first few of a stream
-    is predicted from everything before it in its stream, not from a window.
-    """
-    was_training = model.training
-    model.eval()
-    batches = SequentialBatches(data, block_size, batch_size, next(model.parameters()).device)
-    state, total = model.make_cache(batch_size), 0.0
-    for _ in range(batches.blocks):
-        x, y = batches()
-        total += model(x, y, cache=state)[1].item()
-    model.train(was_training)
-    return total / batches.blocks
-
-
-# --- The chapter's experiment: char-level models on Tiny Shakespeare ---------------
-@dataclass(frozen=True)
-class CharRun(Presets):
-    """The sizes of the chapter's character-level runs: model shape, batches, training."""
-
-    n_layer: int
-    n_embd: int
-    n_hidden: int
-    dropout: float
-    block_size: int  # truncation length of backpropagation through time
-    batch_size: int  # parallel streams
-    max_steps: int
-    lr: float
-    min_lr: float
-    warmup_steps: int
-    eval_interval: int
-    eval_iters: int
-    grad_clip: float | None = 1.0
-
-    def model_config(self, cell: str, vocab_size: int) -> RNNConfig:
-        return RNNConfig(vocab_size, cell, self.n_layer, self.n_embd, self.n_hidden, self.dropout)
-
-    def train_config(self, **changes) -> TrainConfig:
-        settings = dict(
-            max_steps=self.max_steps, lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
-            eval_interval=self.eval_interval, eval_iters=self.eval_iters, grad_clip=self.grad_clip,
-        )
-        return TrainConfig(**{**settings, **changes})
-
-
-RUNS = {
-    # a GPU, minutes for the three cells together
-    "full": CharRun(n_layer=2, n_embd=128, n_hidden=512, dropout=0.2, block_size=64, batch_size=128,
-                    max_steps=3000, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_interval=250, eval_iters=40),
-    # two CPU cores, under half a minute a cell
-    "fast": CharRun(n_layer=1, n_embd=48, n_hidden=128, dropout=0.0, block_size=64, batch_size=32,
-                    max_steps=500, lr=1e-2, min_lr=1e-3, warmup_steps=20, eval_interval=100, eval_iters=10),
-}
-
-
-def make_char_model(cell: str, run: CharRun, vocab_size: int, device=None, seed: int = 0) -> RNNLM:
-    """A fresh :class:`RNNLM` with ``cell`` at the sizes of ``run``, initialised from ``seed``."""
-    torch.manual_seed(seed)
-    return RNNLM(run.model_config(cell, vocab_size)).to(device or get_device())
-
-
-def train_char_model(model: RNNLM, run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor,
-                     seed: int = 0, **changes) -> History:
-    """Train ``model`` in place at the sizes of ``run`` with :func:`lmbook.train.train`; returns its history.
-
-    Training reads :class:`~lmbook.data.SequentialBatches` and the model carries its state
-    from batch to batch; evaluation reads random windows from a zero state, as for the GPT.
-    ``changes`` override fields of the :class:`~lmbook.train.TrainConfig` (``grad_clip=None``, say).
-    """
-    device = next(model.parameters()).device
-    batches = SequentialBatches(train_data, run.block_size, run.batch_size, device)
-    eval_batches = {
-        "train": RandomBatches(train_data, run.block_size, run.batch_size, device, seed=seed + 1),
-        "val": RandomBatches(val_data, run.block_size, run.batch_size, device, seed=seed + 2),
-    }
-    model.reset_state()
-    config = run.train_config(**{"desc": NAMES[model.config.cell], "seed": seed, **changes})
-    return train(model, batches, config, eval_batches)
 
 
 @torch.no_grad()
@@ -349,70 +259,3 @@ def scale_recurrent_weights(model: RNNLM, gain: float) -> RNNLM:
     for cell in model.rnn.cells:
         cell.W_hh.mul_(gain)
     return model
-
-
-def summarize(model: RNNLM, history: History, val_data: torch.Tensor | None = None) -> dict:
-    """The numbers the chapter's table shows for one run (with ``val_data``: the loss read in order too)."""
-    summary = {
-        "params": model.num_params(),
-        "val_loss": history.eval_loss["val"][-1],
-        "best_val_loss": history.best("val")[1],
-        "tokens_per_second": history.tokens_per_second,
-        "seconds": history.seconds,
-    }
-    if val_data is not None:
-        summary["val_loss_in_order"] = sequential_loss(model, val_data)
-    return summary
-
-
-def results_table(results: dict[str, dict]) -> str:
-    """A Markdown table of :func:`summarize`'s numbers, one row a run."""
-    in_order = all("val_loss_in_order" in r for r in results.values())
-    lines = ["| model | parameters | val loss (windows) | best | val loss (in order) | tokens/s | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for cell, r in results.items():
-        read = f"{r['val_loss_in_order']:.3f}" if in_order else "-"
-        lines.append(f"| {NAMES.get(cell, cell)} | {r['params']:,} | {r['val_loss']:.3f} | {r['best_val_loss']:.3f} "
-                     f"| {read} | {r['tokens_per_second']:,.0f} | {r['seconds']:.0f} |")
-    return "\n".join(lines)
-
-
-def train_cells(run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int,
-                device=None, cells: tuple[str, ...] = CELLS) -> dict[str, tuple[RNNLM, History]]:
-    """One model of each cell, built from the same seed and trained the same way: ``{cell: (model, history)}``."""
-    trained = {}
-    for cell in cells:
-        model = make_char_model(cell, run, vocab_size, device)
-        trained[cell] = model, train_char_model(model, run, train_data, val_data)
-    return trained
-
-
-TEMPERATURES = (0.5, 0.8, 1.0)
-PROBE = dict(block_size=100, batch_size=64, seed=0)  # the validation windows the gradient picture reads
-
-
-def reference_run() -> dict:
-    """Chapter 2's full-size experiment: the three cells trained on Tiny Shakespeare, sampled and probed.
-
-    Recorded by ``python -m lmbook.reference rnn`` into ``lmbook/references/rnn.json``.
-    """
-    run, device = RUNS["full"], get_device()
-    tokenizer, train_data, val_data = shakespeare_chars()
-    x, y = RandomBatches(val_data, device=device, **PROBE)()
-    at_init = {cell: make_char_model(cell, run, tokenizer.vocab_size, device) for cell in CELLS}
-    at_init["rnn x5"] = scale_recurrent_weights(make_char_model("rnn", run, tokenizer.vocab_size, device), 5.0)
-    trained = train_cells(run, train_data, val_data, tokenizer.vocab_size, device)
-    samples = {
-        f"{cell} {t}": complete(model, tokenizer, "ROMEO:", max_new_tokens=400, temperature=t, seed=0)
-        for cell, (model, _) in trained.items()
-        for t in TEMPERATURES
-    }
-    results = {
-        "runs": {cell: summarize(model, history, val_data) for cell, (model, history) in trained.items()},
-        "gradient_norms": {
-            "init": {name: input_gradient_norms(m, x, y).tolist() for name, m in at_init.items()},
-            "trained": {cell: input_gradient_norms(m, x, y).tolist() for cell, (m, _) in trained.items()},
-        },
-    }
-    histories = {cell: history for cell, (_, history) in trained.items()}
-    return {"histories": histories, "results": results, "samples": samples, "sizes": run.to_dict()}

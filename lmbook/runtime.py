@@ -1,4 +1,4 @@
-"""Where the code runs and how big it runs: device, size, seeds, versions.
+"""Where the code runs and how big it runs: device, size, seeds, versions, precision, processes.
 
 Every chapter starts here. ``LMBOOK_SIZE`` is read in this module and nowhere
 else: ``full`` gives the real results (meant for a GPU, minutes), ``fast`` the
@@ -8,6 +8,7 @@ size follows the hardware: ``full`` when CUDA is available, otherwise ``fast``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -15,6 +16,7 @@ import sys
 from typing import TypeVar
 
 import torch
+import torch.distributed as dist
 
 SIZE_VARIABLE = "LMBOOK_SIZE"
 SIZES = ("full", "fast")
@@ -110,3 +112,30 @@ def show_environment() -> None:
     """Print :func:`environment` one item a line (the first cell of every chapter)."""
     for key, value in environment().items():
         print(f"{key:>12}: {value}")
+
+
+def autocast(device: torch.device, precision: str = "auto", cache: bool = True):
+    """The autocast context for ``precision`` on ``device`` (a no-op for float32).
+
+    ``cache=False`` recasts the weights at every use instead of keeping the casts, as a
+    CUDA graph's recording needs.
+    """
+    dtype = autocast_dtype(device) if precision == "auto" else torch.bfloat16 if precision == "bf16" else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``(0, 1)`` outside ``torchrun``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the processes of ``torchrun`` (in place; unchanged in one process)."""
+    if world()[1] > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world()[1]
+    return values

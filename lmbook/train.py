@@ -2,21 +2,21 @@
 
 A model is anything whose call ``model(x, y)`` returns ``(logits, loss)``; a batch
 source is a callable returning ``(x, y)`` (see :class:`lmbook.data.RandomBatches`).
-The loop brings AdamW (fused on CUDA), linear warm-up then cosine (or linear)
-decay, gradient accumulation and clipping, bf16 autocast where the GPU supports
-it, optional ``torch.compile``, periodic evaluation on fixed batches, a tqdm bar
-with loss and tokens/s, a :class:`History` to plot, atomic checkpoints with exact
-resume, early stopping on an evaluation split (keeping the best weights if asked),
-and a clear error naming the step at which the loss stopped being finite.
+The loop brings AdamW (fused kernels on CUDA and CPU), warm-up then cosine or linear decay,
+gradient accumulation and clipping, bf16 autocast where the GPU supports it, optional
+``torch.compile`` or CUDA graphs, evaluation on fixed batches, a tqdm bar, a
+:class:`~lmbook.history.History`, atomic checkpoints with exact resume, early stopping, and a
+clear error at the step where the loss stopped being finite. :func:`train` runs a
+:class:`TrainingRun`, whose parts (``resume``, ``step``, ``evaluate``, ``save``, ``record``)
+each do one thing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +26,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save, load_checkpoint, process_state, set_rng_state
 from .cudagraph import CapturedStep
-from .runtime import autocast_dtype
+from .history import History
+from .interface import evaluating
+from .optim import lr_at, make_optimizer
+from .runtime import autocast, mean_over_processes, world
 
 Batches = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
@@ -82,144 +86,20 @@ class TrainConfig:
         self.betas = tuple(self.betas)
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """The learning rate for update ``step`` (0-based): linear warm-up, then the chosen decay."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
-    if config.schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        shape = 1.0 - progress
-    return config.min_lr + shape * (config.lr - config.min_lr)
-
-
-@dataclass
-class History:
-    """What a run recorded: training loss per step and evaluation losses per split."""
-
-    steps: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)  # of the whole gradient, before clipping, per step
-    eval_steps: list[int] = field(default_factory=list)
-    eval_loss: dict[str, list[float]] = field(default_factory=dict)
-    eval_seconds: list[float] = field(default_factory=list)  # training wall time at each evaluation
-    tokens_per_step: int = 0
-    tokens_per_second: float = 0.0  # over the whole run, evaluation excluded
-    seconds: float = 0.0  # wall time spent in this loop, evaluation included
-    stopped_early: int | None = None  # the step at which early stopping ended the run, if it did
-    restored_step: int | None = None  # the step whose weights restore_best put back, if it did
-
-    def best(self, split: str = "val") -> tuple[int, float]:
-        """The step and loss of the lowest evaluation loss on ``split``."""
-        losses = self.eval_loss.get(split)
-        if not losses:
-            raise KeyError(f"no evaluation on split {split!r}; recorded: {sorted(self.eval_loss)}")
-        i = min(range(len(losses)), key=losses.__getitem__)
-        return self.eval_steps[i], losses[i]
-
-    def evaluations_since_best(self, split: str = "val") -> int:
-        """How many evaluations on ``split`` came after its lowest loss (0 when the last one is the lowest)."""
-        losses = self.eval_loss.get(split) or []
-        if not losses:
-            return 0
-        return len(losses) - 1 - min(range(len(losses)), key=losses.__getitem__)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read."""
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of two or more dimensions (fused kernels on CUDA and CPU).
-
-    With ``config.cuda_graph`` each group's learning rate is a tensor on the device, written
-    in place before every step, and the optimizer is ``capturable`` (see :mod:`lmbook.cudagraph`).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = device.type in ("cuda", "cpu")  # one kernel for all tensors: on a CPU 5x faster than the loop
-    if config.cuda_graph:
-        if device.type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA device; the model is on {device.type}. Set cuda_graph=False.")
-        for group in groups:  # one tensor per group, so that a group's rate is never shared by accident
-            group["lr"] = torch.tensor(config.lr, dtype=torch.float32, device=device)
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True, capturable=True)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
-
-
-def autocast(device: torch.device, precision: str = "auto", cache: bool = True):
-    """The autocast context for ``precision`` on ``device`` (a no-op for float32).
-
-    ``cache=False`` recasts the weights at every use instead of keeping the casts, as a
-    CUDA graph's recording needs.
-    """
-    dtype = autocast_dtype(device) if precision == "auto" else torch.bfloat16 if precision == "bf16" else None
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 @torch.no_grad()
 def estimate_loss(model: nn.Module, batches: Batches, iters: int, precision: str = "auto") -> float:
     """Mean loss of ``model`` over ``iters`` batches, in eval mode (dropout off)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
-    with autocast(device, precision):
+    with evaluating(model), autocast(device, precision):
         for _ in range(iters):
             x, y = batches()
             total += model(x, y)[1].float()
-    model.train(was_training)
     return total.item() / iters
-
-
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # the old checkpoint stays whole until this instant
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`train`, with a clear error if it is damaged."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}). It may be truncated or "
-            "from another program: delete it to train from the start, or point checkpoint_path elsewhere."
-        ) from err
 
 
 def compiled(model: nn.Module, how: bool | str) -> nn.Module:
@@ -239,37 +119,232 @@ def compiled(model: nn.Module, how: bool | str) -> nn.Module:
     return model
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class TrainingRun:
+    """One run of the loop: the model, its optimizer and batch sources, and where the run stands.
 
+    :func:`train` is ``TrainingRun(...).run(resume)``; the parts are methods so that each reads on its own.
+    """
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def __init__(self, model: nn.Module, train_batches: Batches, config: TrainConfig,
+                 eval_batches: dict[str, Batches] | None = None):
+        self.model, self.train_batches, self.config = model, train_batches, config
+        self.eval_batches = eval_batches or {}
+        self.device = next(model.parameters()).device
+        self.rank, self.n_proc = world()
+        self.watching = config.patience is not None or config.restore_best
+        if self.watching and config.monitor not in self.eval_batches:
+            raise ValueError(
+                f"early stopping watches the split {config.monitor!r}, which eval_batches does not have "
+                f"({sorted(self.eval_batches)}): pass it in eval_batches or set TrainConfig.monitor."
+            )
+        self.best_state: dict | None = None  # the weights at the lowest loss on config.monitor (restore_best)
+        # every evaluation starts each source from this state, so all points of a curve see the same batches
+        self.eval_states = {k: b.state_dict() for k, b in self.eval_batches.items() if hasattr(b, "state_dict")}
+        self.optimizer = make_optimizer(model, config, self.device)
+        self.history, self.step_number = History(), 0
+        self.path = Path(config.checkpoint_path) if config.checkpoint_path else None
+        self.forward: nn.Module = model  # what a training step calls: the model, compiled or wrapped
+        self.captured: CapturedStep | None = None
+        self.started = time.perf_counter()  # the start of the wall time not yet added to history.seconds
+        self.batch_tokens = 0
+        self.bar = None
 
+    def resume(self) -> bool:
+        """Continue from ``config.checkpoint_path`` if it exists; ``False`` when there is nothing to resume."""
+        if self.path is None or not self.path.exists():
+            return False
+        state = load_checkpoint(self.path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.config.cuda_graph:  # a checkpoint of an eager run holds plain rates: the graph needs tensors
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device).clone()
+                group["capturable"] = True
+        local = state["processes"][self.rank]
+        if hasattr(self.train_batches, "load_state_dict"):
+            self.train_batches.load_state_dict(local["batches"])
+        set_rng_state(local["rng"])
+        self.history, self.step_number = History.from_dict(state["history"]), state["step"]
+        self.eval_states = state["eval_batches"]
+        self.best_state = state.get("best_model")
+        return True
 
-def world() -> tuple[int, int]:
-    """This process's rank and the number of processes (``(0, 1)`` outside ``torchrun``)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    def prepare(self) -> None:
+        """Compile, wrap for several processes or record as a CUDA graph, as the configuration asks."""
+        config = self.config
+        self.forward = compiled(self.model, config.compile)
+        if self.n_proc > 1:
+            if config.cuda_graph:
+                raise ValueError("cuda_graph trains in one process; under torchrun set TrainConfig(cuda_graph=False).")
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.forward, device_ids=device_ids)
+        if config.cuda_graph:
 
+            def graph_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                with autocast(self.device, config.precision, cache=False):
+                    return self.forward(x, y)[1]
 
-def _mean_over_processes(values: torch.Tensor) -> torch.Tensor:
-    if world()[1] > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= world()[1]
-    return values
+            self.captured = CapturedStep(self.model, graph_loss, self.optimizer, config.grad_clip)
+        self.model.train()
 
+    def eager_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every weight: forward, backward, clip, AdamW. Returns the loss and the gradient norm."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum, total = self.config.grad_accum, torch.zeros((), device=self.device)
+        for micro in range(accum):  # the gradients of `accum` batches add up before one update
+            x, y = self.train_batches()
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last or self.n_proc == 1 else self.forward.no_sync()  # all-reduce once
+            with sync:
+                with autocast(self.device, self.config.precision):
+                    _, loss = self.forward(x, y)
+                (loss / accum).backward()
+            total += loss.detach().float()
+        # the norm before clipping; without clipping (an infinite threshold) the gradient is left as it is
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batch_tokens = x.numel()
+        return total / accum, grad_norm
 
-def _local_state(train_batches: Batches) -> dict:
-    """What differs between processes and must come back on resume: random generators and batches."""
-    batches = train_batches.state_dict() if hasattr(train_batches, "state_dict") else None
-    return {"rng": _rng_state(), "batches": batches}
+    def step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update: :meth:`eager_step`, or the same step replayed as a CUDA graph (``config.cuda_graph``)."""
+        if self.captured is None:
+            return self.eager_step(lr)
+        x, y = self.train_batches()
+        self.batch_tokens = x.numel()
+        return self.captured(x, y, lr)  # the rate is written into the graph's own tensor
+
+    def evaluate(self) -> None:
+        """The mean loss on each evaluation split, each from the same batches every time, into the history."""
+        history = self.history
+        for name, batches in self.eval_batches.items():
+            if name in self.eval_states:
+                batches.load_state_dict(self.eval_states[name])
+            with torch.compiler.set_stance("force_eager"):  # no recompiling for eval mode or new shapes
+                loss = estimate_loss(self.model, batches, self.config.eval_iters, self.config.precision)
+            loss = mean_over_processes(torch.tensor(loss, device=self.device)).item()
+            history.eval_loss.setdefault(name, []).append(loss)
+        history.eval_steps.append(self.step_number)
+        history.eval_seconds.append(history.seconds + time.perf_counter() - self.started)
+        if self.config.restore_best and history.evaluations_since_best(self.config.monitor) == 0:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self) -> None:
+        """An atomic checkpoint of everything an exact resume needs (process 0 writes it)."""
+        processes = [process_state(self.train_batches)]
+        if self.n_proc > 1:
+            processes = [None] * self.n_proc
+            dist.all_gather_object(processes, process_state(self.train_batches))
+        if self.rank == 0:
+            atomic_save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "step": self.step_number,
+                    "history": self.history.to_dict(),
+                    "eval_batches": self.eval_states,
+                    "processes": processes,
+                    "config": asdict(self.config),
+                    "best_model": self.best_state,
+                },
+                self.path,
+            )
+        if self.n_proc > 1:
+            dist.barrier()  # no process runs ahead of a checkpoint being written
+
+    def record(self, pending: list[torch.Tensor], steps: list[tuple[int, float]]) -> list[float]:
+        """Bring the pending losses and norms back from the device (one sync) into the history; stop on NaN."""
+        values = mean_over_processes(torch.stack(pending)).tolist()
+        for (step, rate), (value, norm) in zip(steps, values):
+            if not math.isfinite(value):
+                self.bar.close()
+                path = self.path
+                where = (f"the last good checkpoint is {path}." if path and path.exists()
+                         else "no checkpoint was written.")
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at step {step} (learning rate {rate:.3g}). "
+                    f"Lower the learning rate, raise the warm-up or check the data; {where}"
+                )
+            self.history.steps.append(step)
+            self.history.train_loss.append(value)
+            self.history.lr.append(rate)
+            self.history.grad_norm.append(norm)
+        return [value for value, _ in values]
+
+    def stop_early(self, last_step: bool) -> bool:
+        """Evaluate, print the losses, and say whether early stopping ends the run here."""
+        self.evaluate()
+        history, monitor = self.history, self.config.monitor
+        if self.rank == 0:
+            losses = ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items())
+            self.bar.write(f"step {self.step_number}: {losses}")
+        since_best = history.evaluations_since_best(monitor) if self.watching else 0
+        stopping = self.config.patience is not None and since_best >= self.config.patience and not last_step
+        if stopping:
+            history.stopped_early = self.step_number
+            if self.rank == 0:
+                self.bar.write(f"step {self.step_number}: stopping early, no lower {monitor} loss "
+                               f"in {since_best} evaluations")
+        return stopping
+
+    def run(self, resume: bool = False) -> History:
+        """Train for ``config.max_steps`` updates (from the checkpoint, with ``resume``) and return the history."""
+        config, history = self.config, self.history
+        if not (resume and self.resume()):
+            torch.manual_seed(config.seed + self.rank)  # dropout masks, different in each process
+        history = self.history
+        self.prepare()
+        self.started = time.perf_counter()
+        if self.step_number == 0 and self.eval_batches:
+            self.evaluate()
+        self.bar = tqdm(total=config.max_steps, initial=self.step_number, desc=config.desc,
+                        disable=not config.progress or self.rank != 0)
+        first_step, tick, train_seconds, pending, pending_steps = self.step_number, time.perf_counter(), 0.0, [], []
+        while self.step_number < config.max_steps:
+            lr = lr_at(self.step_number, config)
+            loss, grad_norm = self.step(lr)
+            history.tokens_per_step = self.batch_tokens * config.grad_accum * self.n_proc
+            pending.append(torch.stack([loss, grad_norm.float()]))
+            pending_steps.append((self.step_number, lr))
+            self.step_number += 1
+            step, last_step = self.step_number, self.step_number == config.max_steps
+            checkpoint_due = self.path is not None and (
+                step % (config.checkpoint_interval or config.eval_interval) == 0 or last_step)
+            eval_due = bool(self.eval_batches) and (step % config.eval_interval == 0 or last_step)
+            if not (step % config.log_interval == 0 or checkpoint_due or eval_due or last_step):
+                continue
+            losses = self.record(pending, pending_steps)
+            now = time.perf_counter()
+            train_seconds += now - tick
+            self.bar.update(len(losses))
+            tokens_per_second = len(losses) * history.tokens_per_step / (now - tick)
+            self.bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+            pending, pending_steps = [], []
+            stopping = eval_due and self.stop_early(last_step)
+            if checkpoint_due or (stopping and self.path is not None):
+                history.seconds += time.perf_counter() - self.started
+                self.started = time.perf_counter()
+                self.save()
+            tick = time.perf_counter()
+            if stopping:
+                break
+        self.bar.close()
+        self.finish(first_step, train_seconds)
+        return history
+
+    def finish(self, first_step: int, train_seconds: float) -> None:
+        """Leave no graph gradients behind, put back the best weights if asked, and total the times."""
+        history = self.history
+        if self.captured is not None:
+            self.optimizer.zero_grad(set_to_none=True)  # the graph's gradients are not left on the model
+        if self.config.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            history.restored_step = history.best(self.config.monitor)[0]
+        history.seconds += time.perf_counter() - self.started
+        if self.step_number > first_step:
+            history.tokens_per_second = history.tokens_per_step * (self.step_number - first_step) / train_seconds
 
 
 def train(
@@ -279,7 +354,7 @@ def train(
     eval_batches: dict[str, Batches] | None = None,
     resume: bool = False,
 ) -> History:
-    """Train ``model`` in place for ``config.max_steps`` updates and return its :class:`History`.
+    """Train ``model`` in place for ``config.max_steps`` updates and return its :class:`~lmbook.history.History`.
 
     ``eval_batches`` maps split names to batch sources; each evaluation starts them
     from the same state, so every point of a curve is measured on the same batches.
@@ -290,172 +365,4 @@ def train(
     ``DistributedDataParallel``: each process draws its own batches, gradients and
     reported losses are averaged over processes, and process 0 writes checkpoints.
     """
-    device = next(model.parameters()).device
-    rank, n_proc = world()
-    eval_batches = eval_batches or {}
-    watching = config.patience is not None or config.restore_best
-    if watching and config.monitor not in eval_batches:
-        raise ValueError(
-            f"early stopping watches the split {config.monitor!r}, which eval_batches does not have "
-            f"({sorted(eval_batches)}): pass it in eval_batches or set TrainConfig.monitor."
-        )
-    best_state: dict | None = None  # the weights at the lowest loss on config.monitor (restore_best)
-    eval_states = {k: b.state_dict() for k, b in eval_batches.items() if hasattr(b, "state_dict")}
-    optimizer = make_optimizer(model, config, device)
-    history, step = History(), 0
-    path = Path(config.checkpoint_path) if config.checkpoint_path else None
-    if resume and path is not None and path.exists():
-        state = load_checkpoint(path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if config.cuda_graph:  # a checkpoint of an eager run holds plain rates: the graph needs tensors
-            for group in optimizer.param_groups:
-                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device).clone()
-                group["capturable"] = True
-        local = state["processes"][rank]
-        if hasattr(train_batches, "load_state_dict"):
-            train_batches.load_state_dict(local["batches"])
-        _set_rng_state(local["rng"])
-        history, step = History.from_dict(state["history"]), state["step"]
-        eval_states = state["eval_batches"]
-        best_state = state.get("best_model")
-    else:
-        torch.manual_seed(config.seed + rank)  # dropout masks, different in each process
-    forward = compiled(model, config.compile)
-    if n_proc > 1:
-        if config.cuda_graph:
-            raise ValueError("cuda_graph trains in one process; under torchrun set TrainConfig(cuda_graph=False).")
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-    captured = None
-    if config.cuda_graph:
-
-        def graph_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with autocast(device, config.precision, cache=False):
-                return forward(x, y)[1]
-
-        captured = CapturedStep(model, graph_loss, optimizer, config.grad_clip)
-    model.train()
-
-    def evaluate() -> None:
-        nonlocal best_state
-        for name, batches in eval_batches.items():
-            if name in eval_states:
-                batches.load_state_dict(eval_states[name])
-            with torch.compiler.set_stance("force_eager"):  # no recompiling for eval mode or new shapes
-                loss = estimate_loss(model, batches, config.eval_iters, config.precision)
-            loss = _mean_over_processes(torch.tensor(loss, device=device)).item()
-            history.eval_loss.setdefault(name, []).append(loss)
-        history.eval_steps.append(step)
-        history.eval_seconds.append(history.seconds + time.perf_counter() - started)
-        if config.restore_best and history.evaluations_since_best(config.monitor) == 0:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def save() -> None:
-        processes = [_local_state(train_batches)]
-        if n_proc > 1:
-            processes = [None] * n_proc
-            dist.all_gather_object(processes, _local_state(train_batches))
-        if rank == 0:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "history": history.to_dict(),
-                    "eval_batches": eval_states,
-                    "processes": processes,
-                    "config": asdict(config),
-                    "best_model": best_state,
-                },
-                path,
-            )
-        if n_proc > 1:
-            dist.barrier()  # no process runs ahead of a checkpoint being written
-
-    def record(pending: list[torch.Tensor], steps: list[tuple[int, float]]) -> list[float]:
-        values = _mean_over_processes(torch.stack(pending)).tolist()  # one device sync per log interval
-        losses = [loss for loss, _ in values]
-        for (s, rate), (value, norm) in zip(steps, values):
-            if not math.isfinite(value):
-                bar.close()
-                where = f"the last good checkpoint is {path}." if path and path.exists() else "no checkpoint was written."
-                raise NonFiniteLossError(
-                    f"the training loss became {value} at step {s} (learning rate {rate:.3g}). "
-                    f"Lower the learning rate, raise the warm-up or check the data; {where}"
-                )
-            history.steps.append(s)
-            history.train_loss.append(value)
-            history.lr.append(rate)
-            history.grad_norm.append(norm)
-        return losses
-
-    started = time.perf_counter()
-    if step == 0 and eval_batches:
-        evaluate()
-    bar = tqdm(total=config.max_steps, initial=step, desc=config.desc, disable=not config.progress or rank != 0)
-    first_step, tick, train_seconds, pending, pending_steps = step, time.perf_counter(), 0.0, [], []
-    while step < config.max_steps:
-        lr = lr_at(step, config)
-        if captured is not None:  # the whole update in one replay (the rate is written into the graph's tensor)
-            x, y = train_batches()
-            step_loss, grad_norm = captured(x, y, lr)
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = torch.zeros((), device=device)
-            for micro in range(config.grad_accum):
-                x, y = train_batches()
-                last = micro == config.grad_accum - 1
-                sync = contextlib.nullcontext() if last or n_proc == 1 else forward.no_sync()  # all-reduce once
-                with sync:
-                    with autocast(device, config.precision):
-                        _, loss = forward(x, y)
-                    (loss / config.grad_accum).backward()
-                step_loss += loss.detach().float()
-            # the norm before clipping; without clipping (an infinite threshold) the gradient is left as it is
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        history.tokens_per_step = x.numel() * config.grad_accum * n_proc
-        pending.append(torch.stack([step_loss / config.grad_accum, grad_norm.float()]))
-        pending_steps.append((step, lr))
-        step += 1
-        last_step = step == config.max_steps
-        checkpoint_due = path is not None and (step % (config.checkpoint_interval or config.eval_interval) == 0 or last_step)
-        eval_due = bool(eval_batches) and (step % config.eval_interval == 0 or last_step)
-        if step % config.log_interval == 0 or checkpoint_due or eval_due or last_step:
-            losses = record(pending, pending_steps)
-            now = time.perf_counter()
-            train_seconds += now - tick
-            bar.update(len(losses))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{len(losses) * history.tokens_per_step / (now - tick):,.0f}")
-            pending, pending_steps = [], []
-            stopping = False
-            if eval_due:
-                evaluate()
-                if rank == 0:
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items()))
-                since_best = history.evaluations_since_best(config.monitor) if watching else 0
-                stopping = config.patience is not None and since_best >= config.patience and not last_step
-                if stopping:
-                    history.stopped_early = step
-                    if rank == 0:
-                        bar.write(f"step {step}: stopping early, no lower {config.monitor} loss "
-                                  f"in {since_best} evaluations")
-            if checkpoint_due or (stopping and path is not None):
-                history.seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                save()
-            tick = time.perf_counter()
-            if stopping:
-                break
-    bar.close()
-    if captured is not None:
-        optimizer.zero_grad(set_to_none=True)  # the graph's gradients are not left on the model
-    if config.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-        history.restored_step = history.best(config.monitor)[0]
-    history.seconds += time.perf_counter() - started
-    if step > first_step:
-        history.tokens_per_second = history.tokens_per_step * (step - first_step) / train_seconds
-    return history
+    return TrainingRun(model, train_batches, config, eval_batches).run(resume)

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 
-from .train import History
+from .history import History
 
 
 def _ax(ax=None, figsize=(7, 4)):
@@ -33,7 +33,8 @@ def plot_history(
     scale = {"step": 1, "tokens": history.tokens_per_step}.get(x)
     prefix = f"{label} " if label else ""
     if train and history.steps and x != "seconds":
-        line, = ax.plot([s * scale for s in history.steps], history.train_loss, alpha=0.3, lw=1, label=f"{prefix}train (batch)", **style)
+        line, = ax.plot([s * scale for s in history.steps], history.train_loss, alpha=0.3, lw=1,
+                        label=f"{prefix}train (batch)", **style)
         style.setdefault("color", line.get_color())
     for split in splits or tuple(history.eval_loss):
         xs = history.eval_seconds if x == "seconds" else [s * scale for s in history.eval_steps]
@@ -108,7 +109,8 @@ def plot_attention_cost(cost: Mapping, axes=None):
     quadratic = [cost["written out"]["seconds"][-1] * 1e3 * (t / lengths[-1]) ** 2 for t in lengths]
     axes[0].loglog(lengths, quadratic, ls=":", color="gray", label="∝ T²")
     axes[0].set_ylabel("milliseconds per call")
-    axes[1].set_ylabel("MiB" + (" (peak, CUDA)" if cost["device"].startswith("cuda") else " (score and weight tensors)"))
+    measured = " (peak, CUDA)" if cost["device"].startswith("cuda") else " (score and weight tensors)"
+    axes[1].set_ylabel("MiB" + measured)
     for ax in axes:
         ax.set_xlabel("sequence length T")
         ax.grid(alpha=0.3, which="both")

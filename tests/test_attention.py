@@ -10,7 +10,9 @@ from lmbook.attention import (
     attention, attention_cost, attention_maps, causal_mask, merge_heads, order_test, self_attention,
     softmax_saturation, split_heads,
 )
-from lmbook.gpt import GPT, GPTConfig, sinusoidal_table
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.mlm import Encoder
+from lmbook.variants import PostLNGPT, SinusoidalGPT, TokenIdPositionGPT, gpt_class, sinusoidal_table
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -48,7 +50,7 @@ def test_heads_split_and_merge_back():
 @pytest.mark.parametrize("causal", [True, False])
 def test_written_out_self_attention_equals_the_gpt_layer(causal):
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", n_head=4, causal=causal)).eval()
+    model = (GPT if causal else Encoder)(GPTConfig.preset("tiny", n_head=4)).eval()
     layer = model.h[1].attn
     x = torch.randn(3, 9, 32)
     ours, weights = self_attention(layer, x)
@@ -64,7 +66,7 @@ def test_attention_maps_match_each_layer_and_leave_the_model_as_it_was():
     assert maps.shape == (3, 2, 2, 10, 10) and model.training
     assert all(len(block.attn._forward_hooks) == 0 for block in model.h)
     # layer 0 sees ln_1 of the embeddings: recompute its weights by hand
-    x = model.wte(idx) + model.wpe(torch.arange(10))
+    x = model.wte(idx) + model.wpe.weight[:10]
     torch.testing.assert_close(maps[0], self_attention(model.h[0].attn, model.h[0].ln_1(x))[1])
     torch.testing.assert_close(maps.sum(-1), torch.ones(3, 2, 2, 10))
     assert (maps[..., ~causal_mask(10)] == 0).all()
@@ -90,7 +92,7 @@ def test_sinusoidal_table_follows_the_formula():
 
 def test_sinusoidal_positions_are_fixed_and_not_trained():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", position="sinusoidal"))
+    model = SinusoidalGPT(GPTConfig.preset("tiny"))
     assert not model.wpe.weight.requires_grad
     table = sinusoidal_table(32, 32)
     torch.testing.assert_close(model.wpe.weight / model.wpe.weight.std(), table / table.std())
@@ -109,7 +111,7 @@ def test_position_table_indexed_by_token_id_makes_the_model_order_blind():
     torch.manual_seed(0)
     idx = torch.randint(0, 65, (4, 20))
     # one causal layer: the last prediction sees the context as a bag of tokens, whatever its order
-    blind = loud(GPT(GPTConfig.preset("tiny", n_layer=1, position="token-id")))
+    blind = loud(TokenIdPositionGPT(GPTConfig.preset("tiny", n_layer=1)))
     assert order_test(blind, idx)["total_variation"] < 1e-5
     seeing = loud(GPT(GPTConfig.preset("tiny", n_layer=1)))
     assert order_test(seeing, idx)["total_variation"] > 1e-2
@@ -117,7 +119,7 @@ def test_position_table_indexed_by_token_id_makes_the_model_order_blind():
 
 def test_bidirectional_model_with_token_id_positions_is_permutation_equivariant():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", position="token-id", causal=False)).eval()
+    model = gpt_class(position="token-id", causal=False)(GPTConfig.preset("tiny")).eval()
     idx = torch.randint(0, 65, (2, 16))
     perm = torch.randperm(16)
     torch.testing.assert_close(model(idx[:, perm])[0], model(idx)[0][:, perm])
@@ -125,7 +127,7 @@ def test_bidirectional_model_with_token_id_positions_is_permutation_equivariant(
 
 def test_post_ln_block_normalises_the_residual_stream():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", norm="post")).eval()
+    model = PostLNGPT(GPTConfig.preset("tiny")).eval()
     x = torch.randn(2, 5, 32) * 7
     block = model.h[0]
     expected = block.ln_2(block.ln_1(x + block.attn(x)) + block.mlp(block.ln_1(x + block.attn(x))))
@@ -135,22 +137,42 @@ def test_post_ln_block_normalises_the_residual_stream():
     assert isinstance(model.ln_f, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("change", [dict(position="sinusoidal"), dict(position="token-id"), dict(norm="post")])
-def test_variants_other_than_gpt2s_are_refused_for_conversion(change):
+@pytest.mark.parametrize("variant", [dict(position="sinusoidal"), dict(position="token-id"), dict(norm="post"),
+                                     dict(causal=False)])
+def test_variants_other_than_gpt2s_are_refused_for_conversion(variant):
     from lmbook.hf import to_hf
 
-    GPTConfig().check_gpt2()
+    to_hf(gpt_class()(GPTConfig.preset("tiny")))
     with pytest.raises(ValueError, match="GPT-2 has no twin"):
-        GPTConfig(**change).check_gpt2()
-    with pytest.raises(ValueError, match="GPT-2 has no twin"):
-        to_hf(GPT(GPTConfig.preset("tiny", **change)))
+        to_hf(gpt_class(**variant)(GPTConfig.preset("tiny")))
 
 
-def test_unknown_variants_are_refused():
+def test_variants_combine_and_unknown_ones_are_refused():
+    assert gpt_class() is GPT and gpt_class(norm="post") is PostLNGPT
+    both = gpt_class(position="token-id", norm="post", causal=False)
+    assert issubclass(both, TokenIdPositionGPT) and issubclass(both, PostLNGPT) and issubclass(both, Encoder)
+    model = both(GPTConfig.preset("tiny"))
+    assert isinstance(model.ln_f, torch.nn.Identity) and not model.h[0].attn.is_causal
+    assert model.wpe.weight.shape[0] == 65  # a row for every token id
     with pytest.raises(ValueError, match="position must be"):
-        GPTConfig(position="rotary")
+        gpt_class(position="rotary")
     with pytest.raises(ValueError, match="norm must be"):
-        GPTConfig(norm="sandwich")
+        gpt_class(norm="sandwich")
+
+
+def test_variants_draw_the_same_initial_weights_as_the_plain_gpt():
+    """A variant swaps a part; every weight both models have starts from the same draws."""
+    plain = make(GPT).state_dict()
+    for cls in (SinusoidalGPT, PostLNGPT, Encoder):  # (a token-id table has other rows, so later draws shift)
+        other = make(cls).state_dict()
+        shared = [k for k in plain if k in other and k != "wpe.weight"]
+        assert len(shared) >= len(plain) - 3, cls  # all but the position table (and post-LN's final LayerNorm)
+        assert all(torch.equal(plain[k], other[k]) for k in shared), cls
+
+
+def make(cls):
+    torch.manual_seed(0)
+    return cls(GPTConfig.preset("tiny"))
 
 
 def test_attention_cost_grows_quadratically_in_memory():
@@ -163,8 +185,8 @@ def test_attention_cost_grows_quadratically_in_memory():
 def test_the_chapters_runs_build_models_and_training_configs():
     import importlib
 
-    from lmbook.attention import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS, make_char_gpt
     from lmbook.reference import RECIPES
+    from lmbook.runs.ch03_gpt import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS, make_char_gpt
 
     for runs in (RUNS, POSITION_RUNS, NORM_RUNS):
         for run in runs.values():
@@ -173,5 +195,6 @@ def test_the_chapters_runs_build_models_and_training_configs():
             assert run.train_config().max_steps == run.max_steps
     for change in [*VARIANTS["positions"].values(), *VARIANTS["norm"].values()]:
         make_char_gpt(RUNS["fast"], 65, "cpu", **change)
-    module, function = RECIPES["gpt"].split(":")
-    assert callable(getattr(importlib.import_module(module), function))
+    for recipe in RECIPES.values():
+        module, function = recipe.split(":")
+        assert callable(getattr(importlib.import_module(module), function))

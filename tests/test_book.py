@@ -77,7 +77,8 @@ def notebook_id(path: Path) -> str:
 @pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=lambda p: notebook_id(p.relative_to(ROOT)))
 def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty and "widgets" not in nb.metadata, (
         f"{path.relative_to(ROOT)}: cells {dirty} hold outputs or execution counts, or widget state is stored. "
         "Notebooks are committed stripped (the tests execute them): clear all outputs before committing."

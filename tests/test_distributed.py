@@ -7,7 +7,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lmbook.gpt import GPT, GPTConfig
-from lmbook.train import TrainConfig, load_checkpoint, train, world
+from lmbook.checkpoint import load_checkpoint
+from lmbook.runtime import world
+from lmbook.train import TrainConfig, train
 
 DATA = (torch.arange(4000) * 7 + torch.arange(4000) // 97) % 65
 STEPS, B, T = 4, 4, 16
@@ -16,7 +18,8 @@ STEPS, B, T = 4, 4, 16
 def fixed_batches(rank: int, world_size: int):
     """Step i gives process r the r-th quarter of one big batch, so all processes together see it whole."""
     g = torch.Generator().manual_seed(0)
-    big = [DATA[torch.randint(len(DATA) - T - 1, (B * world_size,), generator=g)[:, None] + torch.arange(T + 1)] for _ in range(STEPS)]
+    big = [DATA[torch.randint(len(DATA) - T - 1, (B * world_size,), generator=g)[:, None] + torch.arange(T + 1)]
+           for _ in range(STEPS)]
     it = iter([w[rank * B : (rank + 1) * B] for w in big])
 
     def next_batch():

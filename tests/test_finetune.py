@@ -15,6 +15,7 @@ from lmbook.finetune import (
     labelled_subset,
 )
 from lmbook.gpt import GPT, GPTConfig
+from lmbook.mlm import Encoder
 
 class Chars:
     """A stand-in tokenizer: one id per byte."""
@@ -97,7 +98,7 @@ def test_classifier_refuses_bad_settings():
     with pytest.raises(ValueError, match="at least 2 classes"):
         SequenceClassifier(backbone, 1)
     with pytest.raises(ValueError, match="bidirectional"):
-        SequenceClassifier(GPT(GPTConfig.preset("tiny", causal=False)), 3)
+        SequenceClassifier(Encoder(GPTConfig.preset("tiny")), 3)
 
 
 def test_example_batches_cut_padding():
@@ -110,24 +111,25 @@ def test_example_batches_cut_padding():
 
 def test_the_chapter_pipeline_runs_at_a_tiny_size():
     """Every experiment of chapter 4, a few steps each, on a made-up play."""
-    from lmbook.finetune import (ChapterRun, adapt, compare_methods, label_sweep, prepare, pretrain,
-                                 regularisation_runs, task_data)
+    from lmbook.runs.ch04_finetune import (ChapterRun, adapt, compare_methods, label_sweep, prepare, pretrain,
+                                           regularisation_runs, task_data)
 
     rng = random.Random(0)
     words = "thou art the sun and moon my lord good night sweet prince of love".split()
     play = "\n\n".join(
-        f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n" + "\n".join(" ".join(rng.choices(words, k=6)) for _ in range(2))
+        f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n"
+        + "\n".join(" ".join(rng.choices(words, k=6)) for _ in range(2))
         for _ in range(120)
     ) + "\n"
-    run = ChapterRun(vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, pretrain_steps=3,
+    run = ChapterRun(vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_steps=3,
                      mlm_steps=2, lr=1e-3, warmup_steps=1, eval_interval=3, eval_iters=1, adapt_steps=3, adapt_lr=1e-3,
                      classify_steps=3, classify_lr=1e-3, probe_lr=1e-3, lora_lr=1e-3, per_class=(1, None),
                      n_speakers=2, small_tokens=300, overfit_batch_size=4, overfit_steps=4, hf_steps=1)
     data = prepare(run, play)
     gpt, history = pretrain(run, data, device="cpu")
-    assert history.eval_steps == [0, 3] and gpt.config.causal
+    assert history.eval_steps == [0, 3] and type(gpt) is GPT
     encoder, mlm_history = pretrain(run, data, causal=False, device="cpu")
-    assert not encoder.config.causal and encoder.config.vocab_size == data.tokenizer.vocab_size + 1
+    assert isinstance(encoder, Encoder) and encoder.config.vocab_size == data.tokenizer.vocab_size + 1
     assert mlm_history.steps == [0, 1]
     run = dataclasses.replace(run, adapt_speaker=data.corpus.speakers[0])
     adapted, adapt_history = adapt(gpt, run, data)

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from lmbook.gpt import GPT, GPTConfig, PRESETS
+from lmbook.gpt import GPT, PRESETS, GPTConfig
+from lmbook.interface import evaluating, num_params
+from lmbook.mlm import Encoder
 
 
 def tiny(**overrides) -> GPT:
@@ -14,12 +16,10 @@ def tiny(**overrides) -> GPT:
 
 
 def test_presets_have_the_documented_shapes():
-    char = GPTConfig.preset("shakespeare-char")
-    assert (char.n_layer, char.n_head, char.n_embd, char.block_size) == (6, 6, 384, 256)
     gpt2 = GPT(GPTConfig.preset("gpt2"))
-    # GPT-2 small: 124,439,808 parameters including the 1024 x 768 position table
-    assert gpt2.num_params(exclude_positions=False) == 124_439_808
-    assert set(PRESETS) >= {"tiny", "shakespeare-char", "gpt2"}
+    # GPT-2 small: 124,439,808 parameters including the 1024 x 768 position table (the book's one convention)
+    assert gpt2.num_params() == num_params(gpt2) == 124_439_808
+    assert set(PRESETS) >= {"tiny", "gpt2"}
 
 
 def test_unknown_preset_and_bad_heads_are_refused():
@@ -27,6 +27,11 @@ def test_unknown_preset_and_bad_heads_are_refused():
         GPTConfig.preset("nope")
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=10, n_head=3)
+    for field, value in [("n_layer", 0), ("vocab_size", -1), ("block_size", 2.5), ("n_head", True)]:
+        with pytest.raises(ValueError, match=f"GPTConfig.{field} must be a positive integer"):
+            GPTConfig(**{field: value})
+    with pytest.raises(ValueError, match="dropout must lie in"):
+        GPTConfig(dropout=1.0)
 
 
 def test_shapes_and_loss():
@@ -61,13 +66,14 @@ def test_future_tokens_do_not_change_earlier_logits():
 
 
 def test_a_bidirectional_model_sees_the_future_and_refuses_a_cache():
-    model = tiny(causal=False).eval()
+    torch.manual_seed(0)
+    model = Encoder(GPTConfig.preset("tiny")).eval()
     idx = torch.randint(0, 65, (2, 20))
     changed = idx.clone()
     changed[:, 12:] = (changed[:, 12:] + 7) % 65
     assert not torch.allclose(model(idx)[0][:, :12], model(changed)[0][:, :12])
-    with pytest.raises(ValueError, match="causal"):
-        model(idx, cache=model.make_cache())
+    with pytest.raises(ValueError, match="no cache"):
+        model.make_cache()
 
 
 def test_features_are_what_the_lm_head_reads():
@@ -90,7 +96,7 @@ def test_weights_are_tied_and_counted_once():
     model = tiny()
     assert model.lm_head.weight is model.wte.weight
     unique = {p.data_ptr(): p.numel() for p in model.parameters()}
-    assert model.num_params(exclude_positions=False) == sum(unique.values())
+    assert model.num_params() == sum(unique.values())
 
 
 def test_gpt2_initialisation_scales_residual_projections():
@@ -143,4 +149,27 @@ def test_kv_cache_refuses_to_overflow():
 def test_flops_per_token_formula():
     model = tiny()
     c = model.config
-    assert model.flops_per_token(16) == 6 * model.num_params() + 12 * c.n_layer * 16 * c.n_embd
+    non_position = model.num_params() - c.block_size * c.n_embd
+    assert model.flops_per_token(16) == 6 * non_position + 12 * c.n_layer * 16 * c.n_embd
+
+
+def test_evaluating_restores_the_mode_even_when_the_block_fails():
+    model = tiny().train()
+    with pytest.raises(RuntimeError, match="inside"):
+        with evaluating(model):
+            assert not model.training and not model.h[0].training
+            raise RuntimeError("inside")
+    assert model.training and model.h[0].training
+    with evaluating(model.eval()):
+        pass
+    assert not model.training
+
+
+def test_ids_that_are_not_a_batch_of_integers_are_refused():
+    model = tiny()
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(1, 4))  # floats
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(4, dtype=torch.long))  # no batch dimension
+    with pytest.raises(ValueError, match="no token"):
+        model(torch.zeros(2, 0, dtype=torch.long))

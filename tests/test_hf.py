@@ -245,5 +245,7 @@ def test_token_blocks():
 
 
 def test_only_gpt2s_architecture_converts():
-    with pytest.raises(ValueError, match="causal"):
-        to_hf(GPT(CONFIG.replace(causal=False)))
+    from lmbook.mlm import Encoder
+
+    with pytest.raises(ValueError, match="GPT-2 has no twin for a Encoder"):
+        to_hf(Encoder(CONFIG))

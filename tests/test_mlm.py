@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmbook.gpt import GPT, GPTConfig
-from lmbook.mlm import Masking, MLMBatches, fill_blank, mask_tokens, nsp_pairs
+from lmbook.mlm import Encoder, Masking, MLMBatches, fill_blank, mask_tokens, nsp_pairs
 from lmbook.tokenizers import CharTokenizer
 
 MASK, N_RANDOM = 1000, 1000
@@ -100,7 +100,7 @@ def test_fill_blank_reads_the_right_side_only_when_bidirectional(text_and_tokeni
     _, tok = text_and_tokenizer
     torch.manual_seed(0)
     config = GPTConfig.preset("tiny", vocab_size=tok.vocab_size + 1)
-    gpt, encoder = GPT(config), GPT(config.replace(causal=False))
+    gpt, encoder = GPT(config), Encoder(config)
     a, b = "the cat ___ on the mat", "the cat ___ on the log"
     assert fill_blank(gpt, tok, a) == fill_blank(gpt, tok, b)  # the GPT sees only "the cat "
     mask = tok.vocab_size
@@ -119,7 +119,7 @@ def test_fill_blank_gives_the_space_before_the_blank_to_the_blank(text_and_token
 
 def test_fill_blank_errors(text_and_tokenizer):
     _, tok = text_and_tokenizer
-    encoder = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size + 1, causal=False))
+    encoder = Encoder(GPTConfig.preset("tiny", vocab_size=tok.vocab_size + 1))
     with pytest.raises(ValueError, match="exactly one blank"):
         fill_blank(encoder, tok, "no blank here", tok.vocab_size)
     with pytest.raises(ValueError, match="mask_id"):

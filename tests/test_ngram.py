@@ -238,7 +238,8 @@ def test_word_tokens() -> None:
         "O", "Romeo", ",", "Romeo", "!", "\n", "wherefore", "art", "thou", "Romeo", "?",
         "'", "Tis", "o'er", "1592", ".",
     ]  # fmt: skip
-    assert join_words(["O", "Romeo", ",", "Romeo", "!", "\n", "wherefore", "art", UNK, "?"]) == "O Romeo, Romeo!\nwherefore art <unk>?"
+    words = ["O", "Romeo", ",", "Romeo", "!", "\n", "wherefore", "art", UNK, "?"]
+    assert join_words(words) == "O Romeo, Romeo!\nwherefore art <unk>?"
 
 
 # --- Errors -------------------------------------------------------------------------------

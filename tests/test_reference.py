@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from lmbook import reference  # noqa: E402
-from lmbook.train import History  # noqa: E402
+from lmbook.history import History  # noqa: E402
 
 
 def history() -> History:

@@ -5,18 +5,9 @@ import torch
 
 from lmbook.data import RandomBatches, SequentialBatches
 from lmbook.generate import generate
-from lmbook.rnn import (
-    CELLS,
-    RUNS,
-    RNNConfig,
-    RNNLM,
-    SimpleRNN,
-    input_gradient_norms,
-    make_char_model,
-    scale_recurrent_weights,
-    sequential_loss,
-    train_char_model,
-)
+from lmbook.metrics import split_loss
+from lmbook.rnn import CELLS, RNNLM, RNNConfig, SimpleRNN, input_gradient_norms, scale_recurrent_weights
+from lmbook.runs.ch02_rnn import RUNS, make_char_model, train_char_model
 
 DATA = (torch.arange(4000) * 7 + torch.arange(4000) // 97) % 65  # learnable: mostly "next = this + 7"
 
@@ -152,7 +143,8 @@ def test_sequential_loss_reads_the_text_in_order_with_the_state(cell):
     data = DATA[:161]
     blocks = 160 // 16
     whole = model.eval()(data[None, : blocks * 16], data[None, 1 : blocks * 16 + 1])[1].item()
-    assert sequential_loss(model.train(), data, block_size=16, batch_size=1) == pytest.approx(whole, abs=1e-5)
+    in_order = split_loss(model.train(), data, block_size=16, batch_size=1, carry_state=True)
+    assert in_order == pytest.approx(whole, abs=1e-5)
     assert model.training  # the mode is given back
     windows = sum(model.eval()(data[None, i : i + 16], data[None, i + 1 : i + 17])[1].item() for i in range(0, 160, 16))
     assert abs(windows / blocks - whole) > 1e-4  # from blank states it differs
@@ -204,7 +196,7 @@ def test_lstm_gradient_reaches_further_back_than_the_tanh_rnn():
 
 def test_char_training_lowers_the_loss_and_records_gradient_norms():
     run = RUNS["fast"]
-    run = type(run)(**{**run.to_dict(), "n_hidden": 32, "n_embd": 16, "block_size": 16, "batch_size": 4,
+    run = type(run)(**{**run.to_dict(), "n_hidden": 32, "n_embd": 16, "bptt": 16, "batch_size": 4,
                        "max_steps": 30, "eval_interval": 15, "eval_iters": 2, "warmup_steps": 5})
     model = make_char_model("gru", run, 65, device="cpu")
     history = train_char_model(model, run, DATA[:3000], DATA[3000:], progress=False)

@@ -7,17 +7,10 @@ import torch
 
 from lmbook.data import RandomBatches
 from lmbook.gpt import GPT, GPTConfig
-from lmbook.train import (
-    CheckpointError,
-    History,
-    NonFiniteLossError,
-    TrainConfig,
-    atomic_save,
-    load_checkpoint,
-    lr_at,
-    make_optimizer,
-    train,
-)
+from lmbook.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from lmbook.history import History
+from lmbook.optim import lr_at, make_optimizer
+from lmbook.train import NonFiniteLossError, TrainConfig, train
 
 DATA = (torch.arange(5000) * 7 + torch.arange(5000) // 97) % 65  # learnable: mostly "next = this + 7"
 
