@@ -25,6 +25,7 @@ BOOK = ROOT / "book"
 BUILD = ROOT / "_build"
 EXEC = BUILD / "exec"  # the executed mirror the book is built from
 HTML = BUILD / "html"
+MODELS = BUILD / "models"  # the trained models the chapters share (lmbook.runs.zoo), new for every build
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 CELL_TIMEOUT = CONFIG["execute"]["timeout"]
@@ -122,8 +123,9 @@ def exec_tree() -> Path:
     It holds ``_config.yml``, ``_toc.yml``, every other file under ``book/`` and the
     package's sources (for ``literalinclude``); each notebook is added once executed.
     """
-    if EXEC.exists():
-        shutil.rmtree(EXEC)
+    for folder in (EXEC, MODELS):
+        if folder.exists():
+            shutil.rmtree(folder)
     ignore = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__")
     shutil.copytree(BOOK, EXEC / "book", ignore=ignore)
     shutil.copytree(ROOT / "lmbook", EXEC / "lmbook", ignore=ignore)
@@ -140,6 +142,7 @@ def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
 
     size = os.environ.get("LMBOOK_SIZE") or "fast"
     monkeypatch.setenv("LMBOOK_SIZE", size)
+    monkeypatch.setenv("LMBOOK_CACHE", str(MODELS))  # chapters 2-4 leave their models there for chapters 5-7
     # the kernel imports this checkout's lmbook, installed or not
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     target = exec_tree / notebook
