@@ -49,10 +49,6 @@ WAIT_S = 30  # for MathJax, the widgets and the search to finish on a loaded two
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\$[^$\s][^$]*?[\\^_{][^$]*?\$")
 
 
-def built(page: str) -> Path:
-    return HTML / f"{page}.html"
-
-
 @pytest.fixture(scope="module")
 def html_files() -> list[Path]:
     if not (HTML / "index.html").is_file():
