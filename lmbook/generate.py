@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .beam import beam_search
 from .decoding import GenerationConfig, Reader, accepts_attention_mask, process_scores
+from .interface import evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
 
@@ -214,13 +215,8 @@ def generate(model: nn.Module, idx, max_new_tokens: int | None = None, temperatu
     defaults = {"max_new_tokens": None, "temperature": 1.0, "top_k": None, "use_cache": True}
     settings = {**{k: v for k, v in legacy.items() if config is None or v != defaults[k]}, **settings}
     config, generator, idx, mask = _setup(model, idx, config, settings, seed, generator, attention_mask)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = _decode(model, idx, None if mask is None else mask.to(idx.device), config, generator, tokenizer)
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.inference_mode():
+        out = _decode(model, idx, None if mask is None else mask.to(idx.device), config, generator, tokenizer)
     out = Generated(out.sequences.clone(), None if out.scores is None else out.scores.clone(), out.prompt_length)
     return out if return_dict else out.sequences
 
@@ -245,10 +241,8 @@ def stream(model: nn.Module, idx, tokenizer=None, *, seed: int | None = None,
     if idx.size(0) != 1 or config.num_beams > 1 or config.num_return_sequences > 1:
         raise ValueError("stream decodes one prompt into one sequence: give one prompt, num_beams=1 and "
                          "num_return_sequences=1.")
-    was_training = model.training
-    model.eval()
     steps = _steps(model, idx, config, generator, None, tokenizer)
-    try:
+    with evaluating(model):  # until the last token, or until the caller stops asking
         while True:
             with torch.inference_mode():  # entered at each step, so that the caller's code runs outside it
                 step = next(steps, None)
@@ -258,8 +252,6 @@ def stream(model: nn.Module, idx, tokenizer=None, *, seed: int | None = None,
                 t = int(token[0])
                 p = float(torch.softmax(scores[0], dim=-1)[t])
             yield StreamedToken(t, p, None if tokenizer is None else tokenizer.decode([t]))
-    finally:
-        model.train(was_training)
 
 
 def complete(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,

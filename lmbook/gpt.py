@@ -103,19 +103,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, T, S), True where a query may see a key, replaces the causal mask (left-padded batches)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        mask, causal = None, self.is_causal
+        causal = self.is_causal and mask is None
         if cache is not None:
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nh, start+T, hs)
-            if T == 1:
+            if mask is None and T == 1:
                 causal = False  # one new query may look at every stored key
-            elif start > 0:
+            elif mask is None and start > 0:
                 # query i sits at position start+i and may see keys 0..start+i
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 causal = False
@@ -151,8 +153,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # the residual stream itself is never normalised
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)  # the residual stream itself is never normalised
         return x + self.mlp(self.ln_2(x))
 
 
@@ -162,8 +165,10 @@ class PositionTable(nn.Embedding):
     def __init__(self, config: GPTConfig):
         super().__init__(config.block_size, config.n_embd)
 
-    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """The rows for the positions ``start .. start+T-1`` of ``idx`` (B, T): (T, C)."""
+    def forward(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows for the positions ``start .. start+T-1`` of ``idx`` (B, T): (T, C); or for ``positions`` (B, T)."""
+        if positions is not None:
+            return super().forward(positions)  # (B, T, C)
         return super().forward(torch.arange(start, start + idx.size(1), device=idx.device))
 
 
@@ -172,7 +177,9 @@ class GPT(nn.Module):
 
     ``model(idx)`` returns ``(logits, None)``; ``model(idx, targets)`` returns
     ``(logits, loss)`` with the mean cross-entropy over targets that are not -1.
-    With ``cache=model.make_cache()`` each call processes only new tokens.
+    With ``cache=model.make_cache()`` each call processes only new tokens. A batch of prompts of
+    different lengths is left-padded, with ``attention_mask`` (B, S) 0 on the padding and 1 elsewhere,
+    covering the cached positions and the new ones (S = cached + T), as ``transformers`` takes it.
     """
 
     block_class: type[nn.Module] = Block  # the parts chapter 3's variants swap (lmbook.variants)
@@ -211,21 +218,30 @@ class GPT(nn.Module):
         return KVCache(self.config.n_layer, self.config.block_size)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.lm_head(self.features(idx, cache))  # (B, T, vocab)
+        logits = self.lm_head(self.features(idx, cache, attention_mask))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after the last LayerNorm: what the LM head (or a task head) reads."""
         start = cache.pos if cache is not None else 0
         check_fits(idx, start, self.config.block_size, cache is not None)
-        x = self.drop(self.wte(idx) + self.wpe(idx, start))  # (B, T, C)
+        if attention_mask is None:
+            x = self.drop(self.wte(idx) + self.wpe(idx, start))  # (B, T, C)
+        else:
+            positions, mask = padded_positions_and_mask(attention_mask, start, idx.size(1))
+            x = self.drop(self.wte(idx) + self.wpe(idx, start, positions))  # (B, T, C)
         for layer, block in enumerate(self.h):
-            x = block(x) if cache is None else block(x, cache, layer)  # (B, T, C); identical calls compile once
+            if attention_mask is None:  # (B, T, C); identical calls compile once
+                x = block(x) if cache is None else block(x, cache, layer)
+            else:
+                x = block(x, cache, layer, mask)
         if cache is not None:
             cache.advance(idx.size(1))
         return self.ln_f(x)  # (B, T, C)
@@ -242,6 +258,24 @@ class GPT(nn.Module):
         T = seq_len or self.config.block_size
         c = self.config
         return 6 * (self.num_params() - self.wpe.weight.numel()) + 12 * c.n_layer * T * c.n_embd
+
+
+def padded_positions_and_mask(attention_mask: torch.Tensor, start: int, T: int
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For left-padded rows: each token's position among its row's real tokens (B, T), counted from the first
+    real token as ``transformers`` counts them, and which keys each query may see (B, 1, T, S).
+
+    A query sees the real keys up to itself, and always itself, so that no row is all masked (no NaN on padding).
+    """
+    S = attention_mask.size(1)
+    if attention_mask.dim() != 2 or S != start + T:
+        raise ValueError(f"attention_mask covers {S} positions, but the cache holds {start} and idx brings {T}.")
+    real = attention_mask.bool()  # (B, S)
+    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)[:, start:]  # (B, T)
+    keys = torch.arange(S, device=real.device)  # (S,)
+    queries = torch.arange(start, S, device=real.device)[:, None]  # (T, 1)
+    mask = (keys <= queries) & real[:, None, None, :] | (keys == queries)  # (B, 1, T, S)
+    return positions, mask
 
 
 def check_fits(idx: torch.Tensor, start: int, context: int, cached: bool) -> None:

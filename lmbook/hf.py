@@ -65,9 +65,12 @@ def to_hf_config(config: GPTConfig) -> GPT2Config:
         add_cross_attention=False,
         tie_word_embeddings=True,
         loss_type="ForCausalLM",  # next-token cross-entropy, said outright (transformers warns when it must guess)
-        # GPT-2 uses its last token, <|endoftext|> (50256), for both; small vocabularies get their last id too.
-        bos_token_id=config.vocab_size - 1,
-        eos_token_id=config.vocab_size - 1,
+        # No special tokens: the book's vocabularies (characters, its own BPE) have no end-of-text token, and
+        # naming an ordinary one (a character) would make transformers' generate stop on it. GPT-2's own
+        # <|endoftext|> (50256) is passed to generate as eos_token_id where it is meant.
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
 
 

@@ -132,7 +132,7 @@ def test_config_mapping_and_training_mode():
     assert (hf_config.vocab_size, hf_config.n_positions, hf_config.n_layer, hf_config.n_head, hf_config.n_embd) == (
         65, 32, 2, 2, 32)
     assert hf_config.resid_pdrop == hf_config.embd_pdrop == hf_config.attn_pdrop == 0.1
-    assert hf_config.bos_token_id == hf_config.eos_token_id == 64  # inside a vocabulary of 65
+    assert hf_config.bos_token_id is hf_config.eos_token_id is hf_config.pad_token_id is None  # no special token
     assert hf_config.tie_word_embeddings and hf_config.activation_function == "gelu_new"
 
     model = GPT(config).train()
