@@ -7,13 +7,59 @@ exactly: the model, the optimizer, the step, the history and every random genera
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read."""
+    """A checkpoint cannot be read, or holds another model than the one it is loaded into."""
+
+
+def model_identity(model: nn.Module, tokenizer=None) -> dict:
+    """What a checkpoint records of its model: the class, the configuration, every tensor's shape and,
+    when the run has one, the tokenizer's fingerprint.
+
+    Two models with the same tensor shapes can still differ (a post-LN GPT and a pre-LN one, another
+    dropout): the class and the configuration tell them apart.
+    """
+    config = getattr(model, "config", None)
+    return {
+        "class": type(model).__name__,
+        "config": asdict(config) if is_dataclass(config) else None,
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.fingerprint() if tokenizer is not None else None,
+    }
+
+
+def check_identity(path: str | os.PathLike, recorded: dict | None, model: nn.Module, tokenizer=None) -> None:
+    """Raise :class:`CheckpointError` naming the file and every field in which ``model`` (and ``tokenizer``)
+    differ from what the checkpoint at ``path`` was written for."""
+    if recorded is None:
+        raise CheckpointError(f"{path} records no model identity (it was written by an older lmbook): "
+                              "train from the start, or point checkpoint_path elsewhere.")
+    here = model_identity(model, tokenizer)
+    differences = []
+    if recorded.get("tokenizer") and here["tokenizer"] and recorded["tokenizer"] != here["tokenizer"]:
+        differences.append(f"tokenizer {recorded['tokenizer']} in the file, {here['tokenizer']} here")
+    if recorded["class"] != here["class"]:
+        differences.append(f"class {recorded['class']} in the file, {here['class']} here")
+    old, new = recorded.get("config") or {}, here["config"] or {}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            differences.append(f"config.{key} = {old.get(key)!r} in the file, {new.get(key)!r} here")
+    shapes_old, shapes_new = recorded["shapes"], here["shapes"]
+    for key in sorted(set(shapes_old) | set(shapes_new)):
+        if shapes_old.get(key) != shapes_new.get(key):
+            differences.append(f"tensor {key}: {shapes_old.get(key)} in the file, {shapes_new.get(key)} here")
+    if differences:
+        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+        raise CheckpointError(
+            f"{path} was written for another model than the one given: {shown}. Build the model the "
+            "checkpoint was written for, or point checkpoint_path elsewhere to train this one from the start."
+        )
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:

@@ -67,18 +67,37 @@ def fetch(remote: RemoteFile, folder: Path | None = None, timeout: float = 30.0)
     """Return the path of ``remote`` in ``folder`` (default :func:`cache_dir`), downloading it if absent.
 
     The download goes to a temporary file in the same folder, is checked, and only
-    then renamed into place; on any failure the temporary file is removed.
+    then renamed into place; on any failure the temporary file is removed. A cached
+    copy whose checksum is wrong is moved aside (kept, for a look, not deleted) and
+    fetched again; offline, the error says where the bad copy went.
     """
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / remote.filename
-    if path.exists():
-        found = sha256_of(path)
-        if found != remote.sha256:
-            raise ChecksumError(
-                f"{path} has SHA-256 {found}, not the published {remote.sha256}. The file is damaged or "
-                f"is another file: delete it to download it again, or replace it with a copy from {remote.url}."
-            )
+    if not path.exists():
+        return _download(remote, path, timeout)
+    found = sha256_of(path)
+    if found == remote.sha256:
         return path
+    aside = path.with_name(f"{path.name}.bad-{found[:12]}")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise ChecksumError(
+            f"{path} has SHA-256 {found}, not the published {remote.sha256}, and cannot be moved aside ({err}). "
+            f"Replace it with a good copy from {remote.url}, or point {DATA_VARIABLE} at a folder that holds one."
+        ) from err
+    try:
+        return _download(remote, path, timeout)
+    except DataUnavailableError as err:
+        raise DataUnavailableError(
+            f"{path} had SHA-256 {found}, not the published {remote.sha256}: it was damaged or another file. It "
+            f"was moved to {aside}, and a fresh copy could not be downloaded.\n{err}"
+        ) from err
+
+
+def _download(remote: RemoteFile, path: Path, timeout: float) -> Path:
+    """Download ``remote`` to ``path`` through a checked temporary file in the same folder."""
+    folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.filename}.", suffix=".part")

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .interface import num_params
+from .interface import check_token_ids, num_params
 
 PRESETS: dict[str, dict] = {
     # For unit tests and quick experiments: runs in milliseconds on a CPU.
@@ -231,6 +231,7 @@ class GPT(nn.Module):
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after the last LayerNorm: what the LM head (or a task head) reads."""
         start = cache.pos if cache is not None else 0
+        check_token_ids(idx, self.config.vocab_size)
         check_fits(idx, start, self.config.block_size, cache is not None)
         if attention_mask is None:
             x = self.drop(self.wte(idx) + self.wpe(idx, start))  # (B, T, C)
@@ -279,12 +280,7 @@ def padded_positions_and_mask(attention_mask: torch.Tensor, start: int, T: int
 
 
 def check_fits(idx: torch.Tensor, start: int, context: int, cached: bool) -> None:
-    """Raise a clear error unless ``idx`` (B, T) is token ids that fit after ``start`` positions in ``context``."""
-    if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, not {idx.dtype} "
-                         f"{tuple(idx.shape)}.")
-    if idx.size(1) == 0:
-        raise ValueError("idx holds no token: give at least one token id per row.")
+    """Raise a clear error unless ``idx`` (B, T) fits after ``start`` positions in the ``context``."""
     if start + idx.size(1) > context:
         raise ValueError(
             f"{start + idx.size(1)} positions do not fit in this model's context of {context}: "

@@ -86,13 +86,28 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
             f"GPT-2 has no twin for a {type(model).__name__}: only lmbook.gpt.GPT itself (causal attention, "
             "learned positions, pre-LayerNorm blocks) converts to GPT2LMHeadModel."
         )
+    ours = dict(model.named_parameters())
+    pairs = _name_pairs(model.config.n_layer)
+    expected = {our for our, _, _ in pairs} | {"lm_head.weight"}
+    adapted = sorted({name.rsplit(".", 2)[0] for name in ours if ".base." in name or name.endswith((".A", ".B"))})
+    if adapted:
+        raise ValueError(f"the model carries LoRA adapters ({', '.join(adapted)}): GPT-2 has no place for them. "
+                         "Merge them into the weights first: lmbook.lora.merge_lora(model) (or merge a copy).")
+    unknown = sorted(set(ours) - expected)
+    if unknown:
+        raise ValueError(f"cannot convert: parameters {unknown} have no place in GPT2LMHeadModel.")
+    if model.lm_head.weight is not model.wte.weight:
+        raise ValueError("the output layer is no longer tied to the token embedding (lm_head.weight is not "
+                         "wte.weight): GPT-2 ties them. Tie them again (model.lm_head.weight = model.wte.weight).")
     weight = model.wte.weight
     hf_model = GPT2LMHeadModel(to_hf_config(model.config)).to(device=weight.device, dtype=weight.dtype)
-    ours, theirs = dict(model.named_parameters()), dict(hf_model.named_parameters())
+    theirs = dict(hf_model.named_parameters())
     with torch.no_grad():
-        for our_name, hf_name, transposed in _name_pairs(model.config.n_layer):
-            if our_name not in ours:  # a bias that a bias=False model does not have
-                theirs[hf_name].zero_()
+        for our_name, hf_name, transposed in pairs:
+            if our_name not in ours:
+                if model.config.bias or not our_name.endswith(".bias"):
+                    raise ValueError(f"cannot convert: the model has no parameter {our_name}.")
+                theirs[hf_name].zero_()  # a bias=False model: a zero bias computes the same
                 continue
             source = ours[our_name]
             theirs[hf_name].copy_(source.t() if transposed else source)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 import torch.nn as nn
 
 
@@ -39,3 +40,21 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise a clear ``ValueError`` unless ``idx`` is a (batch, time) tensor of ids in ``range(vocab_size)``.
+
+    The range is checked for tensors on the CPU, where it costs next to nothing; on a GPU the check would
+    wait for the device at every call, so there an id out of range fails inside the embedding instead.
+    """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        what = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, not {what}.")
+    if idx.size(1) == 0:
+        raise ValueError("idx holds no token: give at least one token id per row.")
+    if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"token ids must lie in range({vocab_size}), the model's vocabulary; "
+                             f"idx holds ids from {low} to {high}.")

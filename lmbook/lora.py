@@ -8,6 +8,7 @@ the update can be merged into ``W`` (:meth:`LoRALinear.merged`) at no cost at in
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
 
 import torch
@@ -21,8 +22,10 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, not a {type(base).__name__}.")
-        if r < 1:
-            raise ValueError(f"the LoRA rank r must be at least 1, not {r}.")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"the LoRA rank r must be an integer of at least 1, not {r!r}.")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"the LoRA scale alpha must be a finite number > 0, not {alpha!r}.")
         self.base = base
         self.base.requires_grad_(False)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
@@ -31,8 +34,28 @@ class LoRALinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(base.out_features, r, device=weight.device, dtype=weight.dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight; B = 0 keeps the output
 
+        self._original: torch.Tensor | None = None  # the base weight before merge(), while merged
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._original is not None:  # merged: the update is inside the base weight already
+            return self.base(x)
         return self.base(x) + (x @ self.A.T @ self.B.T) * self.scaling  # (..., out)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update to the base weight in place (no extra work per call); :meth:`unmerge` takes it back."""
+        if self._original is not None:
+            raise ValueError("this LoRA layer is merged already; unmerge() it first.")
+        self._original = self.base.weight.detach().clone()
+        self.base.weight.add_(self.delta_weight())
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put back the base weight exactly as it was before :meth:`merge` (a copy, not a subtraction)."""
+        if self._original is None:
+            raise ValueError("this LoRA layer is not merged; there is nothing to unmerge.")
+        self.base.weight.copy_(self._original)
+        self._original = None
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``(alpha / r) B A`` (out, in) that training added to the frozen weight."""
@@ -44,7 +67,8 @@ class LoRALinear(nn.Module):
         base = self.base
         linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                            device=base.weight.device, dtype=base.weight.dtype)
-        linear.weight.copy_(base.weight + self.delta_weight())
+        weight = base.weight if self._original is None else self._original  # the weight before any merge()
+        linear.weight.copy_(weight + self.delta_weight())
         if base.bias is not None:
             linear.bias.copy_(base.bias)
         return linear
@@ -63,19 +87,36 @@ def apply_lora(model: nn.Module, targets: tuple[str, ...] = ("attn.c_attn", "att
     head outside ``model`` keeps training). For a GPT the targets may be any of ``attn.c_attn``,
     ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``.
     """
-    if r < 1:
-        raise ValueError(f"the LoRA rank r must be at least 1, not {r}.")
-    model.requires_grad_(False)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"the LoRA rank r must be an integer of at least 1, not {r!r}.")
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model carries LoRA adapters already: merge them (merge_lora) or adapt a fresh copy; "
+                         "adapters on adapters would train the wrong matrices.")
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(tuple(targets))]
     if not names:
         raise ValueError(f"no nn.Linear in the model has a name ending with one of {targets}: nothing to adapt.")
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    tied = [n for n in names if uses[id(model.get_submodule(n).weight)] > 1]
+    if tied:
+        raise ValueError(f"{tied} share their weight with another layer (tied weights): an adapter merged into it "
+                         "would change the other layer too. Leave them out of targets.")
+    model.requires_grad_(False)
     for name in names:
         _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha))
     return names
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear``, in place; returns ``model``."""
+def merge_lora(model: nn.Module, copy: bool = False) -> nn.Module:
+    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear``; returns the merged model.
+
+    In place by default (the adapters are gone for good); ``copy=True`` merges a copy and leaves ``model``,
+    adapters and all, as it was. :meth:`LoRALinear.merge` and :meth:`~LoRALinear.unmerge` do the same
+    reversibly, layer by layer, keeping the adapters.
+    """
+    if copy:
+        model = copy_module.deepcopy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             _replace(model, name, module.merged())

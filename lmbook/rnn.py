@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Presets
-from .interface import evaluating, num_params
+from .interface import check_token_ids, evaluating, num_params
 
 CELLS = ("rnn", "lstm", "gru")
 NAMES = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru": "GRU"}  # how the chapter labels them
@@ -206,6 +206,7 @@ class RNNLM(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: RNNState | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_token_ids(idx, self.config.vocab_size)
         B, T = idx.shape
         carry = cache is None and self.training and self.carry_state
         if cache is not None:

@@ -8,6 +8,7 @@ work on UTF-8 bytes, so they round-trip any text, seen in training or not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -38,6 +39,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """How many distinct ids there are: every id lies in ``range(vocab_size)``."""
         raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A short digest of everything that decides the ids: two tokenizers with the same one encode alike."""
+        state = json.dumps({"kind": self.kind, **self._state()}, sort_keys=True)
+        return hashlib.sha256(state.encode("utf-8")).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer to a small JSON file."""

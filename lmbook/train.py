@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -26,64 +26,15 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, load_checkpoint, process_state, set_rng_state
+from .checkpoint import (CheckpointError, atomic_save, check_identity, load_checkpoint, model_identity, process_state,
+                         set_rng_state)
 from .cudagraph import CapturedStep
 from .history import History
 from .interface import evaluating
-from .optim import lr_at, make_optimizer
+from .optim import TrainConfig, lr_at, make_optimizer
 from .runtime import autocast, mean_over_processes, world
 
 Batches = Callable[[], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Steps count optimizer updates; each sees ``grad_accum`` batches."""
-
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # where the decay ends
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # "cosine", "linear" or "constant" after the warm-up
-    weight_decay: float = 0.1  # applied to matrices and embeddings only
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    eval_interval: int = 100
-    eval_iters: int = 20
-    log_interval: int = 10  # how often losses are brought back from the device
-    precision: str = "auto"  # "auto" (bf16 where supported), "bf16" or "fp32"
-    compile: bool | str = False  # True or "model": the whole model; "blocks": each block (compiles faster)
-    cuda_graph: bool = False  # record each step as one CUDA graph and replay it (lmbook.cudagraph; CUDA only)
-    checkpoint_path: str | None = None
-    checkpoint_interval: int | None = None  # default: at every evaluation
-    seed: int = 1337
-    progress: bool = True
-    desc: str = "train"
-    # Early stopping (chapter 4): watch the evaluation loss on the split ``monitor``; stop after
-    # ``patience`` evaluations in a row without a new lowest loss (None: never stop early), and with
-    # ``restore_best`` end with the weights of the lowest loss instead of the last ones.
-    patience: int | None = None
-    restore_best: bool = False
-    monitor: str = "val"
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', not {self.schedule!r}.")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {self.precision!r}.")
-        if self.compile not in (False, True, "model", "blocks"):
-            raise ValueError(f"compile must be False, True, 'model' or 'blocks', not {self.compile!r}.")
-        if self.max_steps < 1 or self.grad_accum < 1 or self.eval_interval < 1 or self.log_interval < 1:
-            raise ValueError("max_steps, grad_accum, eval_interval and log_interval must be at least 1.")
-        if self.cuda_graph and (self.compile or self.grad_accum != 1):
-            raise ValueError(
-                "cuda_graph records one whole step of one batch: use it with compile=False and grad_accum=1 "
-                f"(got compile={self.compile!r}, grad_accum={self.grad_accum})."
-            )
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1 evaluation (None: never stop early), not {self.patience}.")
-        self.betas = tuple(self.betas)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,8 +77,9 @@ class TrainingRun:
     """
 
     def __init__(self, model: nn.Module, train_batches: Batches, config: TrainConfig,
-                 eval_batches: dict[str, Batches] | None = None):
+                 eval_batches: dict[str, Batches] | None = None, tokenizer=None):
         self.model, self.train_batches, self.config = model, train_batches, config
+        self.tokenizer = tokenizer  # recorded in checkpoints, so that a resume with another one is refused
         self.eval_batches = eval_batches or {}
         self.device = next(model.parameters()).device
         self.rank, self.n_proc = world()
@@ -154,8 +106,13 @@ class TrainingRun:
         if self.path is None or not self.path.exists():
             return False
         state = load_checkpoint(self.path, map_location=self.device)
+        check_identity(self.path, state.get("identity"), self.model, self.tokenizer)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # the same model, other parameters trainable (frozen or adapted layers)
+            raise CheckpointError(f"{self.path} holds the optimizer of a run that trained other parameters "
+                                  f"({err}): freeze and adapt the same layers as that run, or start anew.") from err
         if self.config.cuda_graph:  # a checkpoint of an eager run holds plain rates: the graph needs tensors
             for group in self.optimizer.param_groups:
                 group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device).clone()
@@ -241,6 +198,7 @@ class TrainingRun:
             atomic_save(
                 {
                     "model": self.model.state_dict(),
+                    "identity": model_identity(self.model, self.tokenizer),
                     "optimizer": self.optimizer.state_dict(),
                     "step": self.step_number,
                     "history": self.history.to_dict(),
@@ -353,16 +311,18 @@ def train(
     config: TrainConfig,
     eval_batches: dict[str, Batches] | None = None,
     resume: bool = False,
+    tokenizer=None,
 ) -> History:
     """Train ``model`` in place for ``config.max_steps`` updates and return its :class:`~lmbook.history.History`.
 
     ``eval_batches`` maps split names to batch sources; each evaluation starts them
     from the same state, so every point of a curve is measured on the same batches.
     With ``resume=True`` and an existing ``config.checkpoint_path`` the run continues
-    exactly where the checkpoint left it (the schedule is a function of the step).
+    exactly where the checkpoint left it (the schedule is a function of the step); a checkpoint
+    written for another model (class, configuration, shapes, or ``tokenizer`` when given) is refused.
 
     Under ``torchrun`` (a process group initialised) the model is wrapped in
     ``DistributedDataParallel``: each process draws its own batches, gradients and
     reported losses are averaged over processes, and process 0 writes checkpoints.
     """
-    return TrainingRun(model, train_batches, config, eval_batches).run(resume)
+    return TrainingRun(model, train_batches, config, eval_batches, tokenizer).run(resume)

@@ -50,9 +50,37 @@ def test_checksum_mismatch_keeps_no_file(tmp_path):
     assert list(cache.iterdir()) == []
 
 
-def test_damaged_cached_file_is_reported(tmp_path):
+def test_a_damaged_cached_file_is_moved_aside_and_fetched_again(tmp_path):
+    source = tmp_path / "published.txt"
+    source.write_bytes(b"to be or not to be")
+    remote = remote_for(source, b"to be or not to be")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "corpus.txt").write_bytes(b"to be or not")  # a truncated copy
+    path = fetch(remote, cache)
+    assert path.read_bytes() == b"to be or not to be"
+    aside = [p for p in cache.iterdir() if p.name.startswith("corpus.txt.bad-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"to be or not"  # kept for a look, not deleted
+
+
+def test_a_damaged_cached_file_offline_says_where_it_went(tmp_path):
+    unreachable = RemoteFile(TINY_SHAKESPEARE.filename, "http://127.0.0.1:9/input.txt", TINY_SHAKESPEARE.sha256)
     (tmp_path / TINY_SHAKESPEARE.filename).write_text("not shakespeare")
-    with pytest.raises(ChecksumError, match="delete it"):
+    with pytest.raises(DataUnavailableError, match="moved to") as err:
+        fetch(unreachable, tmp_path, timeout=5)
+    aside = next(tmp_path.glob("tinyshakespeare.txt.bad-*"))
+    assert str(aside) in str(err.value) and "LMBOOK_DATA" in str(err.value)
+    assert aside.read_text() == "not shakespeare" and not (tmp_path / TINY_SHAKESPEARE.filename).exists()
+
+
+def test_a_damaged_file_that_cannot_be_moved_is_reported(tmp_path, monkeypatch):
+    (tmp_path / TINY_SHAKESPEARE.filename).write_text("not shakespeare")
+
+    def refuse(*args):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr("lmbook.data.os.replace", refuse)
+    with pytest.raises(ChecksumError, match="cannot be moved aside .*read-only"):
         load_shakespeare(tmp_path)
 
 

@@ -173,3 +173,15 @@ def test_ids_that_are_not_a_batch_of_integers_are_refused():
         model(torch.zeros(4, dtype=torch.long))  # no batch dimension
     with pytest.raises(ValueError, match="no token"):
         model(torch.zeros(2, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [65, -1, 1000])
+def test_ids_outside_the_vocabulary_are_refused_by_both_kinds_of_model(bad):
+    from lmbook.rnn import RNNLM, RNNConfig
+
+    torch.manual_seed(0)
+    for model in (tiny(), RNNLM(RNNConfig.preset("tiny"))):
+        idx = torch.tensor([[1, 2, bad, 3]])
+        with pytest.raises(ValueError, match=r"token ids must lie in range\(65\).*from -?\d+ to \d+"):
+            model(idx)
+        model(torch.tensor([[0, 64]]))  # the ends of the range are fine

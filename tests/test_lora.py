@@ -77,11 +77,78 @@ def test_merge_lora_on_a_gpt():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="rank r must be at least 1"):
+    with pytest.raises(ValueError, match="rank r must be an integer of at least 1"):
         LoRALinear(nn.Linear(4, 4), r=0)
-    with pytest.raises(ValueError, match="rank r must be at least 1"):
+    with pytest.raises(ValueError, match="rank r must be an integer of at least 1"):
         apply_lora(tiny_gpt(), r=0)
     with pytest.raises(ValueError, match="nothing to adapt"):
         apply_lora(tiny_gpt(), targets=("no.such.layer",))
     with pytest.raises(TypeError, match="nn.Linear"):
         LoRALinear(nn.Conv1d(2, 2, 1))
+
+
+def test_merge_and_unmerge_restore_the_base_weights_exactly():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, r=2)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p)  # a trained adapter: B is no longer zero
+    x = torch.randint(0, 65, (2, 9))
+    adapted = model(x)[0]
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.merge()
+    torch.testing.assert_close(model(x)[0], adapted, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="merged already"):
+        layers[0].merge()
+    for layer in layers:
+        layer.unmerge()
+    with pytest.raises(ValueError, match="not merged"):
+        layers[0].unmerge()
+    for name, tensor in before.items():  # bit for bit, not up to rounding
+        key = name if name in model.state_dict() else name.replace(".weight", ".base.weight").replace(
+            ".bias", ".base.bias")
+        assert torch.equal(model.state_dict()[key], tensor), name
+    torch.testing.assert_close(model(x)[0], adapted)
+
+
+def test_merging_a_copy_leaves_the_adapted_model_alone():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    apply_lora(model, r=2)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p)
+    x = torch.randint(0, 65, (2, 9))
+    merged = merge_lora(model, copy=True)
+    assert any(isinstance(m, LoRALinear) for m in model.modules())
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    torch.testing.assert_close(merged(x)[0], model(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_adapting_twice_or_a_tied_layer_is_refused():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="tied weights"):
+        apply_lora(model, targets=("lm_head",))
+    assert model.lm_head.weight is model.wte.weight and model.wte.weight.requires_grad  # nothing was changed
+    apply_lora(model)
+    with pytest.raises(ValueError, match="already"):
+        apply_lora(model)
+    with pytest.raises(ValueError, match="rank r must be an integer"):
+        apply_lora(GPT(GPTConfig.preset("tiny")), r=0)
+
+
+def test_an_adapted_model_does_not_convert_until_merged():
+    from lmbook.hf import to_hf
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    apply_lora(model)
+    with pytest.raises(ValueError, match="merge_lora"):
+        to_hf(model)
+    x = torch.randint(0, 65, (1, 7))
+    merged = merge_lora(model, copy=True)
+    torch.testing.assert_close(to_hf(merged).eval()(x).logits, merged.eval()(x)[0], atol=1e-5, rtol=1e-5)
