@@ -22,3 +22,16 @@ class Presets:
 
     def replace(self, **changes):
         return replace(self, **changes)
+
+    def check_positive(self, *names: str) -> None:
+        """Raise ``ValueError`` naming the first of the fields ``names`` that is not an integer >= 1."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, not {value!r}.")
+
+    def check_rate(self, name: str) -> None:
+        """Raise ``ValueError`` unless the field ``name`` is a probability of dropping, in [0, 1)."""
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{type(self).__name__}.{name} must lie in [0, 1), not {value!r}.")

@@ -179,6 +179,13 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def check_sizes(**sizes) -> None:
+    """Raise ``ValueError`` naming the first of ``sizes`` (``block_size=64``, ...) that is not an integer >= 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}.")
+
+
 class SeededBatches:
     """What every random batch source of the book shares: a device and its own seeded generator.
 
@@ -206,6 +213,7 @@ class RandomBatches(SeededBatches):
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu", seed: int = 0):
+        check_sizes(block_size=block_size, batch_size=batch_size)
         data = torch.as_tensor(data, dtype=torch.long)
         if data.dim() != 1:
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(data.shape)}.")
@@ -241,6 +249,7 @@ class SequentialBatches:
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu"):
+        check_sizes(block_size=block_size, batch_size=batch_size)
         data = torch.as_tensor(data, dtype=torch.long)
         if data.dim() != 1:
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(data.shape)}.")

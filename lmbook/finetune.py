@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import SeededBatches, to_device
+from .data import SeededBatches, check_sizes, to_device
 from .gpt import GPT
 from .interface import evaluating
 from .mlm import Encoder
@@ -61,6 +61,7 @@ class ExampleBatches(SeededBatches):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device="cpu", seed: int = 0):
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as examples, and at least one: got {len(x)} and {len(y)}.")
+        check_sizes(batch_size=batch_size)
         super().__init__(device, seed)
         self.x, self.y, self.batch_size = x, y, batch_size
 

@@ -115,6 +115,8 @@ def _steps(model, prompts, config: GenerationConfig, generator=None, mask=None, 
 
 def _prompts(idx, attention_mask, vocab_size: int | None, pad: int):
     """The prompts as one left-padded tensor (B, T) and their mask (``None`` when nothing is padded)."""
+    if isinstance(idx, (list, tuple)) and idx and all(isinstance(i, int) for i in idx):
+        idx = torch.tensor(idx, dtype=torch.long)  # a flat list of ids is one prompt, as a 1-D tensor is
     if isinstance(idx, (list, tuple)):
         if attention_mask is not None:
             raise ValueError("attention_mask goes with a padded tensor of prompts, not with a list of them.")

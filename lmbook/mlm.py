@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .data import SeededBatches, to_device
+from .data import SeededBatches, check_sizes, to_device
 from .gpt import GPT, GPTConfig
 from .interface import evaluating
 
@@ -99,6 +99,7 @@ class MLMBatches(SeededBatches):
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, mask_id: int, n_random: int,
                  masking: Masking = Masking(), device="cpu", seed: int = 0):
+        check_sizes(block_size=block_size, batch_size=batch_size)
         data = torch.as_tensor(data, dtype=torch.long)
         if data.dim() != 1 or len(data) < block_size:
             raise ValueError(

@@ -50,6 +50,8 @@ class RNNConfig(Presets):
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, not {self.cell!r}.")
+        self.check_positive("vocab_size", "n_layer", "n_embd", "n_hidden")
+        self.check_rate("dropout")
 
 
 RNNConfig.PRESETS = PRESETS
