@@ -51,8 +51,9 @@ def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
         what = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, not {what}.")
-    if idx.size(1) == 0:
-        raise ValueError("idx holds no token: give at least one token id per row.")
+    if idx.numel() == 0:
+        raise ValueError(f"idx holds no token (shape {tuple(idx.shape)}): a batch needs at least one row of at "
+                         "least one token id. An empty batch usually means a batch source with nothing left to give.")
     if idx.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= vocab_size:
