@@ -108,6 +108,7 @@ def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size
                     for i in range(0, n, batch_size))
     return total / n
 
+
 # --- Chapter 6: one summed NLL, every figure it is quoted as; long texts by a sliding window ---
 @dataclass(frozen=True)
 class TextNLL:
@@ -269,9 +270,7 @@ def token_nlls(
     device = next(model.parameters()).device
     spans = sliding_windows(len(ids) - 1, context, stride)
     out = torch.empty(len(ids) - 1)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         i = 0
         while i < len(spans):  # windows of equal length in batches (only the last can be shorter)
             length = spans[i][2] - spans[i][0]
@@ -288,8 +287,6 @@ def token_nlls(
             for row, (b, first, e) in enumerate(group):
                 out[first:e] = nll[row, first - b :]
             i += len(group)
-    finally:
-        model.train(was_training)
     return out
 
 
