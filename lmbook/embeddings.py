@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import SeededBatches, to_device
 from .ngram import split_words
 
 UNK = "<unk>"
@@ -83,14 +84,15 @@ def noise_distribution(counts: torch.Tensor, power: float = 0.75) -> torch.Tenso
     return (weights / weights.sum()).float()
 
 
-class SkipGramBatches:
+class SkipGramBatches(SeededBatches):
     """Random skip-gram examples from a 1-D tensor of word ids: centres (B,) and targets (B, 1 + K).
 
     ``targets[:, 0]`` is a word from the centre's window, ``targets[:, 1:]`` are ``negatives`` words
     drawn from :func:`noise_distribution`. As in Word2Vec, the window is shrunk to a random size from 1
     to ``window`` for each example (near words count more) and, once at the start, each occurrence of a
     word with frequency ``f`` is kept with probability ``min(1, sqrt(subsample / f))`` (frequent words
-    like *the* are thinned out; ``subsample=0`` keeps all). Deterministic given ``seed``.
+    like *the* are thinned out; ``subsample=0`` keeps all). Deterministic given ``seed``; its generator's
+    state goes into checkpoints (:class:`lmbook.data.SeededBatches`).
     """
 
     def __init__(self, ids: torch.Tensor, counts: torch.Tensor, window: int = 5, negatives: int = 5,
@@ -103,14 +105,13 @@ class SkipGramBatches:
                 raise ValueError(f"{name} must be a positive int, not {value!r}.")
         if subsample < 0:
             raise ValueError(f"subsample must be >= 0 (0 keeps every word), not {subsample}.")
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(device, seed)
         if subsample > 0:
             frequency = torch.as_tensor(counts, dtype=torch.float64) / float(torch.as_tensor(counts).sum())
             keep = (subsample / frequency[ids]).sqrt().clamp(max=1.0)  # (N,)
             ids = ids[torch.rand(len(ids), generator=self.generator, dtype=torch.float64) < keep]
         if len(ids) < 2 * window + 1:
             raise ValueError(f"{len(ids)} words are too few for windows of {window} on each side: give more text.")
-        self.device = torch.device(device)
         self.ids, self.window, self.negatives, self.batch_size = ids, window, negatives, batch_size
         self.noise = noise_distribution(counts)
 
@@ -123,13 +124,7 @@ class SkipGramBatches:
         context = self.ids[centre + side * distance]  # (B,)
         noise = torch.multinomial(self.noise, B * self.negatives, replacement=True, generator=g).view(B, -1)  # (B, K)
         targets = torch.cat([context[:, None], noise], dim=1)  # (B, 1 + K)
-        return self.ids[centre].to(self.device), targets.to(self.device)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        return to_device(self.ids[centre], self.device), to_device(targets, self.device)
 
 
 def sgns_loss(v: torch.Tensor, u_pos: torch.Tensor, u_neg: torch.Tensor) -> torch.Tensor:
