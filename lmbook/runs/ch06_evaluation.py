@@ -1,0 +1,257 @@
+"""Chapter 6's runs: every language model of the book scored on one held-out text, and scores of generated text.
+
+:func:`scoreboard` fits chapter 1's character n-grams, loads the neural models of chapters 2 to 4 from
+:mod:`lmbook.runs.zoo` (training any that is missing by its own chapter's recipe) and scores all of them
+on the same held-out Tiny Shakespeare in bits per character. :func:`stride_sweep` measures what the
+sliding window buys. :mod:`lmbook.runs.ch06_generated` continues held-out prompts and scores what comes
+out with BLEU, ROUGE, distinct-n, self-BLEU and repetition.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch
+
+from .. import reference
+from ..data import load_shakespeare, train_val_split
+from ..interface import num_params
+from ..metrics import LN2, TextNLL, context_of, score_text, sliding_windows, token_nlls
+from ..ngram import NGramLM
+from . import Settings
+from .zoo import trained
+
+
+@dataclass(frozen=True)
+class EvaluationRun(Settings):
+    """How much text the chapter scores and generates, at one size."""
+
+    heldout_chars: int  # the scoreboard reads this many characters of the held-out split (0: all of it)
+    ngram_orders: tuple[int, ...]  # character n-grams on the scoreboard, each with both smoothings
+    add_k: float  # add-k smoothing's k (1: Laplace)
+    stride_chars: int  # characters of held-out text the stride sweep reads
+    strides: tuple[int, ...]  # strides of the sweep (the character GPT's context first)
+    n_prompts: int  # held-out prompts continued and scored against their true continuation
+    prompt_chars: int
+    continuation_chars: int
+    temperatures: tuple[float, ...]  # the diversity sweep: sampling temperatures (0: greedy) ...
+    top_ps: tuple[float, ...]  # ... and top-p values at temperature 1
+    sample_chars: int  # characters generated per prompt in the diversity sweep
+    seed: int = 0
+
+
+RUNS = {
+    # a GPU: the whole held-out split, minutes
+    "full": EvaluationRun(heldout_chars=0, ngram_orders=(1, 3, 5, 8), add_k=1.0, stride_chars=30_000,
+                          strides=(256, 128, 64, 32, 16, 8), n_prompts=200, prompt_chars=128, continuation_chars=100,
+                          temperatures=(0.0, 0.5, 0.7, 1.0, 1.3), top_ps=(0.5, 0.8, 0.95, 1.0), sample_chars=400),
+    # two CPU cores, seconds once the models are trained
+    "fast": EvaluationRun(heldout_chars=20_000, ngram_orders=(1, 3, 5), add_k=1.0, stride_chars=4_000,
+                          strides=(32, 16, 8, 4, 2, 1), n_prompts=24, prompt_chars=64, continuation_chars=64,
+                          temperatures=(0.0, 0.5, 0.8, 1.0, 1.3), top_ps=(0.5, 0.8, 0.95), sample_chars=200),
+}
+NEURAL = {  # the zoo's language models and the names the chapter gives them
+    "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt-char": "GPT, characters", "gpt-bpe": "GPT, BPE",
+}
+# where each model's full-size run is recorded, and its held-out loss in nats per character there
+REFERENCE_LOSS = {
+    "rnn": ("rnn", lambda r: r["results"]["runs"]["rnn"]["val_loss_in_order"]),
+    "lstm": ("rnn", lambda r: r["results"]["runs"]["lstm"]["val_loss_in_order"]),
+    "gru": ("rnn", lambda r: r["results"]["runs"]["gru"]["val_loss_in_order"]),
+    "gpt-char": ("gpt", lambda r: r["results"]["val_loss_whole_split"]),
+}
+
+
+def texts(run: EvaluationRun) -> tuple[str, str]:
+    """``(train, held_out)``: the training split and the held-out text every model is scored on."""
+    train, val = train_val_split(load_shakespeare())
+    return train, val[: run.heldout_chars or None]
+
+
+def window_stride(model) -> int | None:
+    """The stride the scoreboard reads a model with: a quarter of its context (``None``: no limit, one window)."""
+    context = context_of(model)
+    return None if context is None else max(1, context // 4)
+
+
+# --- The scoreboard ---------------------------------------------------------------------
+def ngram_score(model: NGramLM, text: str) -> TextNLL:
+    """An n-gram model's NLL of ``text`` scored like the neural models': every character after the first.
+
+    :meth:`~lmbook.ngram.NGramLM.log_probs` also predicts the first character (after the begin
+    padding) and the end token; both are left out, so all models predict the same characters.
+    """
+    nats = -math.fsum(model.log_probs(list(text))[1:-1])
+    n = len(text) - 1
+    return TextNLL(nats, n, n, len(text[1:].encode("utf-8")))
+
+
+def ngram_size(model: NGramLM) -> int:
+    """An n-gram model's "parameters": the counts it stores (one per distinct context and next token, every order)."""
+    return sum(len(followers) for order in model.counts for followers in order.values())
+
+
+def ngram_rows(run: EvaluationRun, train: str, held_out: str, train_slice: str) -> list[dict]:
+    """Chapter 1's character n-grams, fitted on the training split, each order with both smoothings."""
+    rows = []
+    for n in run.ngram_orders:
+        start = time.perf_counter()
+        interpolated = NGramLM.fit(list(train), n=n)  # chapter 1's model: interpolation, weights tuned by EM
+        seconds = time.perf_counter() - start
+        for name, model in ((f"{n}-gram, interpolation", interpolated),
+                            (f"{n}-gram, add-{run.add_k:g}", interpolated.with_smoothing("add-k", run.add_k))):
+            rows.append({"model": name, "family": "n-gram", "tokens": "characters", "params": ngram_size(model),
+                         "seconds": seconds, "tokens_per_second": len(train) / seconds,
+                         "held_out": ngram_score(model, held_out), "train": ngram_score(model, train_slice)})
+    return rows
+
+
+def reference_bits_per_char(name: str) -> tuple[float | None, str]:
+    """The held-out bits per character of model ``name``'s recorded full-size run, and where it comes from."""
+    if name not in REFERENCE_LOSS:
+        return None, "no per-character figure is recorded for this model"
+    record_name, read = REFERENCE_LOSS[name]
+    record = reference.load(record_name)
+    if record is None:
+        return None, f"no full-size run recorded yet (lmbook/references/{record_name}.json)"
+    return read(record) / LN2, f"{reference.describe(record)} Whole held-out split."
+
+
+def neural_row(name: str, held_out: str, train_slice: str, device=None) -> dict:
+    """One zoo model scored on ``held_out`` (and on as much training text), with its size and training speed."""
+    zoo = trained(name, device)
+    stride = window_stride(zoo.model)
+    ref, note = reference_bits_per_char(name)
+    return {"model": NEURAL[name], "family": "neural", "tokens": _token_kind(zoo.tokenizer),
+            "params": num_params(zoo.model), "seconds": zoo.history.seconds,
+            "tokens_per_second": zoo.history.tokens_per_second,
+            "held_out": score_text(zoo.model, zoo.tokenizer, held_out, stride=stride),
+            "train": score_text(zoo.model, zoo.tokenizer, train_slice, stride=stride),
+            "reference_bpc": ref, "reference": note, "history": zoo.history, "zoo": zoo}
+
+
+def _token_kind(tokenizer) -> str:
+    return "characters" if type(tokenizer).__name__ == "CharTokenizer" else f"BPE, {tokenizer.vocab_size} tokens"
+
+
+def scoreboard(run: EvaluationRun, names=tuple(NEURAL), device=None) -> list[dict]:
+    """Every language model of the book on the same held-out text: n-grams first, then the zoo's models.
+
+    Each row holds the model's :class:`~lmbook.metrics.TextNLL` on the held-out text and on as many
+    characters of its training text (the gap between them is overfitting, seen by evaluation), its
+    parameters, its training time and speed (as recorded when it was trained), and its full-size
+    reference where one is recorded.
+    """
+    train, held_out = texts(run)
+    train_slice = train[: len(held_out)]
+    return ngram_rows(run, train, held_out, train_slice) + [neural_row(n, held_out, train_slice, device)
+                                                            for n in names]
+
+
+def scoreboard_table(rows: list[dict]) -> str:
+    """The scoreboard as a Markdown table, best held-out bits per character first."""
+    header = ("| model | tokens | parameters | held-out bits/char | training-text bits/char | perplexity per token "
+              "| training time | tokens/s | full-size reference |")
+    lines = [header, "|" + "---|" * 9]
+    for r in sorted(rows, key=lambda r: r["held_out"].bits_per_char):
+        ref = "" if r["family"] == "n-gram" else (f"{r['reference_bpc']:.3f}" if r.get("reference_bpc") else "none")
+        lines.append(f"| {r['model']} | {r['tokens']} | {r['params']:,} | {r['held_out'].bits_per_char:.3f} "
+                     f"| {r['train'].bits_per_char:.3f} | {r['held_out'].perplexity:.2f} | {r['seconds']:.1f} s "
+                     f"| {r['tokens_per_second']:,.0f} | {ref} |")
+    return "\n".join(lines)
+
+
+def tokenizer_facts(char_row: dict, bpe_row: dict) -> dict:
+    """What the prose says about the two GPTs: per-token perplexity against bits per character."""
+    c, b = char_row["held_out"], bpe_row["held_out"]
+    return {"chars_per_bpe_token": b.chars / b.tokens, "char_ppl": c.perplexity, "bpe_ppl": b.perplexity,
+            "char_bpc": c.bits_per_char, "bpe_bpc": b.bits_per_char, "bpe_bits_per_token": b.bits_per_token,
+            "bpc_winner": char_row["model"] if c.bits_per_char < b.bits_per_char else bpe_row["model"]}
+
+
+def scoreboard_facts(rows: list[dict]) -> dict:
+    """The scoreboard's winners and extremes, for the prose."""
+    def best(rs: list[dict]) -> dict:
+        return min(rs, key=lambda r: r["held_out"].bits_per_char)
+
+    ngrams, neural = [r for r in rows if r["family"] == "n-gram"], [r for r in rows if r["family"] == "neural"]
+    top, top_ngram, top_neural = best(rows), best(ngrams), best(neural)
+    gap = max(rows, key=lambda r: r["held_out"].bits_per_char - r["train"].bits_per_char)
+    return {"n_models": len(rows), "best_model": top["model"], "best_bpc": top["held_out"].bits_per_char,
+            "best_ngram": top_ngram["model"], "best_ngram_bpc": top_ngram["held_out"].bits_per_char,
+            "best_neural": top_neural["model"], "best_neural_bpc": top_neural["held_out"].bits_per_char,
+            "neural_vs_ngram": "below" if top_neural["held_out"].bits_per_char < top_ngram["held_out"].bits_per_char
+            else "above",
+            "n_references": sum(r.get("reference_bpc") is not None for r in neural),
+            "gap_model": gap["model"], "gap_bits": gap["held_out"].bits_per_char - gap["train"].bits_per_char,
+            "gap_train_bpc": gap["train"].bits_per_char, "gap_heldout_bpc": gap["held_out"].bits_per_char}
+
+
+def plot_gaps(rows: list[dict], ax=None):
+    """Bits per character on the held-out text and on as much training text, model by model."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 4))
+    rows = sorted(rows, key=lambda r: r["held_out"].bits_per_char)
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["train"].bits_per_char for r in rows], width=0.4, label="training text")
+    ax.bar([i + 0.2 for i in x], [r["held_out"].bits_per_char for r in rows], width=0.4, label="held-out text")
+    ax.set_xticks(list(x), [r["model"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("bits per character")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return ax
+
+
+# --- Perplexity against stride ------------------------------------------------------------
+def stride_sweep(model, tokenizer, text: str, strides) -> dict[int, dict]:
+    """The same text scored with each stride: its :class:`TextNLL`, the windows read and the seconds taken."""
+    out = {}
+    n_predictions = len(tokenizer.encode(text)) - 1
+    for stride in strides:
+        start = time.perf_counter()
+        score = score_text(model, tokenizer, text, stride=stride)
+        out[stride] = {"score": score, "seconds": time.perf_counter() - start,
+                       "windows": len(sliding_windows(n_predictions, context_of(model), stride))}
+    return out
+
+
+def position_profile(model, tokenizer, text: str) -> torch.Tensor:
+    """Mean NLL in nats at each position of windows laid side by side (C,): how much the context helps."""
+    context = context_of(model)
+    nll = token_nlls(model, tokenizer.encode(text))  # stride = context
+    whole = len(nll) // context * context
+    return nll[:whole].view(-1, context).mean(0)
+
+
+def plot_stride(sweep: dict[int, dict], profile: torch.Tensor, axes=None):
+    """Bits per character against stride (log scale), and the loss at each position of a window."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    strides = sorted(sweep)
+    axes[0].plot(strides, [sweep[s]["score"].bits_per_char for s in strides], marker="o")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("stride (tokens)")
+    axes[0].set_ylabel("held-out bits per character")
+    axes[0].set_title("smaller strides: more context per scored token")
+    axes[1].plot(range(1, len(profile) + 1), (profile / LN2).tolist(), marker=".")
+    axes[1].set_xlabel("tokens read (position in the window)")
+    axes[1].set_ylabel("bits per character")
+    axes[1].set_title("windows side by side: loss at each position")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return axes
+
+
+def stride_facts(sweep: dict[int, dict], profile: torch.Tensor) -> dict:
+    """What the prose says about the sweep: the loss at both ends of the strides and of a window, and the cost."""
+    widest, narrowest = max(sweep), min(sweep)
+    w, n = sweep[widest], sweep[narrowest]
+    return {"context": widest, "smallest_stride": narrowest, "bpc_side_by_side": w["score"].bits_per_char,
+            "bpc_smallest_stride": n["score"].bits_per_char,
+            "stride_gain": w["score"].bits_per_char - n["score"].bits_per_char,
+            "window_ratio": n["windows"] / w["windows"], "time_ratio": n["seconds"] / w["seconds"],
+            "first_position_bits": float(profile[0]) / LN2, "last_position_bits": float(profile[-1]) / LN2,
+            "stride_scored_chars": w["score"].chars}

@@ -1,0 +1,225 @@
+"""Chapter 6's generated text: continuations of held-out prompts scored against the truth, and the diversity sweep.
+
+:func:`candidates` and :func:`continuation_scores` show where BLEU and ROUGE agree with a reader and
+where they do not; :func:`diversity_sweep` measures quality against diversity over temperatures and
+top-p. The sizes are :class:`~lmbook.runs.ch06_evaluation.EvaluationRun`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import torch
+
+from .. import textmetrics
+from ..generate import generate
+from ..metrics import TextNLL, token_nlls
+from .ch06_evaluation import EvaluationRun, window_stride
+
+
+# --- Continuations scored against the truth -------------------------------------------------
+def whole_words(text: str) -> str:
+    """``text`` cut after its last white space, so that it ends with a whole word (unchanged if it has none)."""
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return text[: cut + 1].rstrip() if cut > 0 else text
+
+
+def cut_prompts(text: str, n: int, prompt_chars: int, continuation_chars: int) -> list[tuple[str, str]]:
+    """``n`` (prompt, true continuation) pairs from ``text`` at evenly spaced places.
+
+    Every prompt has ``prompt_chars`` characters and ends with white space, so the continuation
+    starts with a new word; the continuation is the next ``continuation_chars`` characters, cut
+    back to whole words.
+    """
+    span = prompt_chars + continuation_chars
+    if n < 1 or len(text) < n * (span + 40):
+        raise ValueError(f"{len(text)} characters cannot hold n={n} pieces of {span}: ask for fewer prompts.")
+    pairs, step = [], (len(text) - span - 40) // n
+    for i in range(n):
+        boundary = i * step + prompt_chars
+        while not text[boundary - 1].isspace():  # the prompt ends at a word's end
+            boundary += 1
+        truth = whole_words(text[boundary : boundary + continuation_chars])
+        pairs.append((text[boundary - prompt_chars : boundary], truth))
+    return pairs
+
+
+def continue_prompts(model, tokenizer, prompts: list[str], new_tokens: int, seed: int = 0, **settings) -> list[str]:
+    """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.generate.generate` (batched when all have
+    the same length in tokens); returns the continuations alone."""
+    encoded = [tokenizer.encode(p) for p in prompts]
+    if len({len(e) for e in encoded}) == 1:
+        out = generate(model, torch.tensor(encoded), new_tokens, seed=seed, **settings)
+        return [tokenizer.decode(row[len(encoded[0]) :].tolist()) for row in out]
+    return [tokenizer.decode(generate(model, torch.tensor([e]), new_tokens, seed=seed + i, **settings)[0, len(e) :]
+                             .tolist()) for i, e in enumerate(encoded)]
+
+
+def candidates(model, tokenizer, pairs: list[tuple[str, str]], seed: int = 0) -> dict[str, list[str]]:
+    """Continuations of each prompt that a reader would judge very differently.
+
+    The model's greedy and sampled continuations; the true continuation of the *next* prompt (real,
+    fluent Shakespeare, but not what came next); the true continuation's words shuffled (every word
+    right, no sentence); and the five commonest words of the true continuations over and over (degenerate).
+    """
+    prompts, truths = [p for p, _ in pairs], [t for _, t in pairs]
+    n = max(len(tokenizer.encode(t)) for t in truths) + 8  # then cut back to whole words, as the truths
+    rng = random.Random(seed)
+    common = [w for w, _ in Counter(w for t in truths for w in re.findall(r"[a-z']+", t.lower())).most_common(5)]
+    loop = " ".join(common[i % len(common)] for i in range(len(truths[0].split())))
+
+    def shuffled(text: str) -> str:
+        words = text.split()
+        rng.shuffle(words)
+        return " ".join(words)
+
+    def generated(**settings) -> list[str]:
+        return [whole_words(t) for t in continue_prompts(model, tokenizer, prompts, n, seed=seed, **settings)]
+
+    return {
+        "true continuation": truths,
+        "model, greedy": generated(temperature=0),
+        "model, sampled (T = 0.8)": generated(temperature=0.8),
+        "another passage": truths[1:] + truths[:1],
+        "its words shuffled": [shuffled(t) for t in truths],
+        "common words looped": [loop] * len(truths),
+    }
+
+
+def continuation_scores(pairs: list[tuple[str, str]], outputs: dict[str, list[str]]) -> dict[str, dict]:
+    """Each candidate kind scored against the true continuations: corpus BLEU (sacrebleu's settings and
+    evaluate's canonical ones) and mean ROUGE-1 and ROUGE-L F-measures."""
+    truths = [t for _, t in pairs]
+    scores = {}
+    for kind, texts_ in outputs.items():
+        scores[kind] = {
+            "bleu": textmetrics.corpus_bleu(texts_, truths).score,
+            "bleu_canonical": textmetrics.corpus_bleu(texts_, truths, **textmetrics.EVALUATE_BLEU).score,
+            "rouge1": sum(textmetrics.rouge_n(c, t, 1).fmeasure for c, t in zip(texts_, truths)) / len(truths),
+            "rougeL": sum(textmetrics.rouge_l(c, t).fmeasure for c, t in zip(texts_, truths)) / len(truths),
+        }
+    return scores
+
+
+def sentence_bleu_zeros(outputs: list[str], truths: list[str]) -> dict[str, int]:
+    """How many single continuations get a BLEU of exactly 0 without smoothing (evaluate's canonical BLEU)
+    and with sacrebleu's exponential smoothing."""
+    pairs = list(zip(outputs, truths))
+    return {
+        "canonical": sum(textmetrics.sentence_bleu(c, [t], **textmetrics.EVALUATE_BLEU,
+                                                   effective_order=False).score == 0 for c, t in pairs),
+        "sacrebleu": sum(textmetrics.sentence_bleu(c, [t]).score == 0 for c, t in pairs),
+        "of": len(pairs),
+    }
+
+
+def scores_table(scores: dict[str, dict]) -> str:
+    """The candidates' scores as a Markdown table (BLEU on sacrebleu's 0-100 scale)."""
+    lines = ["| continuation | BLEU (sacrebleu) | BLEU (evaluate's canonical) | ROUGE-1 F | ROUGE-L F |",
+             "|---|---|---|---|---|"]
+    for kind, s in scores.items():
+        lines.append(f"| {kind} | {100 * s['bleu']:.1f} | {100 * s['bleu_canonical']:.1f} | {s['rouge1']:.3f} "
+                     f"| {s['rougeL']:.3f} |")
+    return "\n".join(lines)
+
+
+def misleading_facts(scores: dict[str, dict]) -> dict:
+    """Where the scores disagree with a reader: a fluent passage against word salad and a loop."""
+    fluent, salad, loop = scores["another passage"], scores["its words shuffled"], scores["common words looped"]
+    facts = {"passage_bleu": 100 * fluent["bleu"], "passage_rouge1": fluent["rouge1"],
+             "passage_rougeL": fluent["rougeL"], "salad_bleu": 100 * salad["bleu"], "salad_rouge1": salad["rouge1"],
+             "salad_rougeL": salad["rougeL"],
+             "loop_bleu": 100 * loop["bleu"], "loop_rouge1": loop["rouge1"]}
+    for key in ("bleu", "rouge1", "rougeL"):
+        facts[f"salad_vs_passage_{key}"] = "above" if salad[key] > fluent[key] else "below"
+    facts["loop_vs_passage_rouge1"] = "above" if loop["rouge1"] > fluent["rouge1"] else "below"
+    return facts
+
+
+# --- Quality against diversity -----------------------------------------------------------------
+def decoding_settings(run: EvaluationRun) -> dict[str, dict]:
+    """The decoding settings of the sweep: each temperature (0 is greedy), then top-p at temperature 1."""
+    settings = {("greedy" if t == 0 else f"T = {t:g}"): {"temperature": t} for t in run.temperatures}
+    settings.update({f"top-p {p:g}": {"temperature": 1.0, "top_p": p} for p in run.top_ps})
+    return settings
+
+
+def text_measures(model, tokenizer, outputs: list[str], prompts: list[str]) -> dict[str, float]:
+    """What the sweep reports for a set of continuations: the model's perplexity of its own text (each
+    continuation scored after its prompt), distinct-1 and -2, self-BLEU and the share ending in a loop."""
+    total = None
+    for prompt, out in zip(prompts, outputs):
+        nll = token_nlls(model, tokenizer.encode(prompt + out), stride=window_stride(model))
+        n_out = len(tokenizer.encode(prompt + out)) - len(tokenizer.encode(prompt))
+        part = nll[-n_out:]  # the continuation's tokens only (exact for characters); the prompt is context
+        score = TextNLL(float(part.double().sum()), len(part))
+        total = score if total is None else total + score
+    return {"perplexity": total.perplexity, "distinct_1": textmetrics.distinct_n(outputs, 1),
+            "distinct_2": textmetrics.distinct_n(outputs, 2), "self_bleu": textmetrics.self_bleu(outputs),
+            "repetition": textmetrics.repetition_rate(outputs)}
+
+
+def diversity_sweep(model, tokenizer, run: EvaluationRun, held_out: str) -> dict[str, dict]:
+    """Continue held-out prompts with each decoding setting and measure quality and diversity; the held-out
+    text's own continuations come last, as "human"."""
+    pairs = cut_prompts(held_out, run.n_prompts, run.prompt_chars, run.sample_chars)
+    prompts = [p for p, _ in pairs]
+    n = len(tokenizer.encode(held_out[: run.sample_chars]))  # about sample_chars characters of text
+    out = {}
+    for name, settings in decoding_settings(run).items():
+        outputs = [whole_words(t) for t in continue_prompts(model, tokenizer, prompts, n, seed=run.seed, **settings)]
+        out[name] = {**text_measures(model, tokenizer, outputs, prompts), "example": outputs[0]}
+    out["human"] = {**text_measures(model, tokenizer, [t for _, t in pairs], prompts), "example": pairs[0][1]}
+    return out
+
+
+def plot_diversity(sweep: dict[str, dict], axes=None):
+    """The model's perplexity of its own text against distinct-2 and against self-BLEU: one curve for the
+    temperatures (greedy is temperature 0), one for top-p, and the held-out text itself as a star."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    groups = {"temperature": [n for n in sweep if n == "greedy" or n.startswith("T =")],
+              "top-p": [n for n in sweep if n.startswith("top-p")], "human": ["human"]}
+    for ax, key, label in ((axes[0], "distinct_2", "distinct-2 (higher: more diverse)"),
+                           (axes[1], "self_bleu", "self-BLEU (lower: more diverse)")):
+        for (group, names), marker in zip(groups.items(), ("o", "s", "*")):
+            ax.plot([sweep[n][key] for n in names], [sweep[n]["perplexity"] for n in names], marker=marker,
+                    ls="-" if len(names) > 1 else "", ms=10 if group == "human" else 6, label=group)
+            for n in names:
+                ax.annotate(n, (sweep[n][key], sweep[n]["perplexity"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("the model's perplexity of its own text")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes
+
+
+def diversity_table(sweep: dict[str, dict]) -> str:
+    """The sweep as a Markdown table, one row a decoding setting and the held-out text last."""
+    lines = ["| decoding | perplexity of its own text | distinct-1 | distinct-2 | self-BLEU | ends in a loop |",
+             "|---|---|---|---|---|---|"]
+    for name, m in sweep.items():
+        lines.append(f"| {name} | {m['perplexity']:.2f} | {m['distinct_1']:.3f} | {m['distinct_2']:.3f} "
+                     f"| {m['self_bleu']:.3f} | {m['repetition']:.0%} |")
+    return "\n".join(lines)
+
+
+def diversity_facts(sweep: dict[str, dict]) -> dict:
+    """Greedy decoding, the hottest sampling and the held-out text compared, for the prose."""
+    settings = [n for n in sweep if n != "human"]
+    human = sweep["human"]
+    closest = min(settings, key=lambda n: abs(math.log(sweep[n]["perplexity"] / human["perplexity"])))
+    hottest = max((n for n in settings if n.startswith("T =")), key=lambda n: float(n.split("=")[1]))
+    return {"greedy_ppl": sweep["greedy"]["perplexity"], "greedy_repetition": 100 * sweep["greedy"]["repetition"],
+            "greedy_distinct2": sweep["greedy"]["distinct_2"], "greedy_self_bleu": sweep["greedy"]["self_bleu"],
+            "human_ppl": human["perplexity"], "human_distinct2": human["distinct_2"],
+            "human_self_bleu": human["self_bleu"], "human_repetition": 100 * human["repetition"],
+            "hottest": hottest, "hottest_ppl": sweep[hottest]["perplexity"],
+            "hottest_distinct2": sweep[hottest]["distinct_2"], "closest_to_human": closest,
+            "closest_ppl": sweep[closest]["perplexity"]}

@@ -1,0 +1,103 @@
+"""Tests for chapter 6's runs (lmbook.runs.ch06_evaluation and ch06_generated) on tiny models and texts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmbook import textmetrics
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.metrics import LN2, TextNLL, score_text, token_nlls
+from lmbook.ngram import NGramLM
+from lmbook.runs import ch06_evaluation as ch06
+from lmbook.runs import ch06_generated as generated
+from lmbook.tokenizers import CharTokenizer
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n") * 6
+
+
+def tiny_gpt(tokenizer: CharTokenizer) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+def test_ngrams_are_scored_on_the_characters_the_neural_models_predict():
+    model = NGramLM.fit(list(TEXT[:400]), n=3)
+    text = TEXT[400:600]
+    score = ch06.ngram_score(model, text)
+    log_probs = model.log_probs(list(text))  # the first character (after the begin padding) ... the end token
+    assert score.tokens == score.chars == len(text) - 1
+    assert score.nats == pytest.approx(-math.fsum(log_probs) + log_probs[0] + log_probs[-1])
+    assert ch06.ngram_size(model) == sum(len(f) for order in model.counts for f in order.values())
+
+
+def test_the_scoreboard_table_sorts_by_held_out_bits_per_char():
+    rows = [{"model": name, "family": "n-gram", "tokens": "characters", "params": 10, "seconds": 1.0,
+             "tokens_per_second": 5.0, "held_out": TextNLL(nats * LN2, 10, 10, 10), "train": TextNLL(LN2, 10, 10, 10)}
+            for name, nats in (("worse", 30.0), ("better", 20.0))]
+    table = ch06.scoreboard_table(rows)
+    assert table.index("better") < table.index("worse")
+    assert "| better | characters | 10 | 2.000 | 0.100 |" in table
+    facts = ch06.scoreboard_facts([{**r, "family": f} for r, f in zip(rows, ("n-gram", "neural"))])
+    assert (facts["best_model"], facts["neural_vs_ngram"], facts["gap_model"]) == ("better", "below", "worse")
+
+
+def test_the_stride_sweep_scores_the_same_text_each_way():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = tiny_gpt(tokenizer)
+    sweep = ch06.stride_sweep(model, tokenizer, TEXT[:200], (16, 4, 1))
+    assert sweep[16]["score"] == score_text(model, tokenizer, TEXT[:200])
+    assert [sweep[s]["windows"] for s in (16, 4, 1)] == [13, 1 + math.ceil((199 - 16) / 4), 1 + 199 - 16]
+    profile = ch06.position_profile(model, tokenizer, TEXT[:200])
+    assert profile.shape == (16,)
+    facts = ch06.stride_facts(sweep, profile)
+    assert (facts["context"], facts["smallest_stride"], facts["stride_scored_chars"]) == (16, 1, 199)
+
+
+def test_prompts_end_at_word_ends_and_continuations_are_whole_words():
+    pairs = generated.cut_prompts(TEXT, 5, 40, 30)
+    assert len(pairs) == 5
+    for prompt, truth in pairs:
+        assert len(prompt) == 40 and prompt[-1].isspace()
+        assert truth and len(truth) <= 30 and TEXT.index(prompt + truth) >= 0
+    assert generated.whole_words("to be or no") == "to be or"
+    assert generated.whole_words("unbroken") == "unbroken"
+    with pytest.raises(ValueError, match="fewer prompts"):
+        generated.cut_prompts(TEXT[:100], 5, 40, 30)
+
+
+def test_candidates_and_their_scores():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = tiny_gpt(tokenizer)
+    pairs = generated.cut_prompts(TEXT, 4, 16, 30)
+    outputs = generated.candidates(model, tokenizer, pairs, seed=0)
+    assert set(outputs) >= {"true continuation", "model, greedy", "another passage", "its words shuffled"}
+    assert all(len(texts) == 4 for texts in outputs.values())
+    assert sorted(outputs["its words shuffled"][0].split()) == sorted(outputs["true continuation"][0].split())
+    scores = generated.continuation_scores(pairs, outputs)
+    assert scores["true continuation"] == {"bleu": pytest.approx(1.0), "bleu_canonical": pytest.approx(1.0),
+                                           "rouge1": pytest.approx(1.0), "rougeL": pytest.approx(1.0)}
+    assert scores["its words shuffled"]["rouge1"] == pytest.approx(1.0)
+    assert set(generated.misleading_facts(scores)) >= {"salad_vs_passage_bleu", "loop_vs_passage_rouge1"}
+    assert "| true continuation | 100.0 | 100.0 | 1.000 | 1.000 |" in generated.scores_table(scores)
+
+
+def test_text_measures_score_only_the_continuation():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = tiny_gpt(tokenizer)
+    prompt, out = TEXT[:40], TEXT[40:100]
+    measures = generated.text_measures(model, tokenizer, [out, out], [prompt, prompt])
+    # the continuation's tokens only, read with a stride of a quarter of the context, as the scoreboard reads
+    nll = token_nlls(model, tokenizer.encode(prompt + out), stride=4)[-len(out) :]
+    assert measures["perplexity"] == pytest.approx(math.exp(nll.double().mean().item()), rel=1e-5)
+    assert measures["self_bleu"] == pytest.approx(1.0)  # two identical continuations
+    assert measures["distinct_1"] == pytest.approx(textmetrics.distinct_n([out, out], 1))
+
+
+def test_decoding_settings_name_greedy_and_top_p():
+    run = ch06.RUNS["fast"].replace(temperatures=(0.0, 0.7), top_ps=(0.9,))
+    assert generated.decoding_settings(run) == {"greedy": {"temperature": 0.0}, "T = 0.7": {"temperature": 0.7},
+                                                "top-p 0.9": {"temperature": 1.0, "top_p": 0.9}}
