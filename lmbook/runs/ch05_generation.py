@@ -1,0 +1,187 @@
+"""Chapter 5's runs: decoding the book's trained GPTs, and measuring what each strategy does to text and speed.
+
+``RUNS`` holds the chapter's sizes (prompts, lengths, beams, the model the cache is timed on);
+``STRATEGIES`` the decoding settings compared in the degeneration table, in the manner of
+Holtzman et al. (2020), Table 1. The experiments: :func:`search_tree` (decoding as search),
+:func:`filter_stages` (a next-token distribution before and after each sampling filter),
+:func:`degeneration` (repetition, diversity and the model's own perplexity of its text) and
+:func:`cache_speed` (tokens per second with and without the key/value cache).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..decoding import GenerationConfig, process_scores, top_k_filter, top_p_filter
+from ..generate import generate
+from ..gpt import GPT, GPTConfig
+from ..interface import evaluating
+from ..metrics import perplexity, token_nlls
+from ..textmetrics import distinct_n, repetition_rate, words
+from . import Settings
+
+
+@dataclass(frozen=True)
+class GenerationRun(Settings):
+    """The sizes of chapter 5's experiments."""
+
+    n_prompts: int  # held-out prompts, each continued once by every strategy
+    prompt_length: int  # characters of each prompt
+    new_tokens: int  # characters of each continuation
+    num_beams: int  # the beam width of the degeneration table
+    tree_depth: int  # the search tree: tokens deep ...
+    tree_width: int  # ... and candidates kept at each node
+    cache_layers: int  # the GPT the cache is timed on (random weights: speed does not depend on them)
+    cache_width: int
+    cache_context: int
+    cache_lengths: tuple[int, ...]  # generated lengths the cache is timed at
+    seed: int = 0
+
+    def cache_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=65, block_size=self.cache_context, n_layer=self.cache_layers,
+                         n_head=max(1, self.cache_width // 64), n_embd=self.cache_width)
+
+
+RUNS = {
+    # a GPU: chapter 3's full GPT continues 200 held-out prompts; the cache is timed on the same shape
+    "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8, tree_depth=3, tree_width=3,
+                          cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240)),
+    # two CPU cores, the whole chapter in under three minutes
+    "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=150, num_beams=4, tree_depth=3, tree_width=3,
+                          cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(32, 64, 128, 240)),
+}
+
+
+def strategies(run: GenerationRun) -> dict[str, dict]:
+    """The decoding settings the degeneration table compares (a character vocabulary of 65: small k)."""
+    return {
+        "greedy": dict(do_sample=False),
+        f"beam search, {run.num_beams} beams": dict(num_beams=run.num_beams),
+        "pure sampling": dict(do_sample=True, top_k=0),
+        "sampling, t=0.7": dict(do_sample=True, temperature=0.7),
+        "top-k=10": dict(do_sample=True, top_k=10),
+        "top-k=10, t=0.7": dict(do_sample=True, top_k=10, temperature=0.7),
+        "top-p=0.9": dict(do_sample=True, top_p=0.9),
+    }
+
+
+def held_out_prompts(val_data: torch.Tensor, run: GenerationRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run.n_prompts`` prompts (N, P) from held-out text at random places, and what the text says next (N, L)."""
+    gen = torch.Generator().manual_seed(run.seed)
+    span = run.prompt_length + run.new_tokens
+    starts = torch.randint(0, len(val_data) - span, (run.n_prompts,), generator=gen)
+    windows = torch.stack([torch.as_tensor(val_data[s : s + span]) for s in starts.tolist()]).long()  # (N, P + L)
+    return windows[:, : run.prompt_length], windows[:, run.prompt_length :]
+
+
+@torch.no_grad()
+def search_tree(model: nn.Module, ids: torch.Tensor, depth: int, width: int) -> list[dict]:
+    """Every path of the ``width`` likeliest tokens at each step, ``depth`` steps deep, after the prompt ``ids`` (T,).
+
+    One dict per node: ``path`` (the token ids from the prompt on), ``logprob`` (of its last token)
+    and ``total`` (the sum along the path): the space greedy and beam search explore.
+    """
+    nodes, frontier = [], [((), 0.0)]
+    with evaluating(model):
+        for _ in range(depth):
+            paths = torch.stack([torch.cat([ids, torch.tensor(p, dtype=torch.long)]) for p, _ in frontier])
+            logprobs = torch.log_softmax(model(paths.to(next(model.parameters()).device))[0][:, -1].float(), -1)
+            top = logprobs.topk(width, dim=-1)  # (len(frontier), width)
+            grown = []
+            for (path, total), values, tokens in zip(frontier, top.values.tolist(), top.indices.tolist()):
+                for value, token in zip(values, tokens):
+                    grown.append((path + (token,), total + value))
+                    nodes.append({"path": path + (token,), "logprob": value, "total": total + value})
+            frontier = grown
+    return nodes
+
+
+@torch.no_grad()
+def continuation_logprob(model: nn.Module, sequences: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """The model's log-probability of each row's continuation after ``prompt_length`` tokens (B,).
+
+    The rows (B, T) must fit in the model's context."""
+    with evaluating(model):
+        logprobs = torch.log_softmax(model(sequences)[0][:, :-1].float(), dim=-1)  # (B, T-1, V)
+    picked = logprobs.gather(-1, sequences[:, 1:, None])[..., 0]  # (B, T-1): log p of each next token
+    return picked[:, prompt_length - 1 :].sum(dim=1)
+
+
+def filter_stages(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> dict[str, torch.Tensor]:
+    """One next-token distribution (V,) as the model gives it and after each filter, and after all three in turn."""
+    scores = logits.float()[None]  # (1, V)
+    combined = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    none = torch.zeros(1, 0, dtype=torch.long)
+    stages = {
+        "the model": scores,
+        f"temperature {temperature}": scores / temperature,
+        f"top-k, k={top_k}": top_k_filter(scores, top_k),
+        f"top-p, p={top_p}": top_p_filter(scores, top_p),
+        "all three, in that order": process_scores(scores, none, combined, sampling=True),
+    }
+    return {name: torch.softmax(s, dim=-1)[0] for name, s in stages.items()}
+
+
+def text_scores(model: nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, texts: list[str]) -> dict:
+    """Repetition, distinct-2 and -3 (over words) of ``texts``, and the model's perplexity of ``continuations``."""
+    nlls = []
+    context = getattr(model, "context_length", None)
+    for prompt, cont in zip(prompts, continuations):
+        ids = torch.cat([prompt, cont])
+        window = min(context or len(ids) - 1, len(ids) - 1)  # the model's context, or the whole text if shorter
+        nlls.append(token_nlls(model, ids, window, max(1, window // 2))[-len(cont) :])  # the continuation only
+    has_words = any(words(t) for t in texts)  # (a text of blanks only has no word to count: distinct-n is NaN)
+    return {"repetition %": 100 * repetition_rate(texts),
+            "distinct-2": distinct_n(texts, 2) if has_words else float("nan"),
+            "distinct-3": distinct_n(texts, 3) if has_words else float("nan"),
+            "perplexity": perplexity(torch.cat(nlls).mean().item())}
+
+
+def degeneration(model: nn.Module, tokenizer, prompts: torch.Tensor, human: torch.Tensor, run: GenerationRun,
+                 settings: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Each strategy continues every prompt once; its texts are scored as the held-out text itself is.
+
+    Returns ``{strategy: scores}`` (see :func:`text_scores`, plus ``"texts"``), ``"human text"`` last.
+    """
+    results = {}
+    device = next(model.parameters()).device
+    for i, (name, options) in enumerate((settings or strategies(run)).items()):
+        out = generate(model, prompts.to(device), run.new_tokens, seed=run.seed + i, **options).cpu()
+        continuations = out[:, prompts.size(1) :]
+        texts = [tokenizer.decode(c.tolist()) for c in continuations]
+        results[name] = {**text_scores(model, prompts, continuations, texts), "texts": texts}
+    texts = [tokenizer.decode(c.tolist()) for c in human]
+    results["human text"] = {**text_scores(model, prompts, human, texts), "texts": texts}
+    return results
+
+
+def kv_bytes_per_token(config: GPTConfig, dtype: torch.dtype = torch.float32) -> int:
+    """What the cache stores for one token: a key and a value of ``n_embd`` numbers in each of ``n_layer`` layers."""
+    return 2 * config.n_layer * config.n_embd * torch.empty(0, dtype=dtype).element_size()
+
+
+def cache_speed(run: GenerationRun, device=None, repeats: int = 3) -> dict[str, dict[int, float]]:
+    """Greedy tokens per second with and without the cache, for each of ``run.cache_lengths`` (best of ``repeats``).
+
+    A GPT of ``run.cache_config()`` with random weights, one prompt of one token, on ``device``.
+    """
+    torch.manual_seed(run.seed)
+    model = GPT(run.cache_config()).to(device or "cpu").eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
+    speeds: dict[str, dict[int, float]] = {"with the cache": {}, "without": {}}
+    generate(model, prompt, 4, temperature=0)  # warm-up
+    for length in run.cache_lengths:
+        for name, use_cache in (("with the cache", True), ("without", False)):
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                generate(model, prompt, length, temperature=0, use_cache=use_cache)
+                if prompt.is_cuda:
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+            speeds[name][length] = length / best
+    return speeds

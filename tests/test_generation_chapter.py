@@ -1,0 +1,109 @@
+"""Chapter 5's experiments (lmbook.runs.ch05_generation) and figures (lmbook.decoding_viz), on a tiny GPT."""
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+from lmbook.decoding import GenerationConfig, process_scores
+from lmbook.decoding_viz import plot_cache_speed, plot_filters, plot_search_tree, tokens_html
+from lmbook.generate import generate, stream
+from lmbook.gpt import GPT, GPTConfig
+from lmbook.metrics import token_nlls
+from lmbook.runs import ch05_generation as ch05
+from lmbook.tokenizers import CharTokenizer
+
+matplotlib.use("Agg")
+RUN = ch05.RUNS["fast"].replace(n_prompts=3, prompt_length=6, new_tokens=12, num_beams=2, cache_layers=1,
+                                cache_width=64, cache_context=64, cache_lengths=(8, 16))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shakespeare):
+    return CharTokenizer.train(shakespeare)
+
+
+def test_search_tree_holds_every_path_with_its_log_probabilities(model):
+    ids = torch.tensor([5, 6, 7])
+    nodes = ch05.search_tree(model, ids, depth=3, width=2)
+    assert len(nodes) == 2 + 4 + 8
+    with torch.no_grad():
+        for node in nodes:
+            path = torch.tensor(node["path"])
+            logp = torch.log_softmax(model(torch.cat([ids, path[:-1]])[None])[0][0, -1], -1)[path[-1]]
+            assert node["logprob"] == pytest.approx(logp.item(), abs=1e-5)
+            parent = [n["total"] for n in nodes if n["path"] == node["path"][:-1]] or [0.0]
+            assert node["total"] == pytest.approx(parent[0] + node["logprob"], abs=1e-5)
+    first_children = [n["path"] for n in nodes][0:1] + [n["path"] for n in nodes if len(n["path"]) == 2][0:1]
+    greedy = generate(model, ids, 2, temperature=0)[0, 3:].tolist()
+    assert list(first_children[-1]) == greedy  # the first child at each level is the greedy choice
+
+
+def test_continuation_logprob_is_minus_the_summed_nll(model):
+    seq = torch.randint(0, 65, (1, 20), generator=torch.Generator().manual_seed(0))
+    expected = -token_nlls(model, seq[0], context=19)[5 - 1 :].sum().item()  # the tokens after the first 5
+    assert ch05.continuation_logprob(model, seq, 5).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_filter_stages_are_distributions_and_the_last_is_transformers_order():
+    logits = torch.randn(65, generator=torch.Generator().manual_seed(1))
+    stages = ch05.filter_stages(logits, temperature=0.7, top_k=10, top_p=0.9)
+    for probs in stages.values():
+        assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert int((stages["top-k, k=10"] > 0).sum()) == 10
+    config = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=0.7, top_k=10, top_p=0.9)
+    combined = process_scores(logits[None], torch.zeros(1, 0, dtype=torch.long), config, sampling=True)
+    assert torch.equal(stages["all three, in that order"], torch.softmax(combined, -1)[0])
+
+
+def test_kv_bytes_per_token_is_what_the_cache_allocates(model):
+    assert ch05.kv_bytes_per_token(GPTConfig.preset("gpt2")) == 2 * 12 * 768 * 4 == 73_728
+    assert ch05.kv_bytes_per_token(GPTConfig.preset("gpt2"), torch.bfloat16) == 36_864
+    cache = model.make_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    allocated = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() / cache.max_len
+    assert allocated == ch05.kv_bytes_per_token(model.config)
+
+
+def test_degeneration_scores_every_strategy_and_the_human_text(model, tokenizer):
+    data = torch.tensor(tokenizer.encode("ROMEO:\nWhat light through yonder window breaks? " * 20))
+    prompts, human = ch05.held_out_prompts(data, RUN)
+    assert prompts.shape == (3, 6) and human.shape == (3, 12)
+    results = ch05.degeneration(model, tokenizer, prompts, human, RUN)
+    assert list(results) == [*ch05.strategies(RUN), "human text"]
+    for scores in results.values():
+        assert 0 <= scores["repetition %"] <= 100 and scores["perplexity"] > 1 and len(scores["texts"]) == 3
+    assert results["human text"]["texts"][0] == tokenizer.decode(human[0].tolist())
+    assert math.isnan(ch05.text_scores(model, prompts[:1], human[:1], ["   "])["distinct-2"])  # no words
+
+
+def test_cache_speed_times_every_length_both_ways():
+    speeds = ch05.cache_speed(RUN, repeats=1)
+    assert set(speeds) == {"with the cache", "without"}
+    assert all(list(v) == [8, 16] and min(v.values()) > 0 for v in speeds.values())
+
+
+def test_the_figures_draw(model, tokenizer):
+    nodes = ch05.search_tree(model, torch.tensor([5, 6]), depth=2, width=2)
+    plot_search_tree(nodes, tokenizer, {"greedy": nodes[0]["path"] + nodes[2]["path"][1:]})
+    plot_filters(ch05.filter_stages(torch.randn(65), 0.7, 5, 0.9), tokenizer)
+    plot_cache_speed({"with the cache": {8: 100.0, 16: 90.0}, "without": {8: 50.0, 16: 20.0}})
+    pieces = list(stream(model, torch.tensor([5, 6]), tokenizer, max_new_tokens=5, seed=0))
+    page = tokens_html(pieces, "<b>")
+    assert page.count("<span title=") == 5 and "&lt;b&gt;" in page
