@@ -92,7 +92,7 @@ def fetch(remote: RemoteFile, folder: Path | None = None, timeout: float = 30.0)
         raise DataUnavailableError(
             f"{path} had SHA-256 {found}, not the published {remote.sha256}: it was damaged or another file. It "
             f"was moved to {aside}, and a fresh copy could not be downloaded.\n{err}"
-        ) from err
+        ) from None  # the message says it all: no second traceback
 
 
 def _download(remote: RemoteFile, path: Path, timeout: float) -> Path:
@@ -102,7 +102,7 @@ def _download(remote: RemoteFile, path: Path, timeout: float) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.filename}.", suffix=".part")
     except OSError as err:
-        raise DataUnavailableError(_missing_message(remote, path, f"cannot write to {folder}: {err}")) from err
+        raise DataUnavailableError(_missing_message(remote, path, f"cannot write to {folder}: {err}")) from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
             while block := response.read(1 << 20):
@@ -115,7 +115,8 @@ def _download(remote: RemoteFile, path: Path, timeout: float) -> Path:
             )
         os.replace(tmp, path)  # atomic: the file appears whole or not at all
     except (urllib.error.URLError, OSError) as err:
-        raise DataUnavailableError(_missing_message(remote, path, str(err))) from err
+        # One actionable message, without the socket's traceback: the reason is quoted in it.
+        raise DataUnavailableError(_missing_message(remote, path, str(err))) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

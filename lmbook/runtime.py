@@ -89,10 +89,14 @@ def device_name(device: torch.device | None = None) -> str:
 
 
 def environment() -> dict[str, str]:
-    """Versions, device and size, as printed by each chapter's first cell and stored in results."""
+    """Versions (the book's package first), device and size, as printed by each chapter's first cell and stored
+    in results."""
     import importlib.metadata as md
 
+    from . import __version__
+
     info = {
+        "lmbook": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "device": device_name(),

@@ -12,11 +12,22 @@ from lmbook.data import (
     RandomBatches,
     RemoteFile,
     as_ids,
-    to_device,
+    cache_dir,
     fetch,
     load_shakespeare,
+    to_device,
     train_val_split,
 )
+
+
+@pytest.fixture
+def shakespeare():
+    """The corpus from the cache only: this test never downloads it."""
+    path = cache_dir() / TINY_SHAKESPEARE.filename
+    if not path.exists():
+        pytest.skip(f"Tiny Shakespeare is not in {path.parent} (set LMBOOK_DATA to a folder that holds "
+                    f"{TINY_SHAKESPEARE.filename}); the tests do not download it")
+    return load_shakespeare()
 
 
 def test_shakespeare_is_the_published_file(shakespeare):
@@ -92,6 +103,20 @@ def test_offline_and_absent_says_what_to_do(tmp_path, monkeypatch):
     assert "curl -L -o" in message and "LMBOOK_DATA" in message and str(tmp_path) in message
     assert list(tmp_path.iterdir()) == []
     assert isinstance(err.value, FileNotFoundError)
+
+
+def test_a_missing_corpus_fails_once_with_one_message_and_no_socket_traceback(tmp_path, monkeypatch):
+    import traceback
+
+    monkeypatch.setenv("LMBOOK_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr("lmbook.data.TINY_SHAKESPEARE", RemoteFile(
+        TINY_SHAKESPEARE.filename, "http://127.0.0.1:9/input.txt", TINY_SHAKESPEARE.sha256))
+    with pytest.raises(DataUnavailableError) as err:
+        load_shakespeare()
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no "During handling ..." chain
+    shown = "".join(traceback.format_exception(err.value))
+    assert shown.count("Traceback") == 1 and "urllib" not in shown and "During handling" not in shown
+    assert shown.count("\nlmbook.data.DataUnavailableError: ") == 1 and "LMBOOK_DATA" in shown and "curl -L -o" in shown
 
 
 def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
