@@ -21,6 +21,7 @@ from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
 from .attention import attention, causal_mask
+from .finetune import SequenceClassifier
 from .gpt import GPT, Block
 from .interface import evaluating
 from .rnn import RNNLM, SimpleRNN
@@ -178,34 +179,44 @@ def _describe(name: str, module: nn.Module) -> str:
     inner = [_describe(n, m) for n, m in module.named_children() if not isinstance(m, nn.Dropout)]
     head = f"{name}: {type(module).__name__}"
     if hasattr(module, "n_head"):
-        head += f", {module.n_head} heads"
+        head += f", {module.n_head} heads" + ("" if getattr(module, "is_causal", True) else ", no causal mask")
     return head + ("\n  " + "\n  ".join(inner) if inner else "")
 
 
-def gpt_parts(model: GPT) -> dict:
+def gpt_parts(model: GPT | SequenceClassifier) -> dict:
     """What :func:`gpt_diagram` labels, read from ``model``: the modules in the order they are registered (the
-    order ``forward`` applies them), each with its shape; dropout left out."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be an lmbook.gpt.GPT, not {type(model).__name__}.")
-    block = model.h[0]
+    order ``forward`` applies them), each with its shape; dropout left out. A :class:`SequenceClassifier` is its
+    backbone's embeddings and blocks, then its pooling and its head (chapter 4)."""
+    classifier = model if isinstance(model, SequenceClassifier) else None
+    gpt = classifier.backbone if classifier is not None else model
+    if not isinstance(gpt, GPT):
+        raise TypeError(f"model must be an lmbook.gpt.GPT or a SequenceClassifier, not {type(model).__name__}.")
+    block = gpt.h[0]
     if type(block) is not Block:
         raise ValueError(f"gpt_diagram draws GPT-2's pre-LN Block, not {type(block).__name__}.")
-    c = model.config
-    return {
+    c = gpt.config
+    parts = {
         "input": f"idx  (B, T), T ≤ {c.block_size}",
-        "embeddings": [_describe("wte", model.wte), _describe("wpe", model.wpe)],
+        "embeddings": [_describe("wte", gpt.wte), _describe("wpe", gpt.wpe)],
         "block": [_describe(n, m) for n, m in block.named_children() if not isinstance(m, nn.Dropout)],
-        "n_layer": len(model.h),
-        "final": [_describe("ln_f", model.ln_f), _describe("lm_head", model.lm_head)],
-        "tied": model.lm_head.weight is model.wte.weight,
+        "n_layer": len(gpt.h),
+        "final": [_describe("ln_f", gpt.ln_f), _describe("lm_head", gpt.lm_head)],
+        "tied": gpt.lm_head.weight is gpt.wte.weight,
         "output": f"logits  (B, T, {c.vocab_size})",
         "stream": f"(B, T, {c.n_embd})",
     }
+    if classifier is not None:
+        pool = {"mean": "mean over the real tokens", "last": "the last real token"}[classifier.pool]
+        parts.update(final=[_describe("ln_f", gpt.ln_f), f"pool: {pool}  (B, {c.n_embd})",
+                            _describe("head", classifier.head)],
+                     tied=False, output=f"class logits  (B, {classifier.head.out_features})")
+    return parts
 
 
-def gpt_diagram(model: GPT, ax=None):
+def gpt_diagram(model: GPT | SequenceClassifier, ax=None):
     """The GPT as it is built: embeddings, ``n_layer`` pre-LN blocks (LayerNorm, attention, residual sum;
-    LayerNorm, MLP, residual sum), the final LayerNorm and the output layer, with each module's shape."""
+    LayerNorm, MLP, residual sum), the final LayerNorm and the output layer (or a classifier's pooling and
+    head), with each module's shape."""
     parts = gpt_parts(model)
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 9))
@@ -255,7 +266,8 @@ def gpt_diagram(model: GPT, ax=None):
     ax.set_xlim(x - w / 2 - 1.6, x + w / 2 + 1.0)
     ax.set_ylim(-0.5, y + 0.5)
     ax.axis("off")
-    ax.set_title("The GPT, module by module (read from bottom to top)", fontsize=9)
+    what = "The classifier" if isinstance(model, SequenceClassifier) else f"The {type(model).__name__}"
+    ax.set_title(f"{what}, module by module (read from bottom to top)", fontsize=9)
     return ax
 
 

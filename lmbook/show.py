@@ -16,6 +16,7 @@ Used by every chapter.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import numbers
 import re
@@ -124,3 +125,59 @@ def report(values: Mapping[str, object], title: str | None = None) -> None:
         print(title)
     for name, text in lines.items():
         print(f"{name:<{width}}  {text}")
+
+
+# --- verdicts: the words a sentence needs, computed from the run ------------------------
+def _markdown_text(text: str):
+    from IPython.display import Markdown  # the chapters run in IPython; glue takes Markdown for {glue:md}
+
+    return Markdown(text)
+
+
+def than(value: float, reference: float, below: str = "lower", above: str = "higher", tolerance: float = 0.0):
+    """``below`` or ``above`` as ``value`` is less or more than ``reference`` (``"about the same"`` within
+    ``tolerance``): the word a sentence comparing two results needs, for :func:`report` and ``{glue:md}``."""
+    for name, x in (("value", value), ("reference", reference), ("tolerance", tolerance)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(x):
+            raise TypeError(f"{name} must be a real number, not {x!r}.")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be at least 0, not {tolerance}.")
+    if abs(value - reference) <= tolerance:
+        return _markdown_text("about the same")
+    return _markdown_text(below if value < reference else above)
+
+
+def ordering(values: Mapping[str, float], fmt: str = ".3f", highest_first: bool = False):
+    """``values`` (name -> result) in order, lowest first, as Markdown: ``learned (1.981) < sinusoidal (2.050)``;
+    equal results are joined by ``=``. The words of a sentence that ranks runs, whatever the run gave."""
+    if not isinstance(values, Mapping) or len(values) < 2:
+        raise ValueError(f"values must map at least two names to results, not {values!r}.")
+    items = sorted(values.items(), key=lambda item: item[1], reverse=highest_first)
+    text = f"{items[0][0]} ({items[0][1]:{fmt}})"
+    for (_, before), (name, value) in itertools.pairwise(items):
+        sign = "=" if f"{value:{fmt}}" == f"{before:{fmt}}" else (">" if highest_first else "<")
+        text += f" {sign} {name} ({value:{fmt}})"
+    return _markdown_text(text)
+
+
+def trend(values: Mapping[object, float], name: str = ""):
+    """How a series (x -> y, in the order given) moves, in words: ``falls at every step``, ``rises at every
+    step``, ``falls until 3, then rises``, ``rises until 3, then falls``, ``stays the same`` or ``goes up and
+    down``. ``name`` is put before each x (``"n = "``)."""
+    if not isinstance(values, Mapping) or len(values) < 2:
+        raise ValueError(f"values must map at least two points to results, not {values!r}.")
+    xs, ys = list(values), list(values.values())
+    steps = [b - a for a, b in itertools.pairwise(ys)]
+    if all(s == 0 for s in steps):
+        return _markdown_text("stays the same")
+    if all(s < 0 for s in steps):
+        return _markdown_text("falls at every step")
+    if all(s > 0 for s in steps):
+        return _markdown_text("rises at every step")
+    for turn in range(1, len(steps)):
+        first, then = steps[:turn], steps[turn:]
+        if all(s <= 0 for s in first) and all(s >= 0 for s in then):
+            return _markdown_text(f"falls until {name}{xs[turn]}, then rises")
+        if all(s >= 0 for s in first) and all(s <= 0 for s in then):
+            return _markdown_text(f"rises until {name}{xs[turn]}, then falls")
+    return _markdown_text("goes up and down")

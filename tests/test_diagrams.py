@@ -14,8 +14,10 @@ from lmbook.diagrams import (
     rnn_parts,
     rnn_unrolled,
 )
+from lmbook.finetune import SequenceClassifier
 from lmbook.generate import generate
 from lmbook.gpt import GPT, GPTConfig
+from lmbook.mlm import Encoder
 from lmbook.rnn import RNNLM, RNNConfig
 from lmbook.tokenizers import CharTokenizer
 from lmbook.variants import PostLNGPT
@@ -92,6 +94,19 @@ def test_the_gpt_figure_lists_the_modules_with_the_configs_sizes():
     assert "h: 3 × Block" in text and "logits  (B, T, 17)" in text and "weight tied to wte" in text
     with pytest.raises(ValueError, match="pre-LN"):
         gpt_parts(PostLNGPT(config))
+
+
+def test_the_classifier_and_the_encoder_are_drawn_as_they_are_built():
+    config = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=2, n_embd=8)
+    classifier = SequenceClassifier(GPT(config), 3, pool="last")
+    parts = gpt_parts(classifier)
+    assert parts["final"] == ["ln_f: LayerNorm(8)", "pool: the last real token  (B, 8)", "head: Linear(8 → 3)"]
+    assert parts["output"] == "class logits  (B, 3)" and not parts["tied"]
+    assert "class logits  (B, 3)" in texts(gpt_diagram(classifier))
+    assert "no causal mask" in gpt_parts(Encoder(config))["block"][1]
+    assert "no causal mask" not in gpt_parts(GPT(config))["block"][1]
+    with pytest.raises(TypeError, match="GPT or a SequenceClassifier"):
+        gpt_parts(RNNLM(RNNConfig.preset("tiny")))
 
 
 def test_the_beam_tree_keeps_what_beam_search_returns():

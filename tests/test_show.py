@@ -9,7 +9,7 @@ from IPython.display import Markdown
 
 from lmbook import show
 from lmbook.optim import lr_at
-from lmbook.show import plain, report, show_source, source_markdown, source_of
+from lmbook.show import ordering, plain, report, show_source, source_markdown, source_of, than, trend
 from lmbook.train import TrainingRun
 
 
@@ -69,3 +69,33 @@ def test_report_refuses_bad_input_before_gluing_anything(monkeypatch):
     with pytest.raises(ValueError, match="empty"):
         report({})
     assert glued == []
+
+
+def test_than_names_the_direction_of_a_comparison():
+    assert [than(1.0, 2.0).data, than(2.0, 1.0).data, than(1.0, 1.0).data] == ["lower", "higher", "about the same"]
+    assert than(1.0, 1.05, "fewer", "more", tolerance=0.1).data == "about the same"
+    assert than(3, 2, "fewer", "more").data == "more"
+    with pytest.raises(TypeError, match="value"):
+        than(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        than(1.0, 2.0, tolerance=-1)
+
+
+def test_ordering_ranks_whatever_the_run_gave():
+    assert ordering({"b": 2.0, "a": 1.0, "c": 3.0}).data == "a (1.000) < b (2.000) < c (3.000)"
+    assert ordering({"b": 2.0, "a": 1.0}, fmt=".1f", highest_first=True).data == "b (2.0) > a (1.0)"
+    assert ordering({"x": 1.0001, "y": 1.0002}).data == "x (1.000) = y (1.000)"
+    with pytest.raises(ValueError, match="at least two"):
+        ordering({"a": 1.0})
+
+
+@pytest.mark.parametrize("values, words", [
+    ({1: 3.0, 2: 2.0, 3: 1.0}, "falls at every step"),
+    ({1: 1.0, 2: 2.0, 3: 3.0}, "rises at every step"),
+    ({1: 3.0, 2: 1.0, 3: 2.0, 4: 4.0}, "falls until n = 2, then rises"),
+    ({1: 1.0, 2: 3.0, 3: 2.0}, "rises until n = 2, then falls"),
+    ({1: 1.0, 2: 3.0, 3: 2.0, 4: 5.0}, "goes up and down"),
+    ({1: 2.0, 2: 2.0}, "stays the same"),
+])
+def test_trend_describes_the_shape_of_a_series(values, words):
+    assert trend(values, "n = ").data == words
