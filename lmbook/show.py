@@ -8,7 +8,9 @@ cell outputs instead, which look the same everywhere:
   block, with the file it comes from: the code the prose explains, never a copy of it;
 - :func:`report` hands a dict of results to the prose (myst-nb's ``glue``, through :func:`lmbook.viz.glue`)
   and prints them in the same cell, so that a reader without the book's build sees every number and every
-  computed verdict the prose quotes, under the name the prose uses.
+  computed verdict the prose quotes, under the name the prose uses;
+- :func:`than`, :func:`ordering` and :func:`trend` give the words of a verdict (``lower``, ``a (1.9) < b (2.1)``,
+  ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave.
 
 Used by every chapter.
 """
