@@ -42,7 +42,7 @@ def test_the_scoreboard_table_sorts_by_held_out_bits_per_char():
     assert table.index("better") < table.index("worse")
     assert "| better | characters | 10 | 2.000 | 0.100 |" in table
     facts = ch06.scoreboard_facts([{**r, "family": f} for r, f in zip(rows, ("n-gram", "neural"))])
-    assert (facts["best_model"], facts["neural_vs_ngram"], facts["gap_model"]) == ("better", "below", "worse")
+    assert [facts[k].data for k in ("best_model", "neural_vs_ngram", "gap_model")] == ["better", "below", "worse"]
 
 
 def test_the_stride_sweep_scores_the_same_text_each_way():
@@ -101,3 +101,16 @@ def test_decoding_settings_name_greedy_and_top_p():
     run = ch06.RUNS["fast"].replace(temperatures=(0.0, 0.7), top_ps=(0.9,))
     assert generated.decoding_settings(run) == {"greedy": {"temperature": 0.0}, "T = 0.7": {"temperature": 0.7},
                                                 "top-p 0.9": {"temperature": 1.0, "top_p": 0.9}}
+
+
+def test_diversity_facts_compare_the_settings_with_the_human_text():
+    def m(ppl, d2):
+        return {"perplexity": ppl, "distinct_1": d2 / 2, "distinct_2": d2, "self_bleu": 1 - d2, "repetition": 0.0}
+
+    sweep = {"greedy": m(1.5, 0.1), "T = 0.5": m(4.0, 0.5), "T = 1": m(13.0, 0.9), "top-p 0.9": m(9.0, 0.8),
+             "human": m(10.0, 0.85)}
+    facts = generated.diversity_facts(sweep)
+    assert facts["greedy_vs_human"].data == "below"
+    assert (facts["ppl_trend"].data, facts["distinct_trend"].data) == ("rises at every step",) * 2
+    assert (facts["hottest"].data, facts["closest_to_human"].data) == ("T = 1", "top-p 0.9")
+    assert "| human | 10.00 | 0.425 | 0.850 | 0.150 | 0% |" in generated.diversity_table(sweep)

@@ -21,6 +21,7 @@ from ..data import load_shakespeare, train_val_split
 from ..interface import num_params
 from ..metrics import LN2, TextNLL, context_of, score_text, sliding_windows, token_nlls
 from ..ngram import NGramLM
+from ..show import than
 from . import Settings
 from .zoo import trained
 
@@ -57,6 +58,7 @@ NEURAL = {  # the zoo's language models and the names the chapter gives them
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt-char": "GPT, characters", "gpt-bpe": "GPT, BPE",
 }
 # where each model's full-size run is recorded, and its held-out loss in nats per character there
+BATCH = 64  # windows scored at once: the book's models are small (GPT-2's would want fewer)
 REFERENCE_LOSS = {
     "rnn": ("rnn", lambda r: r["results"]["runs"]["rnn"]["val_loss_in_order"]),
     "lstm": ("rnn", lambda r: r["results"]["runs"]["lstm"]["val_loss_in_order"]),
@@ -69,6 +71,13 @@ def texts(run: EvaluationRun) -> tuple[str, str]:
     """``(train, held_out)``: the training split and the held-out text every model is scored on."""
     train, val = train_val_split(load_shakespeare())
     return train, val[: run.heldout_chars or None]
+
+
+def md(text: str):
+    """``text`` as Markdown, for the prose's ``{glue:md}`` roles (the names of models and settings)."""
+    from IPython.display import Markdown
+
+    return Markdown(text)
 
 
 def window_stride(model) -> int | None:
@@ -128,8 +137,8 @@ def neural_row(name: str, held_out: str, train_slice: str, device=None) -> dict:
     return {"model": NEURAL[name], "family": "neural", "tokens": _token_kind(zoo.tokenizer),
             "params": num_params(zoo.model), "seconds": zoo.history.seconds,
             "tokens_per_second": zoo.history.tokens_per_second,
-            "held_out": score_text(zoo.model, zoo.tokenizer, held_out, stride=stride),
-            "train": score_text(zoo.model, zoo.tokenizer, train_slice, stride=stride),
+            "held_out": score_text(zoo.model, zoo.tokenizer, held_out, stride=stride, batch_size=BATCH),
+            "train": score_text(zoo.model, zoo.tokenizer, train_slice, stride=stride, batch_size=BATCH),
             "reference_bpc": ref, "reference": note, "history": zoo.history, "zoo": zoo}
 
 
@@ -169,7 +178,7 @@ def tokenizer_facts(char_row: dict, bpe_row: dict) -> dict:
     c, b = char_row["held_out"], bpe_row["held_out"]
     return {"chars_per_bpe_token": b.chars / b.tokens, "char_ppl": c.perplexity, "bpe_ppl": b.perplexity,
             "char_bpc": c.bits_per_char, "bpe_bpc": b.bits_per_char, "bpe_bits_per_token": b.bits_per_token,
-            "bpc_winner": char_row["model"] if c.bits_per_char < b.bits_per_char else bpe_row["model"]}
+            "bpc_winner": md(char_row["model"] if c.bits_per_char < b.bits_per_char else bpe_row["model"])}
 
 
 def scoreboard_facts(rows: list[dict]) -> dict:
@@ -180,13 +189,13 @@ def scoreboard_facts(rows: list[dict]) -> dict:
     ngrams, neural = [r for r in rows if r["family"] == "n-gram"], [r for r in rows if r["family"] == "neural"]
     top, top_ngram, top_neural = best(rows), best(ngrams), best(neural)
     gap = max(rows, key=lambda r: r["held_out"].bits_per_char - r["train"].bits_per_char)
-    return {"n_models": len(rows), "best_model": top["model"], "best_bpc": top["held_out"].bits_per_char,
-            "best_ngram": top_ngram["model"], "best_ngram_bpc": top_ngram["held_out"].bits_per_char,
-            "best_neural": top_neural["model"], "best_neural_bpc": top_neural["held_out"].bits_per_char,
-            "neural_vs_ngram": "below" if top_neural["held_out"].bits_per_char < top_ngram["held_out"].bits_per_char
-            else "above",
+    return {"n_models": len(rows), "best_model": md(top["model"]), "best_bpc": top["held_out"].bits_per_char,
+            "best_ngram": md(top_ngram["model"]), "best_ngram_bpc": top_ngram["held_out"].bits_per_char,
+            "best_neural": md(top_neural["model"]), "best_neural_bpc": top_neural["held_out"].bits_per_char,
+            "neural_vs_ngram": than(top_neural["held_out"].bits_per_char, top_ngram["held_out"].bits_per_char,
+                                    "below", "above"),
             "n_references": sum(r.get("reference_bpc") is not None for r in neural),
-            "gap_model": gap["model"], "gap_bits": gap["held_out"].bits_per_char - gap["train"].bits_per_char,
+            "gap_model": md(gap["model"]), "gap_bits": gap["held_out"].bits_per_char - gap["train"].bits_per_char,
             "gap_train_bpc": gap["train"].bits_per_char, "gap_heldout_bpc": gap["held_out"].bits_per_char}
 
 
@@ -212,7 +221,7 @@ def stride_sweep(model, tokenizer, text: str, strides) -> dict[int, dict]:
     n_predictions = len(tokenizer.encode(text)) - 1
     for stride in strides:
         start = time.perf_counter()
-        score = score_text(model, tokenizer, text, stride=stride)
+        score = score_text(model, tokenizer, text, stride=stride, batch_size=BATCH)
         out[stride] = {"score": score, "seconds": time.perf_counter() - start,
                        "windows": len(sliding_windows(n_predictions, context_of(model), stride))}
     return out
@@ -221,7 +230,7 @@ def stride_sweep(model, tokenizer, text: str, strides) -> dict[int, dict]:
 def position_profile(model, tokenizer, text: str) -> torch.Tensor:
     """Mean NLL in nats at each position of windows laid side by side (C,): how much the context helps."""
     context = context_of(model)
-    nll = token_nlls(model, tokenizer.encode(text))  # stride = context
+    nll = token_nlls(model, tokenizer.encode(text), batch_size=BATCH)  # stride = context
     whole = len(nll) // context * context
     return nll[:whole].view(-1, context).mean(0)
 

@@ -17,8 +17,9 @@ import torch
 
 from .. import textmetrics
 from ..generate import generate
-from ..metrics import TextNLL, token_nlls
-from .ch06_evaluation import EvaluationRun, window_stride
+from ..metrics import TextNLL, context_of, token_nlls
+from ..show import than, trend
+from .ch06_evaluation import BATCH, EvaluationRun, md, window_stride
 
 
 # --- Continuations scored against the truth -------------------------------------------------
@@ -49,9 +50,11 @@ def cut_prompts(text: str, n: int, prompt_chars: int, continuation_chars: int) -
 
 
 def continue_prompts(model, tokenizer, prompts: list[str], new_tokens: int, seed: int = 0, **settings) -> list[str]:
-    """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.generate.generate` (batched when all have
-    the same length in tokens); returns the continuations alone."""
-    encoded = [tokenizer.encode(p) for p in prompts]
+    """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.generate.generate`; returns the
+    continuations alone. A prompt longer than the model's context is cut to its last ``context`` tokens
+    (all the model could read of it); prompts of one length in tokens are continued as one batch."""
+    context = context_of(model)
+    encoded = [tokenizer.encode(p)[-context:] if context else tokenizer.encode(p) for p in prompts]
     if len({len(e) for e in encoded}) == 1:
         out = generate(model, torch.tensor(encoded), new_tokens, seed=seed, **settings)
         return [tokenizer.decode(row[len(encoded[0]) :].tolist()) for row in out]
@@ -135,8 +138,8 @@ def misleading_facts(scores: dict[str, dict]) -> dict:
              "salad_rougeL": salad["rougeL"],
              "loop_bleu": 100 * loop["bleu"], "loop_rouge1": loop["rouge1"]}
     for key in ("bleu", "rouge1", "rougeL"):
-        facts[f"salad_vs_passage_{key}"] = "above" if salad[key] > fluent[key] else "below"
-    facts["loop_vs_passage_rouge1"] = "above" if loop["rouge1"] > fluent["rouge1"] else "below"
+        facts[f"salad_vs_passage_{key}"] = than(salad[key], fluent[key], "below", "above")
+    facts["loop_vs_passage_rouge1"] = than(loop["rouge1"], fluent["rouge1"], "below", "above")
     return facts
 
 
@@ -153,14 +156,16 @@ def text_measures(model, tokenizer, outputs: list[str], prompts: list[str]) -> d
     continuation scored after its prompt), distinct-1 and -2, self-BLEU and the share ending in a loop."""
     total = None
     for prompt, out in zip(prompts, outputs):
-        nll = token_nlls(model, tokenizer.encode(prompt + out), stride=window_stride(model))
+        nll = token_nlls(model, tokenizer.encode(prompt + out), stride=window_stride(model), batch_size=BATCH)
         n_out = len(tokenizer.encode(prompt + out)) - len(tokenizer.encode(prompt))
         part = nll[-n_out:]  # the continuation's tokens only (exact for characters); the prompt is context
         score = TextNLL(float(part.double().sum()), len(part))
         total = score if total is None else total + score
-    return {"perplexity": total.perplexity, "distinct_1": textmetrics.distinct_n(outputs, 1),
-            "distinct_2": textmetrics.distinct_n(outputs, 2), "self_bleu": textmetrics.self_bleu(outputs),
-            "repetition": textmetrics.repetition_rate(outputs)}
+    wordless = not any(textmetrics.words(o) for o in outputs)  # e.g. nothing but white space: no n-gram to count
+    return {"perplexity": total.perplexity,
+            "distinct_1": math.nan if wordless else textmetrics.distinct_n(outputs, 1),
+            "distinct_2": math.nan if wordless else textmetrics.distinct_n(outputs, 2),
+            "self_bleu": textmetrics.self_bleu(outputs), "repetition": textmetrics.repetition_rate(outputs)}
 
 
 def diversity_sweep(model, tokenizer, run: EvaluationRun, held_out: str) -> dict[str, dict]:
@@ -211,15 +216,19 @@ def diversity_table(sweep: dict[str, dict]) -> str:
 
 
 def diversity_facts(sweep: dict[str, dict]) -> dict:
-    """Greedy decoding, the hottest sampling and the held-out text compared, for the prose."""
+    """Greedy decoding, the temperatures and the held-out text compared, for the prose."""
     settings = [n for n in sweep if n != "human"]
-    human = sweep["human"]
+    human, greedy = sweep["human"], sweep["greedy"]
     closest = min(settings, key=lambda n: abs(math.log(sweep[n]["perplexity"] / human["perplexity"])))
-    hottest = max((n for n in settings if n.startswith("T =")), key=lambda n: float(n.split("=")[1]))
-    return {"greedy_ppl": sweep["greedy"]["perplexity"], "greedy_repetition": 100 * sweep["greedy"]["repetition"],
-            "greedy_distinct2": sweep["greedy"]["distinct_2"], "greedy_self_bleu": sweep["greedy"]["self_bleu"],
-            "human_ppl": human["perplexity"], "human_distinct2": human["distinct_2"],
-            "human_self_bleu": human["self_bleu"], "human_repetition": 100 * human["repetition"],
-            "hottest": hottest, "hottest_ppl": sweep[hottest]["perplexity"],
-            "hottest_distinct2": sweep[hottest]["distinct_2"], "closest_to_human": closest,
+    temperatures = {n: sweep[n] for n in settings if n == "greedy" or n.startswith("T =")}
+    hottest = list(temperatures)[-1]
+    return {"greedy_ppl": greedy["perplexity"], "greedy_vs_human": than(greedy["perplexity"], human["perplexity"],
+                                                                         "below", "above"),
+            "greedy_repetition": 100 * greedy["repetition"], "greedy_distinct2": greedy["distinct_2"],
+            "greedy_self_bleu": greedy["self_bleu"], "human_ppl": human["perplexity"],
+            "human_distinct2": human["distinct_2"], "human_self_bleu": human["self_bleu"],
+            "human_repetition": 100 * human["repetition"],
+            "ppl_trend": trend({n: m["perplexity"] for n, m in temperatures.items()}),
+            "distinct_trend": trend({n: m["distinct_2"] for n, m in temperatures.items()}),
+            "hottest": md(hottest), "hottest_ppl": sweep[hottest]["perplexity"], "closest_to_human": md(closest),
             "closest_ppl": sweep[closest]["perplexity"]}
