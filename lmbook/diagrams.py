@@ -247,7 +247,8 @@ def gpt_diagram(model: GPT | SequenceClassifier, ax=None):
             _arrow(ax, (x, y - 0.35), (x, y - 0.2))
             start = y - height - 0.35 - (0.3 + 0.22 + 0.35) - 0.2
             ax.annotate("", xy=(x - 0.2, y), xytext=(x - w / 2 - 0.3, start),
-                        arrowprops={"arrowstyle": "->", "color": "C3", "lw": 1.1, "connectionstyle": "angle,angleA=90,angleB=0"})
+                        arrowprops={"arrowstyle": "->", "color": "C3", "lw": 1.1,
+                                    "connectionstyle": "angle,angleA=90,angleB=0"})
             ax.text(x - w / 2 - 0.35, (start + y) / 2, "residual", rotation=90, fontsize=7, color="C3",
                     ha="right", va="center")
             y += 0.5

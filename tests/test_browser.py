@@ -92,7 +92,8 @@ def test_pages_load_nothing_from_another_host(html_files):
             elif not (path.parent / parts.path).resolve().is_file():
                 missing.append(where)
     for css in HTML.glob("_static/**/*.css"):
-        for url in re.findall(r"""(?:url\(|@import\s+)["']?((?:https?:)?//[^"')\s]+)""", css.read_text("utf-8", "replace")):
+        text = css.read_text("utf-8", "replace")
+        for url in re.findall(r"""(?:url\(|@import\s+)["']?((?:https?:)?//[^"')\s]+)""", text):
             remote.append(f"{css.relative_to(HTML)}: {url}")
     assert not remote, "the book loads from other hosts (serve these from _static):\n" + "\n".join(remote)
     assert not missing, (
@@ -296,7 +297,8 @@ def page_has_math(page: str) -> bool:
 _DROPDOWNS = """(() => Array.from(document.querySelectorAll('main details, main .admonition.dropdown')).map((box) => {
   const title = box.querySelector(':scope > summary, :scope > .admonition-title');
   const rest = Array.from(box.children).filter((c) => c !== title && !['SCRIPT', 'STYLE'].includes(c.tagName));
-  return {title: title, label: title ? title.textContent.trim() : '', shown: rest.some((c) => c.checkVisibility({visibilityProperty: true, opacityProperty: true}))};
+  const shown = rest.some((c) => c.checkVisibility({visibilityProperty: true, opacityProperty: true}));
+  return {title: title, label: title ? title.textContent.trim() : '', shown: shown};
 }))()"""
 
 

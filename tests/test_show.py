@@ -16,7 +16,8 @@ from lmbook.train import TrainingRun
 def test_the_source_is_the_installed_packages_own():
     where, code = source_of(TrainingRun.eager_step)
     assert where == "lmbook/train.py: TrainingRun.eager_step"
-    assert code.startswith("def eager_step(") and code == textwrap.dedent(inspect.getsource(TrainingRun.eager_step)).rstrip()
+    assert code.startswith("def eager_step(")
+    assert code == textwrap.dedent(inspect.getsource(TrainingRun.eager_step)).rstrip()
     markdown = source_markdown(lr_at)
     assert markdown.startswith("`lr_at` in `lmbook/optim.py`:\n\n```python\ndef lr_at(")
     assert markdown.rstrip().endswith("```") and inspect.getsource(lr_at).strip() in markdown
