@@ -10,6 +10,10 @@ host's load average, which matters: other processes on a shared CPU slow both si
     python benchmarks/bench_decode.py                                   # both shapes, batch 1 and 8, 200 tokens
     python benchmarks/bench_decode.py --shapes shakespeare-char --batch-sizes 1 --threads 1
     python benchmarks/bench_decode.py --out benchmarks/results/decode-cpu.json
+    python benchmarks/bench_decode.py --shapes shakespeare-char --batch-sizes 1 --profile   # where the time goes
+
+``--profile`` runs each side once more under ``torch.profiler`` (which slows both) and prints the share of
+its operator time spent in matrix products (``addmm``, ``mm``, ``linear``'s kernels) and its top operators.
 """
 
 from __future__ import annotations
@@ -48,8 +52,21 @@ def timed(fn) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
+def profile_share(fn, top: int = 6) -> dict:
+    """The share of operator self-time ``fn`` spends in matrix products, and its ``top`` operators by self-time."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    return {"matmul_share": matmul / total, "ms": total / 1e3,
+            "top": [(e.key, round(e.self_cpu_time_total / total, 3)) for e in events[:top]]}
+
+
 def bench_shape(shape: str, batch_sizes: list[int], new_tokens: int, prompt_length: int, repeats: int,
-                device: torch.device) -> list[dict]:
+                device: torch.device, profiled: bool = False) -> list[dict]:
     torch.manual_seed(0)
     config = named_config(shape, dropout=0.0)
     model = GPT(config).to(device).eval()
@@ -87,6 +104,11 @@ def bench_shape(shape: str, batch_sizes: list[int], new_tokens: int, prompt_leng
               f"(best {row['lmbook_tok_s_best']:8.1f}), transformers {row['transformers_tok_s_median']:8.1f} "
               f"(best {row['transformers_tok_s_best']:8.1f}); ratio {row['ratio_median']:.2f}x median, "
               f"{row['ratio_best']:.2f}x best; same ids: {same}; load {os.getloadavg()[0]:.1f}", flush=True)
+        if profiled:
+            row["profile"] = {"lmbook": profile_share(ours), "transformers": profile_share(theirs)}
+            for name, p in row["profile"].items():
+                print(f"    {name}: {p['ms']:.0f} ms of operators, {p['matmul_share']:.0%} in matrix products; "
+                      f"top: {p['top']}")
     return rows
 
 
@@ -98,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="also profile one run of each side")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.threads:
@@ -107,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()}
     print(" | ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     rows = [row for shape in args.shapes
-            for row in bench_shape(shape, args.batch_sizes, args.new_tokens, args.prompt_length, args.repeats, device)]
+            for row in bench_shape(shape, args.batch_sizes, args.new_tokens, args.prompt_length, args.repeats, device,
+                                   args.profile)]
     result = {**info, "load_average_after": os.getloadavg(), "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

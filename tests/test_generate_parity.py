@@ -223,3 +223,13 @@ def test_seeded_sampling_draws_the_same_ids_as_transformers(models, prompts, set
     torch.manual_seed(11)  # transformers draws from the global generator
     theirs = hf_generate(hf_model, prompts, max_new_tokens=100, do_sample=True, **settings)
     assert torch.equal(ours, theirs)
+
+
+def test_the_decoding_benchmark_runs_at_a_tiny_size(tmp_path):
+    from benchmarks.bench_decode import main
+
+    result = main(["--shapes", "tiny", "--batch-sizes", "1", "2", "--new-tokens", "6", "--repeats", "1",
+                   "--profile", "--out", str(tmp_path / "decode.json")])
+    assert [(r["batch"], r["same_ids"]) for r in result["rows"]] == [(1, True), (2, True)]
+    assert all(r["lmbook_tok_s_median"] > 0 and 0 < r["profile"]["lmbook"]["matmul_share"] < 1 for r in result["rows"])
+    assert (tmp_path / "decode.json").exists() and result["torch"] == torch.__version__
