@@ -35,8 +35,8 @@ ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 # already there and must not be reinstalled); everywhere it prints versions and device.
 SETUP_CELL = """\
 import sys
-if "google.colab" in sys.modules:  # Colab has torch already; add the book's package
-    %pip install -q "lmbook @ git+https://github.com/lmbook/lmbook"
+if "google.colab" in sys.modules:  # Colab has torch already; add the book's package, at this notebook's version
+    %pip install -q "lmbook @ git+https://github.com/lmbook/lmbook@v0.1.0"
 from lmbook.runtime import show_environment
 show_environment()"""
 
