@@ -9,7 +9,8 @@ occurrences. Two measurements compare a model's samples with the corpus:
   ``b(w, g)`` be the fraction of the occurrences of ``w`` after a group word that come after a word
   of ``g``. For every pair the corpus leans towards (``b > 1/|G|``) take the model's ``b~(w, g)``
   minus the corpus's ``b(w, g)``; the mean is the amplification. Positive: the model's text leans
-  the same way as its data, and further; negative: it leans less.
+  the same way as its data, and further; negative: it leans less. A sample of independent texts
+  gives it an interval by the bootstrap (:func:`bootstrap_amplification`).
 
 Counting is case-blind; give the words as :func:`lmbook.embeddings.words` makes them.
 """
@@ -17,6 +18,7 @@ Counting is case-blind; give the words as :func:`lmbook.embeddings.words` makes 
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass
 
@@ -114,3 +116,36 @@ def amplification(corpus: Association, model: Association, min_count: int = 5) -
     pairs = [(w, g, reference[w][g], observed[w][g]) for w in common for g in corpus.groups if reference[w][g] > even]
     value = sum(m - c for _, _, c, m in pairs) / len(pairs) if pairs else float("nan")
     return {"amplification": value, "pairs": pairs, "n_words": len(common)}
+
+
+def merge(parts: list[Association]) -> Association:
+    """The countings of several texts (e.g. independent samples) as one: mentions and followers added up."""
+    if not parts:
+        raise ValueError("merge needs at least one Association.")
+    groups = parts[0].groups
+    if any(p.groups != groups for p in parts):
+        raise ValueError("all the countings must use the same groups.")
+    followers = {g: Counter() for g in groups}
+    for part in parts:
+        for g in groups:
+            followers[g].update(part.followers[g])
+    mentions = {g: sum(p.mentions[g] for p in parts) for g in groups}
+    return Association(dict(groups), mentions, followers, sum(p.n_words for p in parts))
+
+
+def bootstrap_amplification(corpus: Association, parts: list[Association], min_count: int = 5, samples: int = 200,
+                            level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap interval for ``amplification(corpus, merge(parts))``.
+
+    The ``parts`` (countings of independent texts, such as separately sampled streams) are drawn with
+    replacement ``samples`` times; resamples where no follower word qualifies are skipped.
+    """
+    if not 0 < level < 1 or samples < 2:
+        raise ValueError(f"need 0 < level < 1 and samples >= 2, not level={level}, samples={samples}.")
+    rng = random.Random(seed)
+    draws = (merge(rng.choices(parts, k=len(parts))) for _ in range(samples))
+    values = sorted(v for draw in draws if not math.isnan(v := amplification(corpus, draw, min_count)["amplification"]))
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    return values[int(tail * (len(values) - 1))], values[round((1 - tail) * (len(values) - 1))]

@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from lmbook.bias import PRONOUNS, Association, amplification, count_association, follower_shares, wilson_interval
+from lmbook.bias import (
+    PRONOUNS,
+    Association,
+    amplification,
+    bootstrap_amplification,
+    count_association,
+    follower_shares,
+    merge,
+    wilson_interval,
+)
 from lmbook.embeddings import words
 
 # he: 4 mentions (he, his, He, him); she: 3 (she, her, She). Followers counted by hand below.
@@ -75,3 +84,28 @@ def test_follower_shares_and_amplification_worked_by_hand():
     assert math.isnan(amplification(corpus, association({"x": 1}, {"y": 1}), min_count=5)["amplification"])
     with pytest.raises(ValueError, match="different groups"):
         amplification(corpus, count_association(["lord"], {"a": ("lord",), "b": ("lady",)}))
+
+
+def test_merge_adds_up_countings_of_separate_texts():
+    first, second = "he is here and she is there", "his sword and her eyes"
+    merged = merge([count_association(words(first)), count_association(words(second))])
+    assert merged.mentions == {"he": 2, "she": 2} and merged.n_words == 7 + 5
+    assert dict(merged.followers["she"]) == {"is": 1, "eyes": 1}  # no pair across the two texts
+    with pytest.raises(ValueError, match="at least one"):
+        merge([])
+    with pytest.raises(ValueError, match="same groups"):
+        merge([merged, count_association(["lord"], {"a": ("lord",), "b": ("lady",)})])
+
+
+def test_bootstrap_interval_surrounds_the_estimate_and_is_reproducible():
+    corpus = count_association(words("he is bold. he is. he was. she was. she is. he was here. she was there. " * 5))
+    texts = ["he is bold. he was. she was.", "he is. she is. he was.", "she was. he is. he is.", "he was. she is."]
+    parts = [count_association(words(t * 3)) for t in texts]
+    point = amplification(corpus, merge(parts), min_count=2)["amplification"]
+    low, high = bootstrap_amplification(corpus, parts, min_count=2, samples=300, seed=1)
+    assert low <= point <= high and low < high
+    assert bootstrap_amplification(corpus, parts, min_count=2, samples=300, seed=1) == (low, high)
+    same = bootstrap_amplification(corpus, [parts[0]] * 4, min_count=2, samples=50)  # nothing varies: one value
+    assert same[0] == same[1] == pytest.approx(amplification(corpus, parts[0], min_count=2)["amplification"])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_amplification(corpus, parts, level=1.5)
