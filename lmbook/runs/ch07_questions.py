@@ -6,15 +6,18 @@ the count-based model's settings and ``WORD_GPT_RUNS`` a small GPT on the same w
 the chapter compares with both (:func:`word_corpus`, :func:`train_word2vec`, :func:`count_embeddings`,
 :func:`train_word_gpt`). ``BIAS_RUNS`` says how much text to sample for :mod:`lmbook.bias`
 (:func:`sample_words`). ``TIMELINE`` and ``SCALING_LAWS`` are published numbers, each with its source in
-``references.bib``; :func:`comparison` reads the earlier chapters' recorded runs.
+``references.bib``. :func:`recorded_rows` and :func:`zoo_rows` read what the earlier chapters measured
+(their recorded full-size runs and the reader's trained models) into one table, :func:`comparison_table`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .. import reference
 from ..data import RandomBatches, load_shakespeare, train_val_split
 from ..embeddings import SkipGram, SkipGramBatches, Vocabulary, cooccurrence, ppmi, svd_embeddings, words
 from ..generate import generate
@@ -22,10 +25,12 @@ from ..gpt import GPT
 from ..history import History
 from ..interface import num_params
 from ..metrics import split_loss
-from ..runtime import get_device
+from ..mlm import Encoder
+from ..runtime import get_device, size
 from ..train import train
-from . import RunSettings, Settings
+from . import RunSettings, Settings, ch04_finetune
 from .ch03_gpt import GPTRun, make_char_gpt, train_char_gpt
+from .zoo import Trained
 
 
 # --- Which model size: the sweep -------------------------------------------------------------
@@ -33,7 +38,7 @@ from .ch03_gpt import GPTRun, make_char_gpt, train_char_gpt
 class SizeSweep(Settings):
     """GPT shapes ``(n_layer, n_head, n_embd)``, smallest first, all trained as ``base`` says on the same data."""
 
-    base: GPTRun  # everything but the shape: context, batches, steps, learning rate
+    base: GPTRun  # all but the shape, which each of ``shapes`` sets: context, batches, steps, learning rate
     shapes: tuple[tuple[int, int, int], ...]
     train_chars: int | None  # the training data: the first train_chars characters of the training split (None: all)
 
@@ -42,21 +47,22 @@ class SizeSweep(Settings):
 
 
 SWEEP = {
-    # a GPU: from 0.1M to 12M parameters, 2,000 steps of 64 windows of 256 on the whole training split
+    # a GPU: from 0.1M to 25M parameters, 2,000 steps of 64 windows of 256 on the whole training split
     "full": SizeSweep(
-        base=GPTRun(n_layer=1, n_head=1, n_embd=1, block_size=256, dropout=0.0, batch_size=64, max_steps=2000,
+        base=GPTRun(n_layer=2, n_head=2, n_embd=64, block_size=256, dropout=0.0, batch_size=64, max_steps=2000,
                     lr=2e-3, min_lr=0.0, warmup_steps=100, schedule="linear", weight_decay=0.1, beta2=0.99,
                     eval_interval=250, eval_iters=10),
-        shapes=((2, 2, 64), (2, 4, 128), (4, 4, 192), (4, 6, 256), (6, 6, 384), (8, 8, 512)),
+        shapes=((2, 2, 64), (2, 4, 128), (4, 4, 192), (4, 8, 256), (6, 6, 384), (8, 8, 512)),
         train_chars=None,
     ),
-    # two CPU cores: from 4 thousand to 0.4M parameters, 300 steps of 16 windows of 32, on 100,000 characters
+    # two CPU cores: from 5 thousand to 0.4M parameters, 300 steps of 16 windows of 32 on the first 20,000
+    # characters, so that the larger models read each character several times and can start to memorise
     "fast": SizeSweep(
-        base=GPTRun(n_layer=1, n_head=1, n_embd=1, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
-                    lr=1e-2, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=100, eval_iters=4),
-        shapes=((1, 2, 16), (1, 2, 32), (2, 4, 48), (2, 4, 64), (2, 4, 96), (2, 4, 128)),
-        train_chars=100_000,
+        base=GPTRun(n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
+                    lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
+                    eval_interval=50, eval_iters=4),
+        shapes=((1, 2, 16), (1, 4, 32), (2, 4, 64), (2, 4, 96), (2, 4, 128)),
+        train_chars=20_000,
     ),
 }
 
@@ -112,6 +118,10 @@ class EmbeddingRun(RunSettings):
     subsample: float
     min_lr: float
 
+    def train_settings(self) -> dict:
+        # no weight decay: it would pull the vectors of rare words, which few updates reach, towards zero
+        return {**super().train_settings(), "min_lr": self.min_lr, "weight_decay": 0.0}
+
 
 EMBEDDING_RUNS = {
     "full": EmbeddingRun(min_count=5, dim=128, window=5, negatives=10, subsample=1e-3, batch_size=4096,
@@ -124,9 +134,9 @@ WORD_GPT_RUNS = {
     "full": GPTRun(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.1, batch_size=64, max_steps=3000,
                    lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.1, beta2=0.99,
                    eval_interval=500, eval_iters=10),
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=32, max_steps=400,
+    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
                    lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                   eval_interval=200, eval_iters=4),
+                   eval_interval=150, eval_iters=4),
 }
 
 
@@ -151,19 +161,16 @@ def train_word2vec(run: EmbeddingRun, corpus: WordCorpus, device=None, seed: int
     """Word2Vec (skip-gram, negative sampling) on the training words, through the book's training loop.
 
     Rare words are left out of the windows, as word2vec.c does; the validation loss is the same
-    objective on the held-out words. No weight decay: it would pull rare words' vectors to zero.
+    objective on the held-out words.
     """
     device = device or get_device()
-    settings = dict(window=run.window, negatives=run.negatives, subsample=run.subsample, device=device)
-    known = lambda ids: ids[ids != corpus.vocab.unk]  # noqa: E731
-    batches = SkipGramBatches(known(corpus.train_ids), corpus.vocab.counts, batch_size=run.batch_size, seed=seed,
-                              **settings)
-    held_out = SkipGramBatches(known(corpus.val_ids), corpus.vocab.counts, batch_size=run.batch_size, seed=seed + 1,
-                               **settings)
+    settings = {"window": run.window, "negatives": run.negatives, "subsample": run.subsample, "device": device}
+    train_ids, val_ids = (ids[ids != corpus.vocab.unk] for ids in (corpus.train_ids, corpus.val_ids))
+    batches = SkipGramBatches(train_ids, corpus.vocab.counts, batch_size=run.batch_size, seed=seed, **settings)
+    held_out = SkipGramBatches(val_ids, corpus.vocab.counts, batch_size=run.batch_size, seed=seed + 1, **settings)
     torch.manual_seed(seed)
     model = SkipGram(len(corpus.vocab), run.dim).to(device)
-    config = run.train_config(min_lr=run.min_lr, weight_decay=0.0, seed=seed, desc="Word2Vec")
-    return model, train(model, batches, config, {"val": held_out})
+    return model, train(model, batches, run.train_config(seed=seed, desc="Word2Vec"), {"val": held_out})
 
 
 def count_embeddings(run: EmbeddingRun, corpus: WordCorpus) -> torch.Tensor:
@@ -194,10 +201,133 @@ BIAS_RUNS = {
 }
 
 
-def sample_words(model: torch.nn.Module, tokenizer, run: SampleRun, seed: int = 0) -> list[str]:
-    """The words of ``run.streams`` samples of ``run.length`` tokens, each started from a newline, at temperature 1."""
+def sample_words(model: torch.nn.Module, tokenizer, run: SampleRun, seed: int = 0) -> list[list[str]]:
+    """The words of ``run.streams`` independent samples of ``run.length`` tokens each, started from a newline."""
     device = next(model.parameters()).device
     start = torch.tensor([tokenizer.encode("\n")] * run.streams, device=device)  # (S, 1)
     out = generate(model, start, run.length, temperature=run.temperature,
                    generator=torch.Generator().manual_seed(seed))  # (S, 1 + length)
-    return [w for row in out.tolist() for w in words(tokenizer.decode(row))]
+    return [words(tokenizer.decode(row)) for row in out.tolist()]
+
+
+# --- Published numbers, each with its source (a key of references.bib) ---------------------------
+@dataclass(frozen=True)
+class Milestone:
+    """A language model in the history: when it was first made public, its size, and where that is stated."""
+
+    name: str
+    year: int
+    month: int | None  # of the first public release (paper, preprint or report); None: the year is enough
+    params: float | None  # parameters of the model named (None: before parameter counts were the measure)
+    cite: str  # the source of the date and the count, in references.bib
+    kind: str  # "n-gram", "recurrent", "embedding" or "Transformer"
+
+    @property
+    def date(self) -> float:
+        """The date as a decimal year (mid-year when only the year is given)."""
+        return self.year + ((self.month or 7) - 1) / 12
+
+
+TIMELINE = (
+    Milestone("n-gram statistics of English", 1948, 7, None, "shannon1948mathematical", "n-gram"),
+    Milestone("interpolated n-grams", 1980, None, None, "jelinek1980interpolated", "n-gram"),
+    Milestone("simple recurrent network", 1990, None, None, "elman1990finding", "recurrent"),
+    Milestone("LSTM", 1997, None, None, "hochreiter1997long", "recurrent"),
+    Milestone("neural probabilistic LM", 2003, None, None, "bengio2003neural", "embedding"),
+    Milestone("RNN language model", 2010, 9, None, "mikolov2010recurrent", "recurrent"),
+    Milestone("Word2Vec", 2013, 1, None, "mikolov2013efficient", "embedding"),
+    Milestone("Transformer (big)", 2017, 6, 213e6, "vaswani2017attention", "Transformer"),  # Table 3
+    Milestone("GPT", 2018, 6, 117e6, "radford2019language", "Transformer"),  # GPT-2 paper, Table 2: the smallest
+    Milestone("BERT-large", 2018, 10, 340e6, "devlin2019bert", "Transformer"),
+    Milestone("GPT-2", 2019, 2, 1542e6, "radford2019language", "Transformer"),  # Table 2
+    Milestone("Megatron-LM", 2019, 9, 8.3e9, "shoeybi2019megatron", "Transformer"),
+    Milestone("T5-11B", 2019, 10, 11e9, "raffel2020exploring", "Transformer"),
+    Milestone("GPT-3", 2020, 5, 175e9, "brown2020language", "Transformer"),
+    Milestone("Gopher", 2021, 12, 280e9, "rae2021scaling", "Transformer"),
+    Milestone("Chinchilla", 2022, 3, 70e9, "hoffmann2022training", "Transformer"),
+    Milestone("PaLM", 2022, 4, 540e9, "chowdhery2023palm", "Transformer"),
+    Milestone("LLaMA-65B", 2023, 2, 65e9, "touvron2023llama", "Transformer"),
+)
+
+SCALING_LAWS = {
+    # Kaplan et al. (2020), eq. 1.1: L(N) = (N_c / N)^alpha_N for models trained to convergence on enough data,
+    # N the non-embedding parameters, L in nats per BPE token of WebText2
+    "kaplan_alpha_n": 0.076,
+    "kaplan_n_c": 8.8e13,
+    # Hoffmann et al. (2022), Table 3: compute-optimal training uses about 20 tokens per parameter
+    "chinchilla_tokens_per_param": 20,
+}
+
+
+# --- GPT against BERT, RNN against Transformer: one table from runs the book has made -------------
+OBJECTIVES = {
+    "causal": "predicts the next token from the left: writes text, scores any text, fine-tunes to classify",
+    "masked": "predicts masked tokens from both sides: fills gaps, encodes a whole text; does not write",
+}
+# the zoo's models: (name in the table, objective, what one token is, the chapter that measured it)
+ZOO_ROWS = {
+    "rnn": ("RNN", "causal", "character", "ch02_rnn"),
+    "lstm": ("LSTM", "causal", "character", "ch02_rnn"),
+    "gru": ("GRU", "causal", "character", "ch02_rnn"),
+    "gpt-char": ("GPT", "causal", "character", "ch03_attention"),
+    "gpt-bpe": ("GPT", "causal", "BPE token", "ch04_finetuning"),
+    "encoder-bpe": ("encoder (a small BERT)", "masked", "BPE token", "ch04_finetuning"),
+}
+
+
+def _row(model: str, objective: str, unit: str, chapter: str, run: str, params: int | None, val_loss: float,
+         tokens_per_second: float, device: str, chars_per_token: float | None = None) -> dict:
+    per_char = unit == "character" or chars_per_token is not None
+    bits = val_loss / math.log(2) / (chars_per_token or 1.0) if per_char and objective == "causal" else None
+    return {"model": model, "objective": objective, "unit": unit, "chapter": chapter, "run": run, "params": params,
+            "val_loss": val_loss, "bits_per_char": bits, "tokens_per_second": tokens_per_second, "device": device}
+
+
+def recorded_rows() -> list[dict]:
+    """Rows for the full-size runs recorded in ``lmbook/references`` (none for a chapter not yet recorded)."""
+    rows = []
+    if (rnn := reference.load("rnn")) is not None:
+        for cell, r in rnn["results"]["runs"].items():
+            rows.append(_row(cell.upper(), "causal", "character", "ch02_rnn", "recorded, full size", r["params"],
+                             r["val_loss"], r["tokens_per_second"], rnn["environment"]["device"]))
+    if (gpt := reference.load("gpt")) is not None:
+        r = gpt["results"]
+        rows.append(_row("GPT", "causal", "character", "ch03_attention", "recorded, full size", r["params"],
+                         r["val_loss_whole_split"], r["tokens_per_second"], gpt["environment"]["device"]))
+    if (finetune := reference.load("finetune")) is not None:
+        run = ch04_finetune.ChapterRun(**finetune["sizes"])
+        for label, (name, objective, unit, chapter) in (("gpt", ZOO_ROWS["gpt-bpe"]), ("mlm", ZOO_ROWS["encoder-bpe"])):
+            history = finetune["histories"][label]
+            with torch.device("meta"):  # the shape alone gives the count: no memory, no time
+                model = (GPT if objective == "causal" else Encoder)(run.gpt_config(run.vocab_size + (label == "mlm")))
+            rows.append(_row(name, objective, unit, chapter, "recorded, full size", num_params(model),
+                             history.eval_loss["val"][-1], history.tokens_per_second,
+                             finetune["environment"]["device"]))
+    return rows
+
+
+def zoo_rows(models: dict[str, Trained], device: str) -> list[dict]:
+    """Rows for the reader's own trained models (:mod:`lmbook.runs.zoo`), at the size this book runs at."""
+    rows = []
+    for key, trained in models.items():
+        name, objective, unit, chapter = ZOO_ROWS[key]
+        chars_per_token = None
+        if unit != "character":
+            chars_per_token = len(trained.tokenizer.decode(trained.val_data.tolist())) / len(trained.val_data)
+        rows.append(_row(name, objective, unit, chapter, f"yours, {size()} size", num_params(trained.model),
+                         trained.history.eval_loss["val"][-1], trained.history.tokens_per_second, device,
+                         chars_per_token))
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, each linked to the chapter that measured it."""
+    lines = [("| model | run | tokens | parameters | held-out loss (nats per token) | bits per character | "
+             "tokens/s | objective | measured in |"), "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        params = f"{r['params']:,}" if r["params"] is not None else "-"
+        bits = f"{r['bits_per_char']:.2f}" if r["bits_per_char"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['run']} | {r['unit']} | {params} | {r['val_loss']:.3f} | {bits} | "
+                     f"{r['tokens_per_second']:,.0f} ({r['device']}) | {OBJECTIVES[r['objective']]} | "
+                     f"[{r['chapter'].split('_')[0].replace('ch0', 'chapter ')}]({r['chapter']}.ipynb) |")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Chapter 7's runs: the sweep's settings span what the chapter promises, a tiny sweep runs end to end, sampled
+words are reproducible, and the comparison table is built from rows, not typed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmbook.gpt import GPT
+from lmbook.interface import num_params
+from lmbook.runs.ch07_questions import (
+    EMBEDDING_RUNS,
+    SWEEP,
+    TIMELINE,
+    WORD_GPT_RUNS,
+    SampleRun,
+    _row,
+    comparison_table,
+    non_embedding_params,
+    sample_words,
+    size_sweep,
+)
+from lmbook.tokenizers import CharTokenizer
+
+
+@pytest.mark.parametrize("size", ["full", "fast"])
+def test_the_sweep_has_five_sizes_over_thirty_fold_with_one_budget(size):
+    sweep = SWEEP[size]
+    runs = sweep.runs()
+    assert len(runs) >= 5
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        counts = [num_params(GPT(run.model_config(65))) for run in runs]
+    assert counts == sorted(counts) and counts[-1] >= 30 * counts[0]
+    assert len({(r.max_steps, r.batch_size, r.block_size, r.lr) for r in runs}) == 1  # same data and step budget
+    assert WORD_GPT_RUNS[size].n_embd == EMBEDDING_RUNS[size].dim  # the word GPT's table has Word2Vec's width
+
+
+def test_a_tiny_sweep_runs_end_to_end():
+    torch.manual_seed(0)
+    data = torch.randint(0, 11, (3000,))
+    tiny = SWEEP["fast"].replace(
+        base=SWEEP["fast"].base.replace(max_steps=4, eval_interval=4, eval_iters=1, warmup_steps=1, batch_size=4,
+                                        block_size=8),
+        shapes=((1, 1, 8), (1, 2, 16)), train_chars=2000)
+    results = size_sweep(tiny, data[:2500], data[2500:], 11, device="cpu")
+    assert [r["shape"] for r in results] == [(1, 1, 8), (1, 2, 16)]
+    for r in results:
+        assert r["tokens"] == 4 * 4 * 8 and r["params"] > r["non_embedding"] > 0
+        assert set(r["history"].eval_loss) == {"train", "val"} and math.isfinite(r["val_loss"])
+    assert results[1]["flops"] > results[0]["flops"]
+
+
+def test_non_embedding_parameters_leave_out_both_tables():
+    model = GPT(SWEEP["fast"].runs()[0].model_config(65))
+    assert non_embedding_params(model) == num_params(model) - 65 * 16 - 32 * 16
+
+
+def test_sampled_words_are_reproducible():
+    tokenizer = CharTokenizer.train("he said she said\n and he ran ")
+    torch.manual_seed(0)
+    model = GPT(SWEEP["fast"].runs()[0].replace(block_size=8).model_config(tokenizer.vocab_size))
+    settings = SampleRun(streams=3, length=20, temperature=1.0)
+    first = sample_words(model, tokenizer, settings, seed=1)
+    assert len(first) == 3 and first == sample_words(model, tokenizer, settings, seed=1)
+    assert all(w == w.lower() and w[0].isalpha() for stream in first for w in stream)
+
+
+def test_comparison_table_has_one_linked_row_each():
+    rows = [_row("GPT", "causal", "character", "ch03_attention", "yours, fast size", 1000, math.log(2) * 2, 5e3, "cpu"),
+            _row("encoder", "masked", "BPE token", "ch04_finetuning", "yours, fast size", 2000, 3.0, 4e3, "cpu", 3.0)]
+    assert rows[0]["bits_per_char"] == pytest.approx(2.0) and rows[1]["bits_per_char"] is None
+    table = comparison_table(rows).splitlines()
+    assert len(table) == 4
+    assert "[chapter 3](ch03_attention.ipynb)" in table[2] and "[chapter 4](ch04_finetuning.ipynb)" in table[3]
+    assert "| 2.00 |" in table[2] and "| - |" in table[3]
+
+
+def test_the_timeline_is_in_order_and_cites_the_bibliography():
+    from pathlib import Path
+
+    bib = (Path(__file__).resolve().parents[1] / "references.bib").read_text(encoding="utf-8")
+    dates = [m.date for m in TIMELINE]
+    assert dates == sorted(dates)
+    assert all(f"{{{m.cite}," in bib for m in TIMELINE)
