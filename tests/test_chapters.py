@@ -94,8 +94,8 @@ def test_the_checker_finds_typed_numbers_and_spares_the_rest():
     )
     assert typed_numbers(spared) == []
     # a cited work's own numbers may be quoted in the sentence that cites it, and nowhere else
-    quoted = typed_numbers("They report a loss of 1.50 {cite:p}`smith2020`. Ours is 2.5, see [here](https://x.org/1).\n\n"
-                           "Ours is 3.5.")
+    quoted = typed_numbers("They report a loss of 1.50 {cite:p}`smith2020`. "
+                           "Ours is 2.5, see [here](https://x.org/1).\n\nOurs is 3.5.")
     assert quoted == ["Ours is 3.5.", "Ours is 3.5."]
 
 
