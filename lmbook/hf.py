@@ -111,6 +111,7 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
                 continue
             source = ours[our_name]
             theirs[hf_name].copy_(source.t() if transposed else source)
+    hf_model.loss_type = "ForCausalLM"  # said outright on the model too, or transformers warns at each loss
     hf_model.train(model.training)
     return hf_model
 

@@ -249,3 +249,14 @@ def test_only_gpt2s_architecture_converts():
 
     with pytest.raises(ValueError, match="GPT-2 has no twin for a Encoder"):
         to_hf(Encoder(CONFIG))
+
+
+def test_the_converted_model_computes_its_loss_without_a_warning(caplog):
+    import logging
+
+    torch.manual_seed(0)
+    model = to_hf(GPT(CONFIG))
+    x = torch.randint(0, CONFIG.vocab_size, (1, 8))
+    with caplog.at_level(logging.WARNING):
+        loss = model(input_ids=x, labels=x).loss
+    assert torch.isfinite(loss) and "loss_type" not in caplog.text
