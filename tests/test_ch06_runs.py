@@ -38,9 +38,9 @@ def test_the_scoreboard_table_sorts_by_held_out_bits_per_char():
     rows = [{"model": name, "family": "n-gram", "tokens": "characters", "params": 10, "seconds": 1.0,
              "tokens_per_second": 5.0, "held_out": TextNLL(nats * LN2, 10, 10, 10), "train": TextNLL(LN2, 10, 10, 10)}
             for name, nats in (("worse", 30.0), ("better", 20.0))]
-    table = ch06.scoreboard_table(rows)
+    table = ch06.scoreboard_table(rows).data
     assert table.index("better") < table.index("worse")
-    assert "| better | characters | 10 | 2.000 | 0.100 |" in table
+    assert "<td>better</td><td>characters</td><td>10</td><td>2.000</td><td>0.100</td>" in table
     facts = ch06.scoreboard_facts([{**r, "family": f} for r, f in zip(rows, ("n-gram", "neural"))])
     assert [facts[k].data for k in ("best_model", "neural_vs_ngram", "gap_model")] == ["better", "below", "worse"]
 
@@ -82,7 +82,7 @@ def test_candidates_and_their_scores():
                                            "rouge1": pytest.approx(1.0), "rougeL": pytest.approx(1.0)}
     assert scores["its words shuffled"]["rouge1"] == pytest.approx(1.0)
     assert set(generated.misleading_facts(scores)) >= {"salad_vs_passage_bleu", "loop_vs_passage_rouge1"}
-    assert "| true continuation | 100.0 | 100.0 | 1.000 | 1.000 |" in generated.scores_table(scores)
+    assert "<td>true continuation</td><td>100.0</td><td>100.0</td><td>1.000</td>" in generated.scores_table(scores).data
 
 
 def test_text_measures_score_only_the_continuation():
@@ -113,4 +113,5 @@ def test_diversity_facts_compare_the_settings_with_the_human_text():
     assert facts["greedy_vs_human"].data == "below"
     assert (facts["ppl_trend"].data, facts["distinct_trend"].data) == ("rises at every step",) * 2
     assert (facts["hottest"].data, facts["closest_to_human"].data) == ("T = 1", "top-p 0.9")
-    assert "| human | 10.00 | 0.425 | 0.850 | 0.150 | 0% |" in generated.diversity_table(sweep)
+    assert "<td>human</td><td>10.00</td><td>0.425</td><td>0.850</td><td>0.150</td><td>0%</td>" in (
+        generated.diversity_table(sweep).data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from html import escape
 
 import matplotlib.pyplot as plt
 import torch
@@ -160,17 +161,26 @@ def scoreboard(run: EvaluationRun, names=tuple(NEURAL), device=None) -> list[dic
                                                             for n in names]
 
 
-def scoreboard_table(rows: list[dict]) -> str:
-    """The scoreboard as a Markdown table, best held-out bits per character first."""
-    header = ("| model | tokens | parameters | held-out bits/char | training-text bits/char | perplexity per token "
-              "| training time | tokens/s | full-size reference |")
-    lines = [header, "|" + "---|" * 9]
+def table(header: list[str], rows: list[list]):
+    """Rows of a table as HTML, for a cell's output (the book renders an output's Markdown without tables)."""
+    from IPython.display import HTML
+
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def scoreboard_table(rows: list[dict]):
+    """The scoreboard as a table, best held-out bits per character first."""
+    header = ["model", "tokens", "parameters", "held-out bits/char", "training-text bits/char",
+              "perplexity per token", "training time", "tokens/s", "full-size reference"]
+    cells = []
     for r in sorted(rows, key=lambda r: r["held_out"].bits_per_char):
         ref = "" if r["family"] == "n-gram" else (f"{r['reference_bpc']:.3f}" if r.get("reference_bpc") else "none")
-        lines.append(f"| {r['model']} | {r['tokens']} | {r['params']:,} | {r['held_out'].bits_per_char:.3f} "
-                     f"| {r['train'].bits_per_char:.3f} | {r['held_out'].perplexity:.2f} | {r['seconds']:.1f} s "
-                     f"| {r['tokens_per_second']:,.0f} | {ref} |")
-    return "\n".join(lines)
+        cells.append([r["model"], r["tokens"], f"{r['params']:,}", f"{r['held_out'].bits_per_char:.3f}",
+                      f"{r['train'].bits_per_char:.3f}", f"{r['held_out'].perplexity:.2f}", f"{r['seconds']:.1f} s",
+                      f"{r['tokens_per_second']:,.0f}", ref])
+    return table(header, cells)
 
 
 def tokenizer_facts(char_row: dict, bpe_row: dict) -> dict:
@@ -251,6 +261,7 @@ def plot_stride(sweep: dict[int, dict], profile: torch.Tensor, axes=None):
     axes[1].set_title("windows side by side: loss at each position")
     for ax in axes:
         ax.grid(alpha=0.3)
+    axes[0].figure.tight_layout()
     return axes
 
 
@@ -258,7 +269,9 @@ def stride_facts(sweep: dict[int, dict], profile: torch.Tensor) -> dict:
     """What the prose says about the sweep: the loss at both ends of the strides and of a window, and the cost."""
     widest, narrowest = max(sweep), min(sweep)
     w, n = sweep[widest], sweep[narrowest]
+    best = min(sweep, key=lambda s: sweep[s]["score"].bits_per_char)
     return {"context": widest, "smallest_stride": narrowest, "bpc_side_by_side": w["score"].bits_per_char,
+            "best_stride": best, "best_stride_bpc": sweep[best]["score"].bits_per_char,
             "bpc_smallest_stride": n["score"].bits_per_char,
             "stride_gain": w["score"].bits_per_char - n["score"].bits_per_char,
             "window_ratio": n["windows"] / w["windows"], "time_ratio": n["seconds"] / w["seconds"],

@@ -19,7 +19,7 @@ from .. import textmetrics
 from ..generate import generate
 from ..metrics import TextNLL, context_of, token_nlls
 from ..show import than, trend
-from .ch06_evaluation import BATCH, EvaluationRun, md, window_stride
+from .ch06_evaluation import BATCH, EvaluationRun, md, table, window_stride
 
 
 # --- Continuations scored against the truth -------------------------------------------------
@@ -120,14 +120,11 @@ def sentence_bleu_zeros(outputs: list[str], truths: list[str]) -> dict[str, int]
     }
 
 
-def scores_table(scores: dict[str, dict]) -> str:
-    """The candidates' scores as a Markdown table (BLEU on sacrebleu's 0-100 scale)."""
-    lines = ["| continuation | BLEU (sacrebleu) | BLEU (evaluate's canonical) | ROUGE-1 F | ROUGE-L F |",
-             "|---|---|---|---|---|"]
-    for kind, s in scores.items():
-        lines.append(f"| {kind} | {100 * s['bleu']:.1f} | {100 * s['bleu_canonical']:.1f} | {s['rouge1']:.3f} "
-                     f"| {s['rougeL']:.3f} |")
-    return "\n".join(lines)
+def scores_table(scores: dict[str, dict]):
+    """The candidates' scores as a table (BLEU on sacrebleu's 0-100 scale)."""
+    header = ["continuation", "BLEU (sacrebleu)", "BLEU (evaluate's canonical)", "ROUGE-1 F", "ROUGE-L F"]
+    return table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}", f"{s['rouge1']:.3f}",
+                            f"{s['rougeL']:.3f}"] for kind, s in scores.items()])
 
 
 def misleading_facts(scores: dict[str, dict]) -> dict:
@@ -198,21 +195,18 @@ def plot_diversity(sweep: dict[str, dict], axes=None):
                 ax.annotate(n, (sweep[n][key], sweep[n]["perplexity"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         ax.set_xlabel(label)
-        ax.set_ylabel("the model's perplexity of its own text")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    axes[0].set_ylabel("the model's perplexity of its own text")
+    axes[0].figure.tight_layout()
     return axes
 
 
-def diversity_table(sweep: dict[str, dict]) -> str:
-    """The sweep as a Markdown table, one row a decoding setting and the held-out text last."""
-    lines = ["| decoding | perplexity of its own text | distinct-1 | distinct-2 | self-BLEU | ends in a loop |",
-             "|---|---|---|---|---|---|"]
-    for name, m in sweep.items():
-        lines.append(f"| {name} | {m['perplexity']:.2f} | {m['distinct_1']:.3f} | {m['distinct_2']:.3f} "
-                     f"| {m['self_bleu']:.3f} | {m['repetition']:.0%} |")
-    return "\n".join(lines)
+def diversity_table(sweep: dict[str, dict]):
+    """The sweep as a table, one row a decoding setting and the held-out text last."""
+    header = ["decoding", "perplexity of its own text", "distinct-1", "distinct-2", "self-BLEU", "ends in a loop"]
+    return table(header, [[name, f"{m['perplexity']:.2f}", f"{m['distinct_1']:.3f}", f"{m['distinct_2']:.3f}",
+                           f"{m['self_bleu']:.3f}", f"{m['repetition']:.0%}"] for name, m in sweep.items()])
 
 
 def diversity_facts(sweep: dict[str, dict]) -> dict:
