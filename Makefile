@@ -18,7 +18,7 @@ install: $(WIDGETS)/embed.js
 	$(PYTHON) -m pip install -r requirements.txt -e .
 
 $(WIDGETS)/embed.js:
-	@command -v npm >/dev/null || { echo "npm is needed once, to fetch $(HTML_MANAGER) (Debian: apt-get install npm)"; exit 1; }
+	@command -v npm >/dev/null || { echo "npm fetches $(HTML_MANAGER) (Debian: apt-get install npm)"; exit 1; }
 	rm -rf $(WIDGETS).tmp && mkdir -p $(WIDGETS).tmp
 	cd $(WIDGETS).tmp && npm pack --silent "$(HTML_MANAGER)" >/dev/null
 	tar -xzf $(WIDGETS).tmp/*.tgz -C $(WIDGETS).tmp --strip-components=2 --exclude='*.map' --exclude='*amd.js' package/dist
