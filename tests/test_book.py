@@ -129,7 +129,7 @@ def exec_tree() -> Path:
     ignore = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__")
     shutil.copytree(BOOK, EXEC / "book", ignore=ignore)
     shutil.copytree(ROOT / "lmbook", EXEC / "lmbook", ignore=ignore)
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy2(ROOT / name, EXEC / name)
     return EXEC
 
