@@ -1,5 +1,5 @@
-"""Chapter 5's figures: decoding as a search tree, a distribution through the sampling filters, the cache's speed,
-and text coloured by the probability of each token."""
+"""Chapter 5's figures: a distribution through the sampling filters, the cache's speed, and text coloured by the
+probability of each token (beam search's tree is :func:`lmbook.diagrams.draw_beam_tree`)."""
 
 from __future__ import annotations
 
@@ -12,38 +12,6 @@ import torch
 
 def _label(tokenizer, token: int) -> str:
     return repr(tokenizer.decode([token]))[1:-1] or "·"
-
-
-def plot_search_tree(nodes: Sequence[dict], tokenizer, paths: Mapping[str, tuple] | None = None, ax=None):
-    """The tree of :func:`lmbook.runs.ch05_generation.search_tree`: each node a token with log p (and the path's
-    sum in brackets at the leaves); ``paths`` ({name: token ids}) are drawn over it in colour."""
-    depth = max(len(n["path"]) for n in nodes)
-    leaves = [n["path"] for n in nodes if len(n["path"]) == depth]
-    y = {path: -i for i, path in enumerate(leaves)}  # the tree lists its leaves in depth-first order
-    for level in range(depth - 1, -1, -1):  # a parent sits in the middle of its children
-        for path in [n["path"] for n in nodes if len(n["path"]) == level] + ([()] if level == 0 else []):
-            children = [y[p] for p in y if len(p) == level + 1 and p[:level] == path]
-            y[path] = sum(children) / len(children)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3.2 * depth + 2, 0.32 * len(leaves) + 1.5))
-    for n in nodes:
-        path = n["path"]
-        ax.plot([len(path) - 1, len(path)], [y[path[:-1]], y[path]], color="0.8", lw=1, zorder=1)
-        text = f"{_label(tokenizer, path[-1])}  {n['logprob']:.2f}"
-        if len(path) == depth:
-            text += f"  [{n['total']:.2f}]"
-        ax.text(len(path) + 0.05, y[path], text, va="center", fontsize=8, family="monospace")
-    for (name, path), colour in zip((paths or {}).items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
-        path = tuple(path)[:depth]
-        if path in y:
-            xs = range(len(path) + 1)
-            ax.plot(xs, [y[path[:i]] for i in xs], color=colour, lw=2.5, alpha=0.8, label=name, zorder=2)
-    ax.text(-0.05, y[()], "prompt", ha="right", va="center", fontsize=9)
-    ax.set_xlim(-0.8, depth + 0.9)
-    ax.axis("off")
-    if paths:
-        ax.legend(loc="lower left", fontsize=8)
-    return ax
 
 
 def plot_filters(stages: Mapping[str, torch.Tensor], tokenizer, top: int = 15, axes=None):

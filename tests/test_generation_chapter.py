@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmbook.decoding import GenerationConfig, process_scores
-from lmbook.decoding_viz import plot_cache_speed, plot_filters, plot_search_tree, tokens_html
+from lmbook.decoding_viz import plot_cache_speed, plot_filters, tokens_html
 from lmbook.generate import generate, stream
 from lmbook.gpt import GPT, GPTConfig
 from lmbook.metrics import token_nlls
@@ -36,22 +36,6 @@ def model():
 @pytest.fixture(scope="module")
 def tokenizer(shakespeare):
     return CharTokenizer.train(shakespeare)
-
-
-def test_search_tree_holds_every_path_with_its_log_probabilities(model):
-    ids = torch.tensor([5, 6, 7])
-    nodes = ch05.search_tree(model, ids, depth=3, width=2)
-    assert len(nodes) == 2 + 4 + 8
-    with torch.no_grad():
-        for node in nodes:
-            path = torch.tensor(node["path"])
-            logp = torch.log_softmax(model(torch.cat([ids, path[:-1]])[None])[0][0, -1], -1)[path[-1]]
-            assert node["logprob"] == pytest.approx(logp.item(), abs=1e-5)
-            parent = [n["total"] for n in nodes if n["path"] == node["path"][:-1]] or [0.0]
-            assert node["total"] == pytest.approx(parent[0] + node["logprob"], abs=1e-5)
-    first_children = [n["path"] for n in nodes][0:1] + [n["path"] for n in nodes if len(n["path"]) == 2][0:1]
-    greedy = generate(model, ids, 2, temperature=0)[0, 3:].tolist()
-    assert list(first_children[-1]) == greedy  # the first child at each level is the greedy choice
 
 
 def test_continuation_logprob_is_minus_the_summed_nll(model):
@@ -100,8 +84,6 @@ def test_cache_speed_times_every_length_both_ways():
 
 
 def test_the_figures_draw(model, tokenizer):
-    nodes = ch05.search_tree(model, torch.tensor([5, 6]), depth=2, width=2)
-    plot_search_tree(nodes, tokenizer, {"greedy": nodes[0]["path"] + nodes[2]["path"][1:]})
     plot_filters(ch05.filter_stages(torch.randn(65), 0.7, 5, 0.9), tokenizer)
     plot_cache_speed({"with the cache": {8: 100.0, 16: 90.0}, "without": {8: 50.0, 16: 20.0}})
     pieces = list(stream(model, torch.tensor([5, 6]), tokenizer, max_new_tokens=5, seed=0))

@@ -1,9 +1,9 @@
 """Chapter 5's runs: decoding the book's trained GPTs, and measuring what each strategy does to text and speed.
 
 ``RUNS`` holds the chapter's sizes (prompts, lengths, beams, the model the cache is timed on);
-``STRATEGIES`` the decoding settings compared in the degeneration table, in the manner of
-Holtzman et al. (2020), Table 1. The experiments: :func:`search_tree` (decoding as search),
-:func:`filter_stages` (a next-token distribution before and after each sampling filter),
+:func:`strategies` the decoding settings compared in the degeneration table, in the manner of
+Holtzman et al. (2020), Table 1. The experiments: :func:`continuation_logprob` (how likely the model
+finds what it wrote), :func:`filter_stages` (a next-token distribution before and after each sampling filter),
 :func:`degeneration` (repetition, diversity and the model's own perplexity of its text) and
 :func:`cache_speed` (tokens per second with and without the key/value cache).
 """
@@ -33,8 +33,6 @@ class GenerationRun(Settings):
     prompt_length: int  # characters of each prompt
     new_tokens: int  # characters of each continuation
     num_beams: int  # the beam width of the degeneration table
-    tree_depth: int  # the search tree: tokens deep ...
-    tree_width: int  # ... and candidates kept at each node
     cache_layers: int  # the GPT the cache is timed on (random weights: speed does not depend on them)
     cache_width: int
     cache_context: int
@@ -48,10 +46,10 @@ class GenerationRun(Settings):
 
 RUNS = {
     # a GPU: chapter 3's full GPT continues 200 held-out prompts; the cache is timed on the same shape
-    "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8, tree_depth=3, tree_width=3,
+    "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8,
                           cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240)),
     # two CPU cores, the whole chapter in under three minutes
-    "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=150, num_beams=4, tree_depth=3, tree_width=3,
+    "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=150, num_beams=4,
                           cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(32, 64, 128, 240)),
 }
 
@@ -76,28 +74,6 @@ def held_out_prompts(val_data: torch.Tensor, run: GenerationRun) -> tuple[torch.
     starts = torch.randint(0, len(val_data) - span, (run.n_prompts,), generator=gen)
     windows = torch.stack([torch.as_tensor(val_data[s : s + span]) for s in starts.tolist()]).long()  # (N, P + L)
     return windows[:, : run.prompt_length], windows[:, run.prompt_length :]
-
-
-@torch.no_grad()
-def search_tree(model: nn.Module, ids: torch.Tensor, depth: int, width: int) -> list[dict]:
-    """Every path of the ``width`` likeliest tokens at each step, ``depth`` steps deep, after the prompt ``ids`` (T,).
-
-    One dict per node: ``path`` (the token ids from the prompt on), ``logprob`` (of its last token)
-    and ``total`` (the sum along the path): the space greedy and beam search explore.
-    """
-    nodes, frontier = [], [((), 0.0)]
-    with evaluating(model):
-        for _ in range(depth):
-            paths = torch.stack([torch.cat([ids, torch.tensor(p, dtype=torch.long)]) for p, _ in frontier])
-            logprobs = torch.log_softmax(model(paths.to(next(model.parameters()).device))[0][:, -1].float(), -1)
-            top = logprobs.topk(width, dim=-1)  # (len(frontier), width)
-            grown = []
-            for (path, total), values, tokens in zip(frontier, top.values.tolist(), top.indices.tolist()):
-                for value, token in zip(values, tokens):
-                    grown.append((path + (token,), total + value))
-                    nodes.append({"path": path + (token,), "logprob": value, "total": total + value})
-            frontier = grown
-    return nodes
 
 
 @torch.no_grad()
@@ -164,7 +140,7 @@ def kv_bytes_per_token(config: GPTConfig, dtype: torch.dtype = torch.float32) ->
     return 2 * config.n_layer * config.n_embd * torch.empty(0, dtype=dtype).element_size()
 
 
-def cache_speed(run: GenerationRun, device=None, repeats: int = 3) -> dict[str, dict[int, float]]:
+def cache_speed(run: GenerationRun, device=None, repeats: int = 2) -> dict[str, dict[int, float]]:
     """Greedy tokens per second with and without the cache, for each of ``run.cache_lengths`` (best of ``repeats``).
 
     A GPT of ``run.cache_config()`` with random weights, one prompt of one token, on ``device``.
