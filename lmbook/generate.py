@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .beam import beam_search
 from .decoding import GenerationConfig, Reader, accepts_attention_mask, process_scores
-from .interface import evaluating
+from .interface import check_token_ids, evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
 
@@ -132,9 +132,8 @@ def _prompts(idx, attention_mask, vocab_size: int | None, pad: int):
         idx = idx[None]
     if idx.dim() != 2 or idx.size(0) == 0 or idx.size(1) == 0:
         raise ValueError(f"the prompt is empty or not (B, T): shape {tuple(idx.shape)}; give at least one token.")
-    if vocab_size is not None and (idx.min() < 0 or idx.max() >= vocab_size):
-        bad = idx[(idx < 0) | (idx >= vocab_size)][0].item()
-        raise ValueError(f"the prompt holds the id {bad}, outside the model's vocabulary 0..{vocab_size - 1}.")
+    if vocab_size is not None:
+        check_token_ids(idx, vocab_size)
     if attention_mask is not None:
         attention_mask = torch.as_tensor(attention_mask, device=idx.device).long()
         if attention_mask.shape != idx.shape:

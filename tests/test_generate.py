@@ -247,9 +247,9 @@ def test_bad_prompts_are_refused(model):
         generate(model, [[1, 2], []], 5)
     with pytest.raises(ValueError, match=r"last 32 tokens"):
         generate(model, torch.zeros(1, 40, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match="id 65, outside the model's vocabulary 0..64"):
+    with pytest.raises(ValueError, match=r"range\(65\).*from 1 to 65"):
         generate(model, torch.tensor([[1, 65]]), 5)
-    with pytest.raises(ValueError, match="id -1"):
+    with pytest.raises(ValueError, match="from -1 to 3"):
         generate(model, torch.tensor([[-1, 3]]), 5)
     with pytest.raises(TypeError, match="token ids"):
         generate(model, torch.tensor([[0.5, 1.0]]), 5)
