@@ -55,13 +55,13 @@ SWEEP = {
         shapes=((2, 2, 64), (2, 4, 128), (4, 4, 192), (4, 8, 256), (6, 6, 384), (8, 8, 512)),
         train_chars=None,
     ),
-    # two CPU cores: from 5 thousand to 0.4M parameters, 300 steps of 16 windows of 32 on the first 20,000
-    # characters, so that the larger models read each character several times and can start to memorise
+    # two CPU cores: from 5 thousand to 0.23M parameters (the largest is chapter 3's fast shape), 300 steps of 16
+    # windows of 32 on the first 20,000 characters, so that each character is read several times over
     "fast": SizeSweep(
         base=GPTRun(n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
                     lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=50, eval_iters=4),
-        shapes=((1, 2, 16), (1, 4, 32), (2, 4, 64), (2, 4, 96), (2, 4, 128)),
+                    eval_interval=100, eval_iters=2),
+        shapes=((1, 2, 16), (1, 4, 32), (2, 4, 48), (2, 4, 64), (2, 4, 96)),
         train_chars=20_000,
     ),
 }
@@ -134,9 +134,9 @@ WORD_GPT_RUNS = {
     "full": GPTRun(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.1, batch_size=64, max_steps=3000,
                    lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.1, beta2=0.99,
                    eval_interval=500, eval_iters=10),
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
+    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=32, max_steps=600,
                    lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                   eval_interval=150, eval_iters=4),
+                   eval_interval=200, eval_iters=4),
 }
 
 
