@@ -84,3 +84,30 @@ def test_the_timeline_is_in_order_and_cites_the_bibliography():
     dates = [m.date for m in TIMELINE]
     assert dates == sorted(dates)
     assert all(f"{{{m.cite}," in bib for m in TIMELINE)
+
+
+def test_recorded_rows_read_each_chapters_record(monkeypatch):
+    import json
+
+    from lmbook.history import History
+    from lmbook.runs import ch04_finetune
+    from lmbook.runs import ch07_questions as ch07
+
+    environment = {"device": "NVIDIA H100"}
+    sizes = json.loads(json.dumps(ch04_finetune.RUNS["fast"].to_dict()))  # as lmbook/references/*.json holds it
+    records = {
+        "rnn": {"environment": environment, "results": {"runs": {
+            "lstm": {"params": 1000, "val_loss": 1.5, "tokens_per_second": 2e5}}}},
+        "gpt": {"environment": environment, "results": {"params": 2000, "val_loss_whole_split": 1.4,
+                                                        "tokens_per_second": 3e5}},
+        "finetune": {"environment": environment, "sizes": sizes, "histories": {
+            name: History(eval_steps=[10], eval_loss={"val": [loss]}, tokens_per_second=4e5)
+            for name, loss in (("gpt", 4.0), ("mlm", 5.0))}},
+    }
+    monkeypatch.setattr(ch07.reference, "load", records.get)
+    rows = ch07.recorded_rows()
+    assert [(r["model"], r["objective"]) for r in rows] == [
+        ("LSTM", "causal"), ("GPT", "causal"), ("GPT", "causal"), ("encoder (a small BERT)", "masked")]
+    assert rows[0]["bits_per_char"] == pytest.approx(1.5 / math.log(2)) and rows[3]["bits_per_char"] is None
+    assert rows[3]["params"] > rows[2]["params"] > 0  # the encoder has one more token, the mask
+    assert all(r["device"] == "NVIDIA H100" and r["run"] == "recorded, full size" for r in rows)
