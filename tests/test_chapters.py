@@ -55,20 +55,6 @@ def notebooks() -> list[Path]:
     return [ROOT / path for path in NOTEBOOKS]
 
 
-# Chapters written before these conventions: their typed numbers, bare glue() calls, MyST dropdowns and
-# literalinclude blocks are still to be converted, so the four convention checks may fail on it; the
-# chapters' shape (goals, summary, exercises) is checked like every other's.
-NOT_YET_CONVERTED = {
-    "book/ch07_questions.ipynb": "glue without report(), literalinclude, MyST dropdowns, typed numbers",
-}
-
-
-def converted_notebooks() -> list:
-    """:func:`notebooks`, those in NOT_YET_CONVERTED marked as expected to fail the convention checks."""
-    return [pytest.param(p, marks=pytest.mark.xfail(reason=NOT_YET_CONVERTED[key], strict=False))
-            if (key := p.relative_to(ROOT).as_posix()) in NOT_YET_CONVERTED else p for p in notebooks()]
-
-
 def markdown_cells(path: Path) -> list[str]:
     return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
 
@@ -114,7 +100,7 @@ def test_the_checker_finds_typed_numbers_and_spares_the_rest():
 
 
 # --- truth ---------------------------------------------------------------------------
-@pytest.mark.parametrize("path", converted_notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
 def test_numbers_in_the_prose_come_from_code(path):
     found = [(i, n) for i, cell in enumerate(markdown_cells(path)) for n in typed_numbers(cell)]
     assert not found, (
@@ -124,7 +110,7 @@ def test_numbers_in_the_prose_come_from_code(path):
     )
 
 
-@pytest.mark.parametrize("path", converted_notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
 def test_results_reach_the_prose_through_report(path):
     """A bare ``glue`` hands a number to the book and hides it from readers in Jupyter and Colab."""
     bare = [i for i, source in enumerate(code_cells(path))
@@ -162,7 +148,7 @@ def test_a_chapter_ends_with_a_summary_and_exercises(path):
     assert len(re.findall(r"(?m)^- ", summary)) >= 2, f"{path.relative_to(ROOT)}: the summary must be a list"
 
 
-@pytest.mark.parametrize("path", converted_notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
 def test_every_exercise_has_a_hidden_solution(path):
     cells = markdown_cells(path)
     start = next(i for i, c in enumerate(cells) if "## Exercises" in c)
@@ -184,7 +170,7 @@ def test_every_exercise_has_a_hidden_solution(path):
         )
 
 
-@pytest.mark.parametrize("path", converted_notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: notebook_id(p.relative_to(ROOT)))
 def test_no_construct_that_only_the_book_build_understands(path):
     problems = []
     for i, cell in enumerate(markdown_cells(path)):
