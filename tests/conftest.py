@@ -33,3 +33,12 @@ def shakespeare() -> str:
     from lmbook.data import load_shakespeare
 
     return load_shakespeare()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of tiny computations (faster, and steadier on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,11 +32,8 @@ V = 67
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and steadier on a shared machine
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Decoding tiny models: one thread for the whole module (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
