@@ -15,7 +15,8 @@ help:
 	@echo "make clean  remove _build"
 
 install: $(WIDGETS)/embed.js
-	$(PYTHON) -m pip install -r requirements.txt -e .
+	@echo "installing the requirements and lmbook into $$($(PYTHON) -c 'import sys; print(sys.prefix)') (quietly) ..."
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
 
 $(WIDGETS)/embed.js:
 	@command -v npm >/dev/null || { echo "npm fetches $(HTML_MANAGER) (Debian: apt-get install npm)"; exit 1; }

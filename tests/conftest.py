@@ -1,16 +1,14 @@
-"""Shared fixtures. Tests never reach the internet: data comes from LMBOOK_DATA or ../shared/data."""
+"""Shared fixtures. Tests never reach the internet: a guard refuses every connection that leaves the
+machine, and the corpus comes from the cache folder (LMBOOK_DATA) or the tests that need it skip."""
 
+import ipaddress
 import os
-from pathlib import Path
+import socket
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-if "LMBOOK_DATA" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").exists():
-    os.environ["LMBOOK_DATA"] = str(SHARED_DATA)
 
 
 def pytest_configure(config):
@@ -28,10 +26,52 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: ("book" in item.keywords, "browser" in item.keywords))
 
 
+class NetworkRefused(ConnectionRefusedError):
+    """A test tried to reach another host: the tests run offline, with local files only."""
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):  # a Unix socket
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a name: only resolving it would say where it goes
+        return False
+
+
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(method):
+    def connect(self, address):
+        if not _is_local(address):
+            raise NetworkRefused(f"a test tried to connect to {address!r}; the tests never use the network. "
+                                 "Use a local file, a local server on 127.0.0.1, or a model saved by the test.")
+        return method(self, address)
+
+    return connect
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Every test runs with connections to other hosts refused (loopback, for the browser and servers, stays)."""
+    socket.socket.connect, socket.socket.connect_ex = _guarded(_connect), _guarded(_connect_ex)
+    yield
+    socket.socket.connect, socket.socket.connect_ex = _connect, _connect_ex
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
-    from lmbook.data import load_shakespeare
+    """The corpus from the cache folder only: the tests never download it; without it they skip."""
+    from lmbook.data import DATA_VARIABLE, TINY_SHAKESPEARE, cache_dir, load_shakespeare
 
+    if not (cache_dir() / TINY_SHAKESPEARE.filename).exists():
+        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {cache_dir()}: set {DATA_VARIABLE} to a "
+                    f"folder that holds it (README, 'Data'); the tests do not download it")
     return load_shakespeare()
 
 

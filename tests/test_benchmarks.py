@@ -61,7 +61,7 @@ def test_bench_gpt_runs_both_models_on_the_cpu(tmp_path):
     assert result["profile"]["ms_per_step"] > 0 and "busy" not in result["profile"]  # busy: kernels on a GPU only
 
 
-def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path):
+def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path, shakespeare):  # trains on the cached corpus
     out = tmp_path / "run.json"
     result = script("speedrun_char_cpu").main(["--max-steps", "4", "--eval-interval", "2", "--eval-iters", "1",
                                                "--label", "tiny", "--out", str(out)])

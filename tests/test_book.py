@@ -136,7 +136,7 @@ def exec_tree() -> Path:
 
 @pytest.mark.book
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=notebook_id)
-def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
+def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property, capsys):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -155,6 +155,8 @@ def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
         resources={"metadata": {"path": str(target.parent)}},  # runs in the mirror: writes stay in _build
         store_widget_state=True,
     )
+    with capsys.disabled():  # announced as it starts, not after: a chapter takes minutes
+        print(f"\n{notebook}: executing (LMBOOK_SIZE={size}) ...", flush=True)
     start = time.perf_counter()
     try:
         client.execute()
@@ -165,12 +167,13 @@ def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property):
         pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{error}", pytrace=False)
     seconds = time.perf_counter() - start
     record_property("seconds", round(seconds, 1))
-    print(f"\n{notebook}: executed in {seconds:.1f} s (LMBOOK_SIZE={size})")
+    with capsys.disabled():
+        print(f"{notebook}: executed in {seconds:.1f} s", flush=True)
     nbformat.write(nb, target)
 
 
 @pytest.mark.book
-def test_book_builds(exec_tree):
+def test_book_builds(exec_tree, capsys):
     missing = [str(nb) for nb in NOTEBOOKS if not (exec_tree / nb).exists()]
     if missing:
         pytest.fail(
@@ -181,9 +184,12 @@ def test_book_builds(exec_tree):
     jupyter_book = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     assert jupyter_book, "jupyter-book is not installed: python -m pip install -r requirements.txt"
     command = [jupyter_book, "build", str(exec_tree), "--path-output", str(ROOT), "--all", "-n", "-W", "--keep-going"]
+    with capsys.disabled():
+        print("\nbuilding the book with jupyter-book ...", flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    print(f"\nbook built in {time.perf_counter() - start:.1f} s")
+    with capsys.disabled():
+        print(f"book built in {time.perf_counter() - start:.1f} s: {HTML / 'index.html'}", flush=True)
     log = (done.stdout + done.stderr).splitlines()
     warnings = [line for line in log if "WARNING" in line or "ERROR" in line]
     if done.returncode != 0:
@@ -203,3 +209,10 @@ def test_book_builds(exec_tree):
         page = (HTML / nb).with_suffix(".html").read_text(encoding="utf-8")
         link = f"{colab}/github/{repository}/blob/{CONFIG['repository']['branch']}/{nb.as_posix()}"
         assert link in page, f"{nb.with_suffix('.html')} has no launch button to {link}"
+
+    # a Markdown table printed by a cell (display(Markdown(...))) renders as a table, not as its source
+    raw_table = re.compile(r"<p>\|[^<]*\n\|\s*[-—:]+\s*\|")
+    pages = {nb: (HTML / nb).with_suffix(".html").read_text(encoding="utf-8") for nb in NOTEBOOKS}
+    flat = [str(nb) for nb, page in pages.items() if raw_table.search(page)]
+    assert not flat, (f"Markdown tables shown as plain text in {flat}: the outputs' Markdown is parsed as "
+                      "_config.yml's sphinx.config.nb_render_markdown_format says (myst has tables)")

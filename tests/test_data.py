@@ -12,22 +12,11 @@ from lmbook.data import (
     RandomBatches,
     RemoteFile,
     as_ids,
-    cache_dir,
     fetch,
     load_shakespeare,
     to_device,
     train_val_split,
 )
-
-
-@pytest.fixture
-def shakespeare():
-    """The corpus from the cache only: this test never downloads it."""
-    path = cache_dir() / TINY_SHAKESPEARE.filename
-    if not path.exists():
-        pytest.skip(f"Tiny Shakespeare is not in {path.parent} (set LMBOOK_DATA to a folder that holds "
-                    f"{TINY_SHAKESPEARE.filename}); the tests do not download it")
-    return load_shakespeare()
 
 
 def test_shakespeare_is_the_published_file(shakespeare):
@@ -162,3 +151,13 @@ def test_batches_are_shifted_windows_and_reproducible():
 def test_too_little_data_is_refused():
     with pytest.raises(ValueError, match="too few"):
         RandomBatches(torch.arange(5), block_size=8, batch_size=2)
+
+
+def test_the_tests_cannot_reach_another_host():
+    """conftest's guard: a connection that leaves the machine is refused before any packet is sent."""
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.URLError) as err:
+        urllib.request.urlopen("http://192.0.2.1/input.txt", timeout=2)  # TEST-NET-1: routable nowhere
+    assert isinstance(err.value.reason, ConnectionRefusedError) and "never use the network" in str(err.value.reason)

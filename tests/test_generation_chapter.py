@@ -8,7 +8,7 @@ import torch
 
 from lmbook.decoding import GenerationConfig, process_scores
 from lmbook.decoding_viz import plot_cache_speed, plot_filters, tokens_html
-from lmbook.generate import generate, stream
+from lmbook.generate import stream
 from lmbook.gpt import GPT, GPTConfig
 from lmbook.metrics import token_nlls
 from lmbook.runs import ch05_generation as ch05

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from lmbook.tokenizers import (
     UnknownCharacterError,
 )
 
-DATA = Path(os.environ.get("LMBOOK_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
-CORPUS = DATA / "tinyshakespeare.txt"
-SKIP_REASON = f"corpus not found at {CORPUS}: set LMBOOK_DATA to the folder holding tinyshakespeare.txt"
 TRAIN_CHARS = 100_000  # train on the first 100k characters, measure on the next 50k
 
 # Always available, so the round-trip tests run without the corpus too.
@@ -45,10 +41,8 @@ HARD_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def corpus() -> str:
-    if not CORPUS.is_file():
-        pytest.skip(SKIP_REASON)
-    return CORPUS.read_text(encoding="utf-8")
+def corpus(shakespeare: str) -> str:
+    return shakespeare
 
 
 @pytest.fixture(scope="module")
