@@ -39,3 +39,84 @@ def test_explorer_offers_every_layer_and_head_and_redraws_for_new_text(monkeypat
     short = attention_maps(model, torch.tensor(tokenizer.encode("What light"))[None])
     torch.testing.assert_close(drawn[-1][0], short[2, 0, 1])
     assert model.training  # the explorer leaves the model's mode as it was
+
+
+def playground_parts(box):
+    """The playground's controls by name, found in its layout."""
+    prompt, (strategy, new, seed), (temperature, top_k, top_p), (beams, button), status, text = (
+        box.children[0], box.children[1].children, box.children[2].children, box.children[3].children,
+        box.children[4], box.children[5])
+    return dict(prompt=prompt, strategy=strategy, new=new, seed=seed, temperature=temperature, top_k=top_k,
+                top_p=top_p, beams=beams, button=button, status=status, text=text)
+
+
+def shown_text(html_value: str) -> str:
+    """The text of tokens_html's output, without tags, as a reader sees it."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", html_value.replace("↵<br>", "\n")))
+
+
+@pytest.fixture(scope="module")
+def small_gpt():
+    tokenizer = CharTokenizer.train("ROMEO: What light through yonder window breaks?\nJULIET: Ay me!\n" * 2)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, n_layer=2, block_size=32))
+    return model, tokenizer
+
+
+def test_playground_streams_what_generate_and_stream_give(small_gpt):
+    from lmbook.generate import generate, stream
+    from lmbook.widgets import generation_playground
+
+    model, tokenizer = small_gpt
+    box = generation_playground(model, tokenizer, prompt="ROMEO:", max_new_tokens=20, strategy="sampling",
+                                temperature=0.8, top_k=5, top_p=0.9, seed=3)
+    w = playground_parts(box)
+    ids = torch.tensor(tokenizer.encode("ROMEO:"))
+    drawn = "".join(p.text for p in stream(model, ids, tokenizer, max_new_tokens=20, do_sample=True,
+                                          temperature=0.8, top_k=5, top_p=0.9, seed=3))
+    assert shown_text(w["text"].value) == "ROMEO:" + drawn  # built once, with text shown
+    assert "20 tokens in" in w["status"].value
+    assert not w["temperature"].disabled and w["beams"].disabled
+
+    w["strategy"].value = "greedy"
+    assert w["temperature"].disabled and w["top_k"].disabled and w["top_p"].disabled and w["beams"].disabled
+    w["button"].click()
+    greedy = generate(model, ids, max_new_tokens=20, do_sample=False)[0]
+    assert shown_text(w["text"].value) == tokenizer.decode(greedy.tolist())
+
+    w["strategy"].value, w["beams"].value = "beam search", 3
+    assert not w["beams"].disabled and w["temperature"].disabled
+    w["button"].click()
+    beams = generate(model, ids, max_new_tokens=20, num_beams=3, do_sample=False)[0]
+    assert shown_text(w["text"].value) == tokenizer.decode(beams.tolist())
+    import re  # beam search's tokens are coloured by the model's own probability of each, read in one window
+
+    shown = [float(x) for x in re.findall(r'title="p = ([0-9.]+)"', w["text"].value)]
+    with torch.no_grad():
+        logits, _ = model.eval()(beams[None, :-1])
+    model.train()
+    expected = torch.softmax(logits[0], -1).gather(-1, beams[1:, None])[-20:, 0]
+    torch.testing.assert_close(torch.tensor(shown), expected, atol=6e-4, rtol=0)  # printed with 3 decimals
+    assert model.training  # the playground leaves the model's mode as it was
+
+
+def test_playground_reports_bad_prompts_and_keeps_the_last_text(small_gpt):
+    from lmbook.widgets import generation_playground
+
+    model, tokenizer = small_gpt
+    box = generation_playground(model, tokenizer, prompt="JULIET:", max_new_tokens=5, strategy="greedy")
+    w = playground_parts(box)
+    before = w["text"].value
+    w["prompt"].value = "JULIET: 语"  # a character the tokenizer has never seen
+    w["button"].click()
+    assert w["text"].value == before and w["status"].value.startswith("not generated:") and "语" in w["status"].value
+    assert not w["button"].disabled
+    w["prompt"].value = "ROMEO: What light through yonder window breaks?"  # longer than the context of 32
+    w["button"].click()
+    assert "cut to its last 16 tokens" in w["status"].value
+    assert shown_text(w["text"].value).startswith("ROMEO: What light through yonder window breaks?"[-16:])
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        generation_playground(model, tokenizer, strategy="nucleus")
