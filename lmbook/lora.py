@@ -1,4 +1,4 @@
-"""Low-rank adaptation (LoRA, Hu et al., 2021): fine-tune a few small matrices beside frozen weights (chapter 4).
+"""Low-rank adaptation (LoRA, Hu et al., 2022): fine-tune a few small matrices beside frozen weights (chapter 4).
 
 A frozen linear layer ``W x`` becomes ``W x + (alpha / r) B A x``, with ``A`` of shape
 (r, in) and ``B`` of shape (out, r) for a small rank ``r``. ``B`` starts at zero, so the
