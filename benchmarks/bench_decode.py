@@ -11,6 +11,7 @@ host's load average, which matters: other processes on a shared CPU slow both si
     python benchmarks/bench_decode.py --shapes shakespeare-char --batch-sizes 1 --threads 1
     python benchmarks/bench_decode.py --out benchmarks/results/decode-cpu.json
     python benchmarks/bench_decode.py --shapes shakespeare-char --batch-sizes 1 --profile   # where the time goes
+    python benchmarks/bench_decode.py --shapes shakespeare-char --dtype bfloat16             # both sides in bf16
 
 ``--profile`` runs each side once more under ``torch.profiler`` (which slows both) and prints the share of
 its operator time spent in matrix products (``addmm``, ``mm``, ``linear``'s kernels) and its top operators.
@@ -66,11 +67,12 @@ def profile_share(fn, top: int = 6) -> dict:
 
 
 def bench_shape(shape: str, batch_sizes: list[int], new_tokens: int, prompt_length: int, repeats: int,
-                device: torch.device, profiled: bool = False) -> list[dict]:
+                device: torch.device, profiled: bool = False, dtype: torch.dtype = torch.float32) -> list[dict]:
     torch.manual_seed(0)
     config = named_config(shape, dropout=0.0)
     model = GPT(config).to(device).eval()
     hf_model = to_hf(model).eval()
+    model, hf_model = model.to(dtype), hf_model.to(dtype)  # both sides in the same precision
     rows = []
     for batch in batch_sizes:
         idx = torch.randint(0, config.vocab_size, (batch, prompt_length), device=device)
@@ -91,7 +93,8 @@ def bench_shape(shape: str, batch_sizes: list[int], new_tokens: int, prompt_leng
                 seconds, outputs[name] = timed(fn)
                 times[name].append(seconds)
         same = torch.equal(outputs["lmbook"].cpu(), outputs["transformers"].cpu())
-        row = {"shape": shape, "batch": batch, "new_tokens": new_tokens, "prompt_length": prompt_length,
+        row = {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "new_tokens": new_tokens,
+               "prompt_length": prompt_length,
                "params": num_params(model), "same_ids": same, "load_average": os.getloadavg()}
         for name, seconds in times.items():
             row[f"{name}_tok_s_median"] = batch * new_tokens / statistics.median(seconds)
@@ -100,7 +103,7 @@ def bench_shape(shape: str, batch_sizes: list[int], new_tokens: int, prompt_leng
         row["ratio_median"] = row["lmbook_tok_s_median"] / row["transformers_tok_s_median"]
         row["ratio_best"] = row["lmbook_tok_s_best"] / row["transformers_tok_s_best"]
         rows.append(row)
-        print(f"{shape:17s} batch {batch:2d}: lmbook {row['lmbook_tok_s_median']:8.1f} tok/s "
+        print(f"{shape:17s} {row['dtype']:8s} batch {batch:2d}: lmbook {row['lmbook_tok_s_median']:8.1f} tok/s "
               f"(best {row['lmbook_tok_s_best']:8.1f}), transformers {row['transformers_tok_s_median']:8.1f} "
               f"(best {row['transformers_tok_s_best']:8.1f}); ratio {row['ratio_median']:.2f}x median, "
               f"{row['ratio_best']:.2f}x best; same ids: {same}; load {os.getloadavg()[0]:.1f}", flush=True)
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="also profile one run of each side")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the weights' and activations' precision, the same for both sides")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.threads:
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(" | ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     rows = [row for shape in args.shapes
             for row in bench_shape(shape, args.batch_sizes, args.new_tokens, args.prompt_length, args.repeats, device,
-                                   args.profile)]
+                                   args.profile, getattr(torch, args.dtype))]
     result = {**info, "load_average_after": os.getloadavg(), "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

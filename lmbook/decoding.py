@@ -4,7 +4,8 @@
 processors are small functions from next-token scores (N, V) to new scores, applied in
 ``transformers``' order by :func:`process_scores`: repetition penalty, then no-repeat-n-gram,
 and only when sampling, temperature, then top-k, then top-p. :class:`Reader` feeds a model the
-tokens it has not read yet, through its cache, and returns the next-token logits.
+tokens it has not read yet, through its cache, and returns the next-token logits;
+:func:`weights_in_out` lays the weights out in memory as GPT-2 stores them while a CPU decodes.
 :mod:`lmbook.generate` (greedy and sampling) and :mod:`lmbook.beam` (beam search) are built on them.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -252,3 +255,32 @@ class Reader:
                 self.cache.h = tuple(x[:, rows] for x in h) if isinstance(h, tuple) else h[:, rows]
         else:
             raise TypeError(f"cannot reorder a {type(self.cache).__name__} for beam search: give it a reorder(rows).")
+
+
+@contextmanager
+def weights_in_out(model: nn.Module) -> Iterator[None]:
+    """While decoding on a CPU, keep each linear layer's weight (out, in) column by column in memory.
+
+    One decoding step multiplies a few rows by every weight matrix, so its speed is the speed of
+    reading the weights. ``F.linear`` computes ``x @ W.T``; with ``W`` stored column-major, ``W.T``
+    is a row-major (in, out) matrix, the layout of GPT-2's own ``Conv1D``, which this CPU's matrix
+    library reads faster at a batch of one (``benchmarks/NOTES.md``). Values, shapes and parameters
+    do not change, only the order in memory, and every weight is laid out as before on exit. Left
+    alone: weights tied to an embedding (an embedding looks up rows), weights on other devices, and
+    everything when inference mode is already on (the copies would become inference tensors).
+    """
+    if torch.is_inference_mode_enabled():
+        yield
+        return
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    moved = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) not in tied
+             and m.weight.device.type == "cpu" and m.weight.dim() == 2 and m.weight.is_contiguous()]
+    with torch.no_grad():
+        for w in moved:
+            w.data = w.data.t().contiguous().t()  # the same (out, in) values, stored (in, out)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w in moved:
+                w.data = w.data.contiguous()

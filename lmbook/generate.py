@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .beam import beam_search
-from .decoding import GenerationConfig, Reader, accepts_attention_mask, process_scores
+from .decoding import GenerationConfig, Reader, accepts_attention_mask, process_scores, weights_in_out
 from .interface import check_token_ids, evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
@@ -216,7 +216,7 @@ def generate(model: nn.Module, idx, max_new_tokens: int | None = None, temperatu
     defaults = {"max_new_tokens": None, "temperature": 1.0, "top_k": None, "use_cache": True}
     settings = {**{k: v for k, v in legacy.items() if config is None or v != defaults[k]}, **settings}
     config, generator, idx, mask = _setup(model, idx, config, settings, seed, generator, attention_mask)
-    with evaluating(model), torch.inference_mode():
+    with evaluating(model), weights_in_out(model), torch.inference_mode():
         out = _decode(model, idx, None if mask is None else mask.to(idx.device), config, generator, tokenizer)
     out = Generated(out.sequences.clone(), None if out.scores is None else out.scores.clone(), out.prompt_length)
     return out if return_dict else out.sequences
@@ -243,7 +243,7 @@ def stream(model: nn.Module, idx, tokenizer=None, *, seed: int | None = None,
         raise ValueError("stream decodes one prompt into one sequence: give one prompt, num_beams=1 and "
                          "num_return_sequences=1.")
     steps = _steps(model, idx, config, generator, None, tokenizer)
-    with evaluating(model):  # until the last token, or until the caller stops asking
+    with evaluating(model), weights_in_out(model):  # until the last token, or until the caller stops asking
         while True:
             with torch.inference_mode():  # entered at each step, so that the caller's code runs outside it
                 step = next(steps, None)

@@ -267,3 +267,59 @@ def test_the_config_is_frozen_and_keywords_override_it(model):
     assert generate(model, prompt, config=config, max_new_tokens=2).shape == (1, 5)
     assert not config.sampling and GenerationConfig(max_new_tokens=1).sampling  # chapters 2-4: T=1 samples
     assert not GenerationConfig(max_new_tokens=1, num_beams=2).sampling
+
+
+# --- The weights' layout while a CPU decodes (lmbook.decoding.weights_in_out) ----------------------
+def test_decoding_leaves_every_weight_as_it_found_it():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    strides = {name: p.stride() for name, p in model.named_parameters()}
+    pieces = stream(model, torch.tensor([1, 2, 3]), max_new_tokens=5, do_sample=False)
+    next(pieces)
+    inside = {name: p.stride() for name, p in model.named_parameters()}
+    c_attn = model.h[0].attn.c_attn.weight  # (3C, C): stored column by column while decoding
+    assert inside["h.0.attn.c_attn.weight"] == (1, c_attn.size(0)) and inside["wte.weight"] == strides["wte.weight"]
+    stream_ids = [p.id for p in pieces]
+    assert len(stream_ids) == 4 and {name: p.stride() for name, p in model.named_parameters()} == strides
+    generate(model, torch.tensor([1, 2, 3]), 5, do_sample=False)
+    assert {name: p.stride() for name, p in model.named_parameters()} == strides
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.lm_head.weight is model.wte.weight and model.training
+
+
+def test_decoding_in_between_does_not_change_training():
+    """Two identical training runs, one with a generate call between its steps: the same weights, bit for bit."""
+    def train(decode: bool) -> dict:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.preset("tiny"))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        x = torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            loss = model(x[:, :-1], x[:, 1:])[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if decode:
+                generate(model, x[:1, :4], 8, do_sample=False)
+        return model.state_dict()
+
+    plain, decoded = train(False), train(True)
+    assert all(torch.equal(plain[k], decoded[k]) for k in plain)
+
+
+def test_layout_is_restored_after_an_error_and_left_alone_in_inference_mode():
+    from lmbook.decoding import weights_in_out
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    strides = {name: p.stride() for name, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="stop here"):
+        with weights_in_out(model):
+            assert model.h[0].mlp.c_fc.weight.stride() == (1, model.h[0].mlp.c_fc.weight.size(0))
+            raise RuntimeError("stop here")
+    assert {name: p.stride() for name, p in model.named_parameters()} == strides
+    with torch.inference_mode():
+        generate(model, torch.tensor([1, 2, 3]), 5, do_sample=False)
+    assert not any(p.is_inference() for p in model.parameters())  # training can go on
+    model(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))[1].backward()
