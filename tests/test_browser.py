@@ -362,6 +362,26 @@ def test_saved_widgets_render(page):
     )
 
 
+
+@pytest.mark.parametrize("page", ["book/ch05_generation"], indirect=True)
+def test_the_playground_shows_its_controls_and_the_text_it_wrote(page):
+    """Chapter 5's playground, from its saved state: a prompt, a strategy, sliders and coloured tokens."""
+    page.wait_for("return document.querySelectorAll('.widget-subarea textarea').length > 0",
+                  "the generation playground (its prompt box) shown")
+    shown = page.run("""const area = Array.from(document.querySelectorAll('.widget-subarea'))
+                            .find((a) => a.querySelector('textarea'));
+        area.scrollIntoView();
+        const tokens = area.querySelectorAll('span[title^="p = "]');
+        return {selects: area.querySelectorAll('select').length,
+                sliders: area.querySelectorAll('.widget-slider').length,
+                buttons: area.querySelectorAll('button').length, tokens: tokens.length,
+                coloured: Array.from(tokens).filter((t) => getComputedStyle(t).backgroundColor !== 'rgba(0, 0, 0, 0)')
+                               .length, height: area.getBoundingClientRect().height}""")
+    assert shown["selects"] >= 1 and shown["sliders"] >= 4 and shown["buttons"] >= 1, (
+        f"{page.name}: the playground's controls are missing: {shown}")
+    assert shown["tokens"] >= 10 and shown["coloured"] == shown["tokens"], (
+        f"{page.name}: the playground shows no coloured tokens from its saved state: {shown}")
+
 def test_search_finds_attention(browser, site):
     visit = Visit(browser, site, f"search.html?q={SEARCH_TERM}")
     results = visit.wait_for("const r = document.querySelectorAll('#search-results li a');"
