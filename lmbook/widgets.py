@@ -101,15 +101,17 @@ def generation_playground(model, tokenizer, prompt: str = "ROMEO:\n", max_new_to
     _settings(strategy, temperature, top_k, top_p, num_beams)  # a clear error for an unknown strategy
     widgets = _ipywidgets()
     wide = widgets.Layout(width="95%")
+    label = {"style": {"description_width": "initial"}}  # whole labels, not cut to the default width
     controls = SimpleNamespace(
         prompt=widgets.Textarea(value=prompt, description="prompt", layout=wide),
-        strategy=widgets.Dropdown(options=STRATEGIES, value=strategy, description="strategy"),
-        temperature=widgets.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature"),
-        top_k=widgets.IntSlider(value=top_k, min=0, max=tokenizer.vocab_size, description="top-k (0: off)"),
-        top_p=widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p"),
-        num_beams=widgets.IntSlider(value=num_beams, min=2, max=8, description="beams"),
-        max_new_tokens=widgets.IntSlider(value=max_new_tokens, min=1, max=1000, description="new tokens"),
-        seed=widgets.IntText(value=seed, description="seed"),
+        strategy=widgets.Dropdown(options=STRATEGIES, value=strategy, description="strategy", **label),
+        temperature=widgets.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature",
+                                        **label),
+        top_k=widgets.IntSlider(value=top_k, min=0, max=tokenizer.vocab_size, description="top-k (0: off)", **label),
+        top_p=widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p", **label),
+        num_beams=widgets.IntSlider(value=num_beams, min=2, max=8, description="beams", **label),
+        max_new_tokens=widgets.IntSlider(value=max_new_tokens, min=1, max=1000, description="new tokens", **label),
+        seed=widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="9em"), **label),
         button=widgets.Button(description="generate", button_style="primary"),
         text=widgets.HTML(),
         status=widgets.Label(),
