@@ -71,10 +71,15 @@ def test_comparison_table_has_one_linked_row_each():
     rows = [_row("GPT", "causal", "character", "ch03_attention", "yours, fast size", 1000, math.log(2) * 2, 5e3, "cpu"),
             _row("encoder", "masked", "BPE token", "ch04_finetuning", "yours, fast size", 2000, 3.0, 4e3, "cpu", 3.0)]
     assert rows[0]["bits_per_char"] == pytest.approx(2.0) and rows[1]["bits_per_char"] is None
-    table = comparison_table(rows).splitlines()
-    assert len(table) == 4
+    table, legend = comparison_table(rows).split("\n\n")
+    table = table.splitlines()
+    assert len(table) == 4 and all(line.count("|") == table[0].count("|") for line in table)
     assert "[chapter 3](ch03_attention.ipynb)" in table[2] and "[chapter 4](ch04_finetuning.ipynb)" in table[3]
-    assert "| 2.00 |" in table[2] and "| - |" in table[3]
+    assert "| 2.00 |" in table[2] and "| - |" in table[3] and "| 5,000 | causal |" in table[2]
+    assert legend.startswith("*causal*: predicts the next token") and "*masked*" in legend
+    assert legend.endswith("training speeds measured on cpu.")
+    elsewhere = comparison_table([rows[0], {**rows[1], "device": "cuda"}]).split("\n\n")[0].splitlines()
+    assert "| device |" in elsewhere[0] and "| 5,000 | cpu | causal |" in elsewhere[2]
 
 
 def test_the_timeline_is_in_order_and_cites_the_bibliography():

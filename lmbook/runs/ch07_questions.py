@@ -321,13 +321,23 @@ def zoo_rows(models: dict[str, Trained], device: str) -> list[dict]:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, each linked to the chapter that measured it."""
-    lines = [("| model | run | tokens | parameters | held-out loss (nats per token) | bits per character | "
-             "tokens/s | objective | measured in |"), "|---|---|---|---:|---:|---:|---:|---|---|"]
+    """The rows as a Markdown table, each linked to the chapter that measured it, then what each objective does.
+
+    The device goes under the table when every row was measured on the same one, else in a column of its own.
+    """
+    devices = sorted({r["device"] for r in rows})
+    one_device = len(devices) <= 1
+    head = ("| model | run | tokens | parameters | val loss (nats/token) | bits/char | training tokens/s | "
+            + ("" if one_device else "device | ") + "objective | measured in |")
+    lines = [head, "|---|---|---|---:|---:|---:|---:|" + ("" if one_device else "---|") + "---|---|"]
     for r in rows:
         params = f"{r['params']:,}" if r["params"] is not None else "-"
         bits = f"{r['bits_per_char']:.2f}" if r["bits_per_char"] is not None else "-"
         lines.append(f"| {r['model']} | {r['run']} | {r['unit']} | {params} | {r['val_loss']:.3f} | {bits} | "
-                     f"{r['tokens_per_second']:,.0f} ({r['device']}) | {OBJECTIVES[r['objective']]} | "
+                     f"{r['tokens_per_second']:,.0f} | " + ("" if one_device else f"{r['device']} | ")
+                     + f"{r['objective']} | "
                      f"[{r['chapter'].split('_')[0].replace('ch0', 'chapter ')}]({r['chapter']}.ipynb) |")
-    return "\n".join(lines)
+    legend = [f"*{name}*: {what}" for name, what in OBJECTIVES.items() if any(r["objective"] == name for r in rows)]
+    if one_device and devices:
+        legend.append(f"training speeds measured on {devices[0]}")
+    return "\n".join(lines) + ("\n\n" + "; ".join(legend) + "." if legend else "")
