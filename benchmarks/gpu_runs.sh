@@ -11,12 +11,14 @@
 #                                                  # transformers' GPT2LMHeadModel
 #   bash benchmarks/gpu_runs.sh references OUTDIR [NAME...]  # the chapters' full-size reference
 #                                                  # runs (gpt, rnn, finetune): one or two a call
+#   bash benchmarks/gpu_runs.sh decode OUTDIR      # greedy decoding, lmbook against transformers'
+#                                                  # generate: both shapes, float32 and bf16
 #
 # The corpus is read from LMBOOK_DATA (or downloaded); set LMBOOK_COMMIT where the copy has
 # no .git, so that each JSON names the commit it measured.
 set -uo pipefail
 
-part=${1:?"say which part: check, mfu or references"}
+part=${1:?"say which part: check, mfu, decode or references"}
 out=${2:?"say where the results go (a folder)"}
 mkdir -p "$out"
 log="$out/log.txt"
@@ -59,6 +61,10 @@ mfu)
     step 240 "$python" benchmarks/bench_gpt.py --preset gpt2 --batch-size 32 --compile --vocab-size 50304 \
         --compile-mode max-autotune-no-cudagraphs --no-hf --profile 5 --out "$out/gpt2-b32-v50304-autotune.json"
     ;;
+decode)
+    step 240 "$python" benchmarks/bench_decode.py --out "$out/decode-fp32.json"
+    step 240 "$python" benchmarks/bench_decode.py --dtype bfloat16 --out "$out/decode-bf16.json"
+    ;;
 references)
     shift 2
     names=("$@")
@@ -68,7 +74,7 @@ references)
     done
     ;;
 *)
-    echo "unknown part '$part': check, mfu or references" >&2
+    echo "unknown part '$part': check, mfu, decode or references" >&2
     exit 2
     ;;
 esac

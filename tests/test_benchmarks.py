@@ -84,7 +84,7 @@ def gpu_commands(part: str, tmp_path: Path) -> list[list[str]]:
     return [shlex.split(line) for line in lines]
 
 
-@pytest.mark.parametrize("part", ["check", "mfu", "references"])
+@pytest.mark.parametrize("part", ["check", "mfu", "decode", "references"])
 def test_every_gpu_command_parses(part, tmp_path, monkeypatch):
     commands = gpu_commands(part, tmp_path)
     assert commands
@@ -103,4 +103,4 @@ def test_every_gpu_command_parses(part, tmp_path, monkeypatch):
 def test_gpu_runs_refuses_an_unknown_part(tmp_path):
     done = subprocess.run(["bash", str(BENCHMARKS / "gpu_runs.sh"), "everything", str(tmp_path)],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "check, mfu or references" in done.stderr
+    assert done.returncode == 2 and "check, mfu, decode or references" in done.stderr
