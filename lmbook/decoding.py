@@ -258,18 +258,20 @@ class Reader:
 
 
 @contextmanager
-def weights_in_out(model: nn.Module) -> Iterator[None]:
-    """While decoding on a CPU, keep each linear layer's weight (out, in) column by column in memory.
+def weights_in_out(model: nn.Module, rows: int = 1) -> Iterator[None]:
+    """While a CPU decodes one sequence (``rows == 1``), keep each linear weight (out, in) column by column.
 
-    One decoding step multiplies a few rows by every weight matrix, so its speed is the speed of
-    reading the weights. ``F.linear`` computes ``x @ W.T``; with ``W`` stored column-major, ``W.T``
-    is a row-major (in, out) matrix, the layout of GPT-2's own ``Conv1D``, which this CPU's matrix
-    library reads faster at a batch of one (``benchmarks/NOTES.md``). Values, shapes and parameters
-    do not change, only the order in memory, and every weight is laid out as before on exit. Left
-    alone: weights tied to an embedding (an embedding looks up rows), weights on other devices, and
-    everything when inference mode is already on (the copies would become inference tensors).
+    One decoding step of one sequence multiplies one row by every weight matrix, so its speed is the
+    speed of reading the weights. ``F.linear`` computes ``x @ W.T``; with ``W`` stored column-major,
+    ``W.T`` is a row-major (in, out) matrix, the layout of GPT-2's own ``Conv1D``, which this CPU's
+    matrix library reads faster for one row (``benchmarks/NOTES.md``). With several rows the
+    products are matrix-matrix, the library packs the weights its own way, and the layout is left
+    as it is (it measured no steady gain there). Values, shapes and parameters do not change, only
+    the order in memory, and every weight is laid out as before on exit. Left alone: weights tied
+    to an embedding (an embedding looks up rows), weights on other devices, and everything when
+    inference mode is already on (the copies would become inference tensors).
     """
-    if torch.is_inference_mode_enabled():
+    if rows != 1 or torch.is_inference_mode_enabled():
         yield
         return
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}

@@ -216,7 +216,8 @@ def generate(model: nn.Module, idx, max_new_tokens: int | None = None, temperatu
     defaults = {"max_new_tokens": None, "temperature": 1.0, "top_k": None, "use_cache": True}
     settings = {**{k: v for k, v in legacy.items() if config is None or v != defaults[k]}, **settings}
     config, generator, idx, mask = _setup(model, idx, config, settings, seed, generator, attention_mask)
-    with evaluating(model), weights_in_out(model), torch.inference_mode():
+    rows = idx.size(0) * max(config.num_beams, config.num_return_sequences)  # sequences decoded side by side
+    with evaluating(model), weights_in_out(model, rows), torch.inference_mode():
         out = _decode(model, idx, None if mask is None else mask.to(idx.device), config, generator, tokenizer)
     out = Generated(out.sequences.clone(), None if out.scores is None else out.scores.clone(), out.prompt_length)
     return out if return_dict else out.sequences

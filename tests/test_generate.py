@@ -323,3 +323,25 @@ def test_layout_is_restored_after_an_error_and_left_alone_in_inference_mode():
         generate(model, torch.tensor([1, 2, 3]), 5, do_sample=False)
     assert not any(p.is_inference() for p in model.parameters())  # training can go on
     model(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))[1].backward()
+
+
+def test_several_rows_keep_the_layout_as_it_is(monkeypatch):
+    import lmbook.decoding
+    import lmbook.generate
+
+    seen = []
+
+    def spy(model, rows=1):
+        seen.append(rows)
+        return lmbook.decoding.weights_in_out(model, rows)
+
+    monkeypatch.setattr(lmbook.generate, "weights_in_out", spy)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    generate(model, torch.tensor([[1, 2], [3, 4]]), 3, do_sample=False)
+    generate(model, torch.tensor([1, 2]), 3, num_beams=3, do_sample=False)
+    generate(model, torch.tensor([1, 2]), 3, num_return_sequences=2, seed=0)
+    generate(model, torch.tensor([1, 2]), 3, do_sample=False)
+    assert seen == [2, 3, 2, 1]
+    with lmbook.decoding.weights_in_out(model, rows=2):
+        assert model.h[0].attn.c_attn.weight.is_contiguous()
