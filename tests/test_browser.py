@@ -43,7 +43,7 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no host but this one: the book must not need one
     "--window-size=1280,1000", "--hide-scrollbars",
 ]
-SCREENSHOT_PART = 8000  # pixels: a longer page is saved in parts
+SCREENSHOT_PART = 4000  # pixels, the window's height while a page is saved in parts
 WAIT_S = 30  # for MathJax, the widgets and the search to finish on a loaded two-core machine
 # TeX the browser should have typeset: \( \) or \[ \] delimiters, $$, an environment, or $...$ holding TeX.
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\$[^$\s][^$]*?[\\^_{][^$]*?\$")
@@ -189,19 +189,27 @@ class Visit:
         return found
 
     def screenshot(self, name: str) -> Path:
-        """The whole page as ``_build/screenshots/<name>.png``; a long page in parts ``<name>-2.png``, ..."""
+        """The whole page as ``_build/screenshots/<name>.png``; a long page in parts ``<name>-2.png``, ...
+
+        Each part is what a reader sees scrolled to that point, in a window as tall as a part (sticky
+        bars included): captures beyond the viewport lay a long page out differently and came out shifted.
+        """
         driver = self.driver
-        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-        width, height = int(size["width"]), int(size["height"])
         for old in SCREENSHOTS.glob(f"{name}*.png"):
             old.unlink()
-        for part, top in enumerate(range(0, height, SCREENSHOT_PART)):
-            clip = {"x": 0, "y": top, "width": width, "height": min(SCREENSHOT_PART, height - top), "scale": 1}
-            shot = driver.execute_cdp_cmd(
-                "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
-            )
-            path = SCREENSHOTS / (f"{name}.png" if part == 0 else f"{name}-{part + 1}.png")
-            path.write_bytes(base64.b64decode(shot["data"]))
+        window = driver.get_window_size()
+        driver.set_window_size(window["width"], SCREENSHOT_PART)
+        try:
+            view, height = driver.execute_script(
+                "return [window.innerHeight, document.scrollingElement.scrollHeight]")
+            for part, top in enumerate(range(0, height, view)):
+                driver.execute_script("window.scrollTo(0, arguments[0])", top)
+                shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+                path = SCREENSHOTS / (f"{name}.png" if part == 0 else f"{name}-{part + 1}.png")
+                path.write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.set_window_size(window["width"], window["height"])
         return SCREENSHOTS / f"{name}.png"
 
 
