@@ -4,8 +4,8 @@ Concepts, one a module, each importing only lower ones: ``runtime`` (device, siz
 ``config`` (presets), ``interface`` (what every language model offers), ``data`` (corpus,
 batches), ``tokenizers``, ``ngram`` and ``metrics`` (chapter 1), ``rnn`` (chapter 2),
 ``gpt``, ``attention``, ``variants`` and ``widgets`` (chapter 3), ``mlm``, ``lora``, ``speeches``
-and ``finetune`` (chapter 4), ``decoding``, ``beam``, ``generate`` and ``decoding_viz``
-(chapter 5), ``textmetrics`` and ``hf_metrics`` (chapter 6), ``embeddings`` and ``bias``
+and ``finetune`` (chapter 4), ``decoding``, ``beam``, ``generate``, ``speculative`` and
+``decoding_viz`` (chapter 5), ``textmetrics`` and ``hf_metrics`` (chapter 6), ``embeddings`` and ``bias``
 (chapter 7), ``hf`` (``transformers``), ``viz``, ``show`` and ``diagrams`` (what the chapters
 show). Above them: ``history`` and ``checkpoint``, ``optim`` and ``train`` (the one training
 loop) with ``cudagraph``, ``runs`` (each chapter's settings per size, its experiments and its

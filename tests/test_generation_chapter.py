@@ -89,3 +89,17 @@ def test_the_figures_draw(model, tokenizer):
     pieces = list(stream(model, torch.tensor([5, 6]), tokenizer, max_new_tokens=5, seed=0))
     page = tokens_html(pieces, "<b>")
     assert page.count("<span title=") == 5 and "&lt;b&gt;" in page
+
+
+def test_speculative_speed_reports_passes_and_checks_the_text(model):
+    from lmbook.speculative import lookup_draft
+
+    prompts = torch.randint(0, 65, (3, 6), generator=torch.Generator().manual_seed(0))
+    result = ch05.speculative_speed(model, prompts, {"lookup": lookup_draft(2), "silent": lambda ids, k: []}, RUN,
+                                    repeats=1)
+    new = model.context_length - 6 - RUN.speculative_k  # the prompts are shorter than speculative_prompt
+    assert set(result) == {"plain greedy", "lookup", "silent"}
+    assert all(r["new_tokens"] == new and r["tokens_per_second"] > 0 for r in result.values())
+    assert result["silent"]["tokens_per_pass"] == 1.0 and result["silent"]["acceptance"] == 0.0
+    assert 1.0 <= result["lookup"]["tokens_per_pass"] <= RUN.speculative_k + 1
+    assert result["lookup"]["same"] and result["silent"]["same"]

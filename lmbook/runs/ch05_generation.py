@@ -5,7 +5,8 @@
 Holtzman et al. (2020), Table 1. The experiments: :func:`continuation_logprob` (how likely the model
 finds what it wrote), :func:`filter_stages` (a next-token distribution before and after each sampling filter),
 :func:`degeneration` (repetition, diversity and the model's own perplexity of its text) and
-:func:`cache_speed` (tokens per second with and without the key/value cache).
+:func:`cache_speed` (tokens per second with and without the key/value cache) and
+:func:`speculative_speed` (greedy decoding checked a few draft tokens a pass).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..generate import generate
 from ..gpt import GPT, GPTConfig
 from ..interface import evaluating
 from ..metrics import perplexity, token_nlls
+from ..speculative import Draft, speculative_greedy
 from ..textmetrics import distinct_n, repetition_rate, words
 from . import Settings
 
@@ -37,6 +39,8 @@ class GenerationRun(Settings):
     cache_width: int
     cache_context: int
     cache_lengths: tuple[int, ...]  # generated lengths the cache is timed at
+    speculative_prompt: int  # the last characters of each prompt that speculative decoding continues
+    speculative_k: int = 4  # draft tokens checked a pass
     seed: int = 0
 
     def cache_config(self) -> GPTConfig:
@@ -47,10 +51,12 @@ class GenerationRun(Settings):
 RUNS = {
     # a GPU: chapter 3's full GPT continues 200 held-out prompts; the cache is timed on the same shape
     "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8,
-                          cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240)),
+                          cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240),
+                          speculative_prompt=64),
     # two CPU cores, the whole chapter in under three minutes
     "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=120, num_beams=4,
-                          cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(16, 32, 64, 128)),
+                          cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(16, 32, 64, 128),
+                          speculative_prompt=8),  # chapter 3's fast GPT reads 32 characters
 }
 
 
@@ -161,3 +167,35 @@ def cache_speed(run: GenerationRun, device=None, repeats: int = 2) -> dict[str, 
                 best = min(best, time.perf_counter() - start)
             speeds[name][length] = length / best
     return speeds
+
+
+def speculative_speed(model: nn.Module, prompts: torch.Tensor, drafts: dict[str, Draft], run: GenerationRun,
+                      repeats: int = 3) -> dict[str, dict]:
+    """Greedy decoding of the end of each prompt (N, P) as far as the context allows, plainly and with each draft.
+
+    For each way: tokens per second over all prompts (best of ``repeats``), and for the drafts the
+    new tokens per forward pass, the share of proposals kept and whether every text equals plain
+    greedy decoding's.
+    """
+    k, prompts = run.speculative_k, prompts[:, -run.speculative_prompt :]
+    new = model.context_length - prompts.size(1) - k  # the text, the proposals and all within the context
+    device = next(model.parameters()).device
+    rows = [p[None].to(device) for p in prompts]
+    plain = [generate(model, p, new, do_sample=False) for p in rows]  # the reference, and a warm-up
+    results: dict[str, dict] = {}
+    for name, draft in {"plain greedy": None, **drafts}.items():
+        best, outs = float("inf"), []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            if draft is None:
+                outs = [generate(model, p, new, do_sample=False) for p in rows]
+            else:
+                outs = [speculative_greedy(model, p, draft, new, k=k) for p in rows]
+            best = min(best, time.perf_counter() - start)
+        results[name] = {"tokens_per_second": len(rows) * new / best, "new_tokens": new}
+        if draft is not None:
+            passes = sum(o.passes for o in outs) + len(outs)  # the first token comes with the prompt's pass
+            results[name].update(tokens_per_pass=len(rows) * new / passes,
+                                 acceptance=sum(o.accepted for o in outs) / max(1, sum(o.proposed for o in outs)),
+                                 same=all(torch.equal(o.ids.to(device), p) for o, p in zip(outs, plain)))
+    return results
