@@ -9,8 +9,8 @@ token, up to ``k + 1``, and the text is the model's greedy text, whatever the dr
 (Leviathan et al., 2023, and Chen et al., 2023, for sampling; this is the greedy case). The
 key/value cache is rolled back over the rejected proposals by resetting its position.
 
-Two drafts: :func:`lookup_draft` copies what followed the last occurrence of the text's final
-n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
+Two drafts: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
+final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
 count-based model of chapter 1.
 """
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .gpt import KVCache
-from .interface import check_token_ids, evaluating
+from .interface import evaluating
 
 Draft = Callable[[Sequence[int], int], list[int]]  # (the text so far, how many) -> proposed ids
 
@@ -70,7 +70,7 @@ def ngram_draft(lm, tokenizer) -> Draft:
     to_id = {p: i for i, p in enumerate(to_piece)}
 
     def propose(ids: Sequence[int], k: int) -> list[int]:
-        context = [to_piece[i] for i in ids[len(ids) - lm.n + 1 :]] if lm.n > 1 else []  # the last n - 1
+        context = [to_piece[i] for i in ids[-(lm.n - 1):]] if lm.n > 1 else []  # the last n - 1 pieces
         out = []
         for _ in range(k):
             piece = vocab[int(lm.distribution(context).argmax())]
@@ -112,8 +112,7 @@ def speculative_greedy(model: nn.Module, idx, draft: Draft, max_new_tokens: int,
     idx = torch.as_tensor(idx, dtype=torch.long)
     idx = idx[None] if idx.dim() == 1 else idx
     _check(model, idx, max_new_tokens, k)
-    device = next(model.parameters()).device
-    check_token_ids(idx, model.config.vocab_size)
+    device = next(model.parameters()).device  # the model checks the prompt's ids itself
     with evaluating(model):
         cache = model.make_cache()
         logits = model(idx.to(device), cache=cache)[0]  # (1, T, V)

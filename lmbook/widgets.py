@@ -79,7 +79,7 @@ def _beam_pieces(model, ids: list[int], n_new: int, tokenizer) -> list:
     """Beam search's new tokens, each with the model's own probability of it (beams choose no token alone)."""
     if not n_new:
         return []
-    context = getattr(getattr(model, "config", None), "block_size", None)
+    context = getattr(model, "context_length", None)  # None: a recurrent model reads any length
     if context is not None:
         context = min(context, len(ids) - 1)  # a short text is read in one window
     stride = None if context is None else max(1, context // 2)  # windows overlap: each token has context
@@ -116,7 +116,7 @@ def generation_playground(model, tokenizer, prompt: str = "ROMEO:\n", max_new_to
         text=widgets.HTML(),
         status=widgets.Label(),
     )
-    context = getattr(getattr(model, "config", None), "block_size", None)
+    context = getattr(model, "context_length", None)
 
     def enable(_=None) -> None:
         sampling = controls.strategy.value == "sampling"

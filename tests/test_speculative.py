@@ -104,4 +104,12 @@ def test_bad_arguments_are_refused_with_what_to_do(model):
     rnn = RNNLM(RNNConfig(vocab_size=65, cell="gru", n_layer=1, n_embd=8, n_hidden=8))
     with pytest.raises(TypeError, match="no key/value cache with a position"):
         speculative_greedy(rnn, idx, lookup_draft(), 5)
-    assert model.training is False
+
+
+def test_the_model_keeps_its_mode(model):
+    model.train()
+    try:
+        speculative_greedy(model, torch.tensor([1, 2, 3]), lookup_draft(), 5)
+        assert model.training  # decoded in eval mode (no dropout), then left as it was found
+    finally:
+        model.eval()
