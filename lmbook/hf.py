@@ -15,7 +15,9 @@ the functions that need it and ``import lmbook.hf`` stays cheap.
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import torch
 
@@ -174,18 +176,34 @@ def from_hf(hf_model: GPT2LMHeadModel) -> GPT:
     return model
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a connection to the Hugging Face Hub (``HF_ENDPOINT``, else huggingface.co) opens within
+    ``timeout`` seconds: one quick try, where ``transformers`` would retry for half a minute."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # no route, no name, refused, timed out
+        return False
+
+
 def load_gpt2(name_or_path: str = "gpt2") -> GPT:
     """GPT-2 as our ``GPT``: from the Hugging Face Hub (``"gpt2"``, ``"gpt2-medium"``, ...) or a local directory.
 
     The directory is one written by ``GPT2LMHeadModel.save_pretrained`` (or ``to_hf(model).save_pretrained``).
+    Without a network (or with ``HF_HUB_OFFLINE=1``) a Hub model loads from the local cache when it is there;
+    otherwise the error says so at once, in one line, instead of after the Hub client's retries.
     """
     from huggingface_hub import is_offline_mode
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
     from transformers import GPT2LMHeadModel
 
     name_or_path = os.path.expanduser(name_or_path)
+    offline = is_offline_mode()
+    unreachable = not offline and not os.path.isdir(name_or_path) and not hub_reachable()
     try:
-        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=offline or unreachable)
     except OSError as err:
         # transformers turns every failure into an OSError; its cause tells them apart.
         if isinstance(err.__cause__, HFValidationError) and not os.path.isdir(name_or_path):
@@ -194,8 +212,8 @@ def load_gpt2(name_or_path: str = "gpt2") -> GPT:
                 "on the Hugging Face Hub either (like 'gpt2'). Pass the path of a directory written by "
                 "save_pretrained, or a Hub model id."
             ) from err
-        if isinstance(err.__cause__, LocalEntryNotFoundError):
-            why = ("offline mode is on (HF_HUB_OFFLINE=1)" if is_offline_mode()
+        if offline or unreachable or isinstance(err.__cause__, LocalEntryNotFoundError):
+            why = ("offline mode is on (HF_HUB_OFFLINE=1)" if offline
                    else "the Hugging Face Hub could not be reached")
             raise OSError(
                 f"cannot load {name_or_path!r}: {why} and its files are not in the local cache. Connect to the "

@@ -1,14 +1,14 @@
-"""What a chapter shows its reader besides plots: the package's own code, and the numbers its prose quotes.
+"""What a chapter shows its reader besides plots: the package's own code, and the prose that quotes its results.
 
 Every chapter reads in three places: the built book, Jupyter and Colab. MyST directives and roles
-(``literalinclude``, ``{glue:text}``) work only in the first, so the chapters show the package through
-cell outputs instead, which look the same everywhere:
+(``literalinclude``, ``{glue:text}``, ``{cite:t}``) work only in the first; Jupyter and Colab show them raw.
+So the chapters show the package and their results through cell outputs, which look the same everywhere:
 
 - :func:`show_source` prints the source of a function or class of the installed package as a Python code
   block, with the file it comes from: the code the prose explains, never a copy of it;
-- :func:`report` hands a dict of results to the prose (myst-nb's ``glue``, through :func:`lmbook.viz.glue`)
-  and prints them in the same cell, so that a reader without the book's build sees every number and every
-  computed verdict the prose quotes, under the name the prose uses;
+- :func:`report` keeps results under the names the prose uses, and :func:`prose` writes a passage of
+  Markdown with those results filled in (``{val_loss:.2f}``), as the output of a cell whose input the book
+  hides: the book, Jupyter and Colab all render the same sentences with the same numbers;
 - :func:`than`, :func:`ordering` and :func:`trend` give the words of a verdict (``lower``, ``a (1.9) < b (2.1)``,
   ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave.
 
@@ -17,6 +17,7 @@ Used by every chapter.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import itertools
 import math
@@ -26,10 +27,9 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
-from .viz import glue
-
 PACKAGE = Path(__file__).resolve().parent
-GLUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a {glue:text}`name` role can name
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a result may be called, and a {placeholder} name
+RESULTS: dict[str, object] = {}  # what report() kept, for prose() to quote: one chapter's results per kernel
 
 
 def source_of(obj) -> tuple[str, str]:
@@ -106,39 +106,106 @@ def plain(value) -> str:
     raise TypeError(f"report prints numbers, strings and Markdown objects, not {type(value).__name__} ({value!r}).")
 
 
-def report(values: Mapping[str, object], title: str | None = None) -> None:
-    """Glue each of ``values`` (name -> number, string or ``IPython.display.Markdown``) for the prose and print
-    them, one ``name  value`` a line, so that the cell's output shows what the prose quotes.
+def report(values: Mapping[str, object]) -> None:
+    """Keep each of ``values`` (name -> number, string or ``IPython.display.Markdown``) for the prose to quote.
 
-    The names are those of the prose's roles, ``{glue:text}`name:.2f``` or ``{glue:md}`name```.
+    A later :func:`prose` passage writes ``{name}`` or ``{name:.2f}`` where the value belongs. Nothing is
+    printed: the reader sees the values in the sentences that use them.
     """
     if not isinstance(values, Mapping):
         raise TypeError(f"values must be a mapping of names to results, not {type(values).__name__}.")
     if not values:
         raise ValueError("values is empty: report needs at least one result to hand to the prose.")
-    bad = [name for name in values if not isinstance(name, str) or not GLUE_NAME.fullmatch(name)]
+    bad = [name for name in values if not isinstance(name, str) or not NAME.fullmatch(name)]
     if bad:
-        raise ValueError(f"names to glue must be identifiers (letters, digits, underscores), not {bad!r}.")
-    lines = {name: plain(value) for name, value in values.items()}  # every value checked before any is glued
-    for name, value in values.items():
-        glue(name, value)
-    width = max(map(len, lines))
-    if title:
-        print(title)
-    for name, text in lines.items():
-        print(f"{name:<{width}}  {text}")
+        raise ValueError(f"names of results must be identifiers (letters, digits, underscores), not {bad!r}.")
+    for value in values.values():
+        plain(value)  # every value checked before any is kept
+    RESULTS.update(values)
+
+
+# Spans of Markdown that prose() leaves as they are: fenced code, inline code and math (TeX has braces).
+VERBATIM = re.compile(
+    r"(?ms)^(?P<fence>`{3,}|~{3,}).*?^(?P=fence)[ \t]*$"  # a fenced block
+    r"|(?P<ticks>`+).+?(?P=ticks)"  # inline code
+    r"|\$\$.+?\$\$|\$[^$\n]+\$"  # display and inline math
+    r"|\\begin\{(?P<env>\w+\*?)\}.*?\\end\{(?P=env)\}"  # an amsmath environment
+)
+PLACEHOLDER = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<spec>[^{}\n]*))?\}")
+
+
+class Prose:
+    """A passage of Markdown with results filled in, shown as a cell's output: rendered as Markdown where the
+    front end can (the book, Jupyter, Colab), as plain text elsewhere."""
+
+    def __init__(self, text: str):
+        self.data = text
+
+    def _repr_markdown_(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return self.data
+
+
+def fill(template: str, values: Mapping[str, object]) -> str:
+    """``template`` with each ``{name}`` or ``{name:spec}`` outside code and math replaced by ``values[name]``,
+    formatted as ``format(value, spec)`` would (a Markdown verdict as its text). Braces in code and math, and
+    braces around anything but a name, stay as they are."""
+
+    def one(match: re.Match) -> str:
+        name, spec = match["name"], match["spec"] or ""
+        if name not in values:
+            close = difflib.get_close_matches(name, list(values), n=3)
+            raise KeyError(
+                f"the prose quotes {{{name}}}, but no result of that name was reported"
+                + (f" (did you mean {', '.join(close)}?)" if close else "")
+                + ": hand it to the prose first, with report({...}) in the cell that computes it."
+            )
+        value = values[name]
+        if isinstance(getattr(value, "data", None), str) and hasattr(value, "_repr_markdown_"):
+            if spec:
+                raise ValueError(f"{{{name}:{spec}}}: {name} is a Markdown text, which takes no format spec.")
+            return value.data
+        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # a 0-d tensor or NumPy scalar
+        try:
+            return format(value, spec)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{{{name}:{spec}}}: cannot format {value!r} with {spec!r}: {err}") from None
+
+    pieces, last = [], 0
+    for verbatim in VERBATIM.finditer(template):
+        pieces.append(PLACEHOLDER.sub(one, template[last: verbatim.start()]))
+        pieces.append(verbatim.group(0))
+        last = verbatim.end()
+    pieces.append(PLACEHOLDER.sub(one, template[last:]))
+    return "".join(pieces)
+
+
+def prose(template: str) -> Prose:
+    """A passage of the chapter whose sentences quote results: Markdown with ``{name}`` or ``{name:.2f}`` where
+    the result that :func:`report` kept under ``name`` belongs, returned as the cell's Markdown output.
+
+    The chapters put it alone in a cell that the book shows without its input (tag ``remove-input``) and that
+    Jupyter and Colab fold (``source_hidden``, Colab's form view), so that every reader sees the same text with
+    this run's numbers in it. A name nothing reported is an error that names the close ones.
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError("prose needs a passage of Markdown to show.")
+    return Prose(fill(textwrap.dedent(template).strip("\n") + "\n", RESULTS))
 
 
 # --- verdicts: the words a sentence needs, computed from the run ------------------------
 def _markdown_text(text: str):
-    from IPython.display import Markdown  # the chapters run in IPython; glue takes Markdown for {glue:md}
+    from IPython.display import Markdown  # the chapters run in IPython
 
     return Markdown(text)
 
 
 def than(value: float, reference: float, below: str = "lower", above: str = "higher", tolerance: float = 0.0):
     """``below`` or ``above`` as ``value`` is less or more than ``reference`` (``"about the same"`` within
-    ``tolerance``): the word a sentence comparing two results needs, for :func:`report` and ``{glue:md}``."""
+    ``tolerance``): the word a sentence comparing two results needs, for :func:`report` and :func:`prose`."""
     for name, x in (("value", value), ("reference", reference), ("tolerance", tolerance)):
         if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(x):
             raise TypeError(f"{name} must be a real number, not {x!r}.")

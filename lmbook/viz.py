@@ -56,19 +56,6 @@ def compare_histories(histories: Mapping[str, History], split: str = "val", x: s
     return ax
 
 
-def glue(name: str, value, display: bool = False) -> None:
-    """Hand a number computed in a chapter to its prose (myst-nb's ``glue``); a no-op outside the book build.
-
-    In the rendered book, ``{glue:text}`name:.2f``` in Markdown shows the value; in Colab or
-    plain Jupyter, where myst-nb is absent, the value is simply not glued.
-    """
-    try:
-        from myst_nb import glue as myst_glue
-    except ImportError:
-        return
-    myst_glue(name, value, display=display)
-
-
 def plot_attention(weights, tokens: list[str], ax=None, title: str = ""):
     """One head's attention weights (T, T) as a heat map: row = query (the position predicting), column = key."""
     T = len(tokens)

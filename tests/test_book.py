@@ -35,8 +35,8 @@ ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 # already there and must not be reinstalled); everywhere it prints versions and device.
 SETUP_CELL = """\
 import sys
-if "google.colab" in sys.modules:  # Colab has torch already; add the book's package, at this notebook's version
-    %pip install -q "lmbook @ git+https://github.com/lmbook/lmbook@v0.1.0"
+if "google.colab" in sys.modules:  # Colab has torch already; add the book's package, from this notebook's branch
+    %pip install -q "lmbook @ git+https://github.com/lmbook/lmbook@main"
 from lmbook.runtime import show_environment
 show_environment()"""
 
@@ -116,14 +116,29 @@ def test_config_turns_execution_off():
 
 
 # --- The book: execute every notebook, then build ----------------------------------
-@pytest.fixture(scope="session")
-def exec_tree() -> Path:
+def corpus_or_exit() -> None:
+    """Find (or, online, download) the corpus once, before any notebook runs; without it, stop the whole run with
+    the one message that says what to do, instead of the same error once per notebook.
+
+    It runs in a child process: this process refuses the network (tests/conftest.py), the notebooks do not."""
+    check = ("import sys\nfrom lmbook.data import DataUnavailableError, load_shakespeare\n"
+             "try:\n    load_shakespeare()\nexcept DataUnavailableError as err:\n    sys.exit(str(err))")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path})
+    if done.returncode != 0:
+        pytest.exit(f"the chapters cannot run without their corpus; no notebook was executed.\n{done.stderr.strip()}",
+                    returncode=1)
+
+
+def fresh_exec_tree() -> Path:
     """A fresh mirror of the book's sources in ``_build/exec``, without notebooks until they run.
 
     It holds ``_config.yml``, ``_toc.yml``, every other file under ``book/`` and the
     package's sources (for ``literalinclude``); each notebook is added once executed.
     """
-    for folder in (EXEC, MODELS):
+    corpus_or_exit()
+    for folder in (EXEC, MODELS, HTML):  # the old HTML too: nothing may test a book this run did not build
         if folder.exists():
             shutil.rmtree(folder)
     ignore = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__")
@@ -132,6 +147,24 @@ def exec_tree() -> Path:
     for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy2(ROOT / name, EXEC / name)
     return EXEC
+
+
+@pytest.fixture(scope="session")
+def exec_tree() -> Path:
+    return fresh_exec_tree()
+
+
+def test_a_new_build_starts_without_the_last_ones_html(tmp_path, monkeypatch):
+    """The browser tests must test the book this run builds: a failed build leaves no old HTML behind."""
+    import test_book
+
+    for name in ("EXEC", "MODELS", "HTML"):
+        monkeypatch.setattr(test_book, name, tmp_path / name.lower())
+        (tmp_path / name.lower()).mkdir()
+    (tmp_path / "html" / "index.html").write_text("an older book", encoding="utf-8")
+    monkeypatch.setattr(test_book, "corpus_or_exit", lambda: None)
+    built = test_book.fresh_exec_tree()
+    assert not (tmp_path / "html").exists() and (built / "book").is_dir() and (built / "_toc.yml").is_file()
 
 
 @pytest.mark.book

@@ -189,6 +189,29 @@ def test_load_gpt2_offline_says_what_to_do(offline_hub):
     assert not any(offline_hub.rglob("*.safetensors"))
 
 
+def test_load_gpt2_without_a_network_says_so_at_once_in_one_line(offline_hub, monkeypatch):
+    """Offline mode off, but nothing answers at the Hub's address (a closed port on this machine)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="could not be reached and its files are not in the local cache") as info:
+        load_gpt2("gpt2")
+    assert time.perf_counter() - start < 5.0
+    assert "\n" not in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
+
+
+def test_hub_reachable_tries_the_endpoint_once(monkeypatch):
+    import socket
+
+    from lmbook.hf import hub_reachable
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable()
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert not hub_reachable()
+
+
 def test_load_gpt2_missing_directory(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no directory at that path") as info:

@@ -1,4 +1,4 @@
-"""lmbook.show: the package's source as a cell output, and results glued and printed in one call."""
+"""lmbook.show: the package's source as a cell output; results kept by report and quoted by prose."""
 
 import inspect
 import textwrap
@@ -9,7 +9,7 @@ from IPython.display import Markdown
 
 from lmbook import show
 from lmbook.optim import lr_at
-from lmbook.show import ordering, plain, report, show_source, source_markdown, source_of, than, trend
+from lmbook.show import fill, ordering, plain, prose, report, show_source, source_markdown, source_of, than, trend
 from lmbook.train import TrainingRun
 
 
@@ -43,33 +43,64 @@ def test_show_source_refuses_what_is_not_the_packages_code():
         show_source()
 
 
-def test_report_glues_and_prints_every_value(monkeypatch, capsys):
-    glued = {}
-    monkeypatch.setattr(show, "glue", lambda name, value: glued.setdefault(name, value))
+@pytest.fixture
+def results(monkeypatch):
+    """An empty set of kept results for one test (the chapters' kernel keeps one for the whole chapter)."""
+    kept = {}
+    monkeypatch.setattr(show, "RESULTS", kept)
+    return kept
+
+
+def test_report_keeps_every_value_and_prints_nothing(results, capsys):
     verdict = Markdown("lower")
     report({"val_loss": 1.87345, "n_params": 1234567, "verdict": verdict, "ratio": torch.tensor(2.5e-7)})
-    assert glued["val_loss"] == 1.87345 and glued["verdict"] is verdict and glued["n_params"] == 1234567
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == ["val_loss  1.873", "n_params  1,234,567", "verdict   lower", "ratio     2.500e-07"]
+    assert results["val_loss"] == 1.87345 and results["verdict"] is verdict and results["n_params"] == 1234567
+    assert capsys.readouterr().out == ""
+
+
+def test_report_checks_every_value_before_keeping_any(results):
+    with pytest.raises(TypeError, match="numbers, strings and Markdown"):
+        report({"good": 1.0, "bad": [1, 2]})
+    with pytest.raises(TypeError, match="mapping"):
+        report([("a", 1)])
+    with pytest.raises(ValueError, match="identifiers"):
+        report({"val loss": 1.0})
+    with pytest.raises(ValueError, match="empty"):
+        report({})
+    assert results == {}
+
+
+def test_prose_fills_results_with_their_format(results):
+    report({"val_loss": 1.87345, "n_params": 1234567, "verdict": Markdown("lower"), "ratio": torch.tensor(0.25)})
+    shown = prose("""
+        The loss is {val_loss:.2f} with {n_params:,d} parameters, {verdict} than before; {ratio:.0%} of it.
+    """)
+    assert shown._repr_markdown_() == "The loss is 1.87 with 1,234,567 parameters, lower than before; 25% of it.\n"
+    assert repr(shown) == shown.data
+
+
+def test_prose_leaves_math_code_and_other_braces_alone():
+    values = {"n": 3, "a": 1}
+    template = ("$x_{a}$ and $$\\frac{a}{n}$$, `{n}` and\n```python\nf'{a}'\n```\n"
+                "\\begin{aligned} y_{n} \\end{aligned} {not a name} {n}")
+    assert fill(template, values) == template[:-3] + "3"
+
+
+def test_prose_names_what_is_missing_and_what_is_close(results):
+    report({"val_loss": 1.5})
+    with pytest.raises(KeyError, match=r"\{val_los\}.*did you mean val_loss.*report"):
+        prose("{val_los:.2f}")
+    with pytest.raises(ValueError, match="takes no format spec"):
+        fill("{v:.2f}", {"v": Markdown("lower")})
+    with pytest.raises(ValueError, match="cannot format"):
+        fill("{v:d}", {"v": 1.5})
+    with pytest.raises(ValueError, match="passage"):
+        prose("  ")
 
 
 def test_plain_formats_numbers_as_a_reader_reads_them():
     assert [plain(v) for v in (0.0, 12.5, 65432.1, 1e7, float("inf"), True, "x")] == [
         "0", "12.5", "65,432.1", "1.000e+07", "inf", "True", "x"]
-
-
-def test_report_refuses_bad_input_before_gluing_anything(monkeypatch):
-    glued = []
-    monkeypatch.setattr(show, "glue", lambda name, value: glued.append(name))
-    with pytest.raises(ValueError, match="identifiers"):
-        report({"val loss": 1.0})
-    with pytest.raises(TypeError, match="numbers, strings and Markdown"):
-        report({"fine": 1.0, "bad": [1, 2]})
-    with pytest.raises(TypeError, match="mapping"):
-        report([("a", 1)])
-    with pytest.raises(ValueError, match="empty"):
-        report({})
-    assert glued == []
 
 
 def test_than_names_the_direction_of_a_comparison():

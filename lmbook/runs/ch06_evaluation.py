@@ -75,7 +75,7 @@ def texts(run: EvaluationRun) -> tuple[str, str]:
 
 
 def md(text: str):
-    """``text`` as Markdown, for the prose's ``{glue:md}`` roles (the names of models and settings)."""
+    """``text`` as Markdown, for the prose's ``{name}`` placeholders (:func:`lmbook.show.prose`) (the names of models and settings)."""
     from IPython.display import Markdown
 
     return Markdown(text)
