@@ -107,7 +107,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def process_state(train_batches) -> dict:
-    """What differs between processes and must come back on resume: random generators and batches."""
+def process_state(train_batches, model: nn.Module | None = None) -> dict:
+    """What differs between processes and must come back on resume: random generators, batches and, for a
+    model that carries a state from one training call to the next (a recurrent one), that state."""
     batches = train_batches.state_dict() if hasattr(train_batches, "state_dict") else None
-    return {"rng": rng_state(), "batches": batches}
+    carried = model.training_state() if hasattr(model, "training_state") else None
+    return {"rng": rng_state(), "batches": batches, "carried": carried}

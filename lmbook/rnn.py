@@ -200,6 +200,14 @@ class RNNLM(nn.Module):
         """Forget the carried training state: the next training call starts from zeros."""
         self._carried = None
 
+    def training_state(self) -> State | None:
+        """The state carried from one training call to the next (a checkpoint keeps it for an exact resume)."""
+        return self._carried
+
+    def load_training_state(self, state: State | None) -> None:
+        """Carry ``state`` into the next training call, as :meth:`training_state` returned it."""
+        self._carried = state
+
     def run(self, emb: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits (B, T, vocab) and the final state, from the embedded tokens ``emb`` (B, T, C)."""
         out, state = self.rnn(self.drop(emb), state)  # (B, T, H)

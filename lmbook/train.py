@@ -121,6 +121,8 @@ class TrainingRun:
         if hasattr(self.train_batches, "load_state_dict"):
             self.train_batches.load_state_dict(local["batches"])
         set_rng_state(local["rng"])
+        if hasattr(self.model, "load_training_state"):  # a recurrent model's state, carried between batches
+            self.model.load_training_state(local.get("carried"))
         self.history, self.step_number = History.from_dict(state["history"]), state["step"]
         self.eval_states = state["eval_batches"]
         self.best_state = state.get("best_model")
@@ -190,10 +192,10 @@ class TrainingRun:
 
     def save(self) -> None:
         """An atomic checkpoint of everything an exact resume needs (process 0 writes it)."""
-        processes = [process_state(self.train_batches)]
+        processes = [process_state(self.train_batches, self.model)]
         if self.n_proc > 1:
             processes = [None] * self.n_proc
-            dist.all_gather_object(processes, process_state(self.train_batches))
+            dist.all_gather_object(processes, process_state(self.train_batches, self.model))
         if self.rank == 0:
             atomic_save(
                 {
@@ -260,7 +262,7 @@ class TrainingRun:
         self.bar = tqdm(total=config.max_steps, initial=self.step_number, desc=config.desc,
                         disable=not config.progress or self.rank != 0)
         first_step, tick, train_seconds, pending, pending_steps = self.step_number, time.perf_counter(), 0.0, [], []
-        while self.step_number < config.max_steps:
+        while self.step_number < config.max_steps and history.stopped_early is None:  # a resumed stop stays one
             lr = lr_at(self.step_number, config)
             loss, grad_norm = self.step(lr)
             history.tokens_per_step = self.batch_tokens * config.grad_accum * self.n_proc

@@ -100,3 +100,36 @@ def test_every_training_setting_is_checked_where_it_enters(field, value):
     with pytest.raises(ValueError, match=re.escape(f", not {value!r}.")) as err:
         TrainConfig(**{field: value})
     assert str(err.value).startswith(f"TrainConfig.{field} must be ")
+
+
+def test_a_recurrent_model_resumes_from_the_state_it_carried(tmp_path):
+    """An RNN carries its hidden state from batch to batch: a checkpoint keeps it, so a resume continues exactly."""
+    from lmbook.data import SequentialBatches
+    from lmbook.rnn import RNNConfig, RNNLM
+
+    def run(steps: int, path=None, resume: bool = False) -> RNNLM:
+        torch.manual_seed(0)
+        model = RNNLM(RNNConfig.preset("tiny"))
+        config = TrainConfig(max_steps=steps, lr=1e-2, schedule="constant", warmup_steps=0, progress=False,
+                             checkpoint_path=path and str(path))
+        train(model, SequentialBatches(DATA, 8, 2), config, resume=resume)
+        return model
+
+    whole = run(4)
+    run(2, tmp_path / "rnn.pt")  # stopped after two steps, its checkpoint written
+    resumed = run(4, tmp_path / "rnn.pt", resume=True)
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), f"{name} differs after the resume"
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
+    def run(resume: bool):
+        config = TrainConfig(max_steps=8, lr=0.0, min_lr=0.0, warmup_steps=0, eval_interval=2, eval_iters=1,
+                             patience=1, progress=False, checkpoint_path=str(tmp_path / "ckpt.pt"))
+        val = RandomBatches(DATA, 16, 2, seed=1)
+        return train(gpt(), RandomBatches(DATA, 16, 2, seed=0), config, {"val": val}, resume=resume)
+
+    stopped = run(resume=False)  # a learning rate of 0: no evaluation improves on the first
+    assert stopped.stopped_early == 2
+    resumed = run(resume=True)
+    assert resumed.steps == stopped.steps and resumed.stopped_early == 2
