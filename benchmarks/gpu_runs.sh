@@ -9,8 +9,10 @@
 #                                                  # recipe (run p) with and without the graph
 #   bash benchmarks/gpu_runs.sh mfu OUTDIR         # GPT-2 124M: tokens/s and MFU, ours and
 #                                                  # transformers' GPT2LMHeadModel
-#   bash benchmarks/gpu_runs.sh references OUTDIR [NAME...]  # the chapters' full-size reference
-#                                                  # runs (gpt, rnn, finetune): one or two a call
+#   bash benchmarks/gpu_runs.sh references OUTDIR [CHAPTER...]  # the chapters' full-size reference
+#                                                  # recipes (ch03, ch02, ch04): one or two a call; one
+#                                                  # stopped at its limit resumes where it stood when the
+#                                                  # same command runs again on the same machine
 #   bash benchmarks/gpu_runs.sh decode OUTDIR      # greedy decoding, lmbook against transformers'
 #                                                  # generate: both shapes, float32 and bf16
 #
@@ -68,9 +70,9 @@ decode)
 references)
     shift 2
     names=("$@")
-    [ ${#names[@]} -gt 0 ] || names=(gpt rnn finetune)
+    [ ${#names[@]} -gt 0 ] || names=(ch03 ch02 ch04)
     for name in "${names[@]}"; do
-        step 580 "$python" -m lmbook.reference "$name" --directory "$out"
+        step 580 "$python" -m lmbook.reference record "$name" --level gpu --directory "$out"
     done
     ;;
 *)

@@ -98,18 +98,20 @@ def test_recorded_rows_read_each_chapters_record(monkeypatch):
     from lmbook.runs import ch04_finetune
     from lmbook.runs import ch07_questions as ch07
 
+    from lmbook.reference import Record
+
     environment = {"device": "NVIDIA H100"}
-    sizes = json.loads(json.dumps(ch04_finetune.RUNS["fast"].to_dict()))  # as lmbook/references/*.json holds it
+    recipe = json.loads(json.dumps(ch04_finetune.RUNS["fast"].to_dict()))  # as lmbook/references/*.json holds it
     records = {
-        "rnn": {"environment": environment, "results": {"runs": {
-            "lstm": {"params": 1000, "val_loss": 1.5, "tokens_per_second": 2e5}}}},
-        "gpt": {"environment": environment, "results": {"params": 2000, "val_loss_whole_split": 1.4,
-                                                        "tokens_per_second": 3e5}},
-        "finetune": {"environment": environment, "sizes": sizes, "histories": {
+        "ch02": Record("ch02", "gpu", {}, "hash", environment=environment, results={"runs": {
+            "lstm": {"params": 1000, "val_loss": 1.5, "tokens_per_second": 2e5}}}),
+        "ch03": Record("ch03", "gpu", {}, "hash", environment=environment, results={
+            "params": 2000, "val_loss_whole_split": 1.4, "tokens_per_second": 3e5}),
+        "ch04": Record("ch04", "gpu", recipe, "hash", environment=environment, histories={
             name: History(eval_steps=[10], eval_loss={"val": [loss]}, tokens_per_second=4e5)
-            for name, loss in (("gpt", 4.0), ("mlm", 5.0))}},
+            for name, loss in (("gpt", 4.0), ("mlm", 5.0))}),
     }
-    monkeypatch.setattr(ch07.reference, "load", records.get)
+    monkeypatch.setattr(ch07.reference, "load", lambda name, level=None: records.get(name))
     rows = ch07.recorded_rows()
     assert [(r["model"], r["objective"]) for r in rows] == [
         ("LSTM", "causal"), ("GPT", "causal"), ("GPT", "causal"), ("encoder (a small BERT)", "masked")]

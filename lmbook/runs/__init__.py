@@ -1,9 +1,11 @@
-"""The chapters' runs: what each chapter trains, at each size, and its full-size reference recipe.
+"""The chapters' runs: what each chapter trains, at each size, and its reference recipes.
 
 The concept modules (:mod:`lmbook.gpt`, :mod:`lmbook.rnn`, ...) say what a model is; the modules here say
 what a chapter does with it: one module per chapter, each with its settings per size in ``RUNS``
 (``{"full": ..., "fast": ...}``, chosen by ``lmbook.runtime.pick(**RUNS)``), its experiments and its
-``reference_run()``, which ``python -m lmbook.reference`` records on a GPU. Every settings class
+reference recipes: ``REFERENCE`` (settings per level, ``"cpu"`` and ``"gpu"``), ``RECIPE_VERSION`` and
+``record_<level>(rec)``, which ``python -m lmbook.reference record`` runs through a resumable
+:class:`~lmbook.runs.recording.Recording`. Every settings class
 derives from :class:`Settings`; those that train with :func:`lmbook.train.train` from :class:`RunSettings`,
 so each one makes its :class:`~lmbook.train.TrainConfig` the same way.
 
@@ -11,15 +13,17 @@ so each one makes its :class:`~lmbook.train.TrainConfig` the same way.
 - :mod:`lmbook.runs.quickstart`: the quick start's GPT;
 - :mod:`lmbook.runs.ch02_rnn`: RNN, LSTM and GRU on characters;
 - :mod:`lmbook.runs.ch03_gpt`: the character-level GPT, its position tables and its LayerNorm placements;
-- :mod:`lmbook.runs.ch04_finetune`: pretraining, domain adaptation, a labelled task.
+- :mod:`lmbook.runs.ch04_finetune`: pretraining, domain adaptation, a labelled task;
+- :mod:`lmbook.runs.recording`: recording a recipe, resumably (for :mod:`lmbook.reference`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ..config import Presets
-from ..train import TrainConfig
+from ..train import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,16 @@ class RunSettings(Settings):
     def train_config(self, **changes) -> TrainConfig:
         """The training configuration of these settings, with ``changes`` to any of its fields."""
         return TrainConfig(**{**self.train_settings(), **changes})
+
+
+def trainer(rec, label: str) -> Callable:
+    """How a chapter's function trains: :func:`lmbook.train.train`, or, in a reference recipe, through the
+    recording ``rec`` under ``label`` (:meth:`~lmbook.runs.recording.Recording.train`), which resumes."""
+    if rec is None:
+        return lambda model, batches, config, eval_batches=None, tokenizer=None, keep=True: train(
+            model, batches, config, eval_batches, tokenizer=tokenizer)
+
+    def resumable(model, train_batches, config, eval_batches=None, tokenizer=None, keep: bool = True):
+        return rec.train(label, model, train_batches, config, eval_batches, tokenizer, keep=keep)
+
+    return resumable

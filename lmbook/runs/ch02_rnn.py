@@ -2,7 +2,7 @@
 
 Training reads the corpus in order (:class:`~lmbook.data.SequentialBatches`) and each model carries its
 state from batch to batch: truncated backpropagation through time, ``bptt`` characters at a time.
-:func:`reference_run` is the chapter's full-size experiment.
+:func:`record_gpu` is the chapter's full-size reference recipe (``python -m lmbook.reference record ch02``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from ..history import History
 from ..metrics import split_loss
 from ..rnn import CELLS, NAMES, RNNLM, RNNConfig, input_gradient_norms, scale_recurrent_weights
 from ..runtime import get_device
-from ..train import train
-from . import RunSettings
+from . import RunSettings, trainer
 
 
 @dataclass(frozen=True)
@@ -60,31 +59,33 @@ def make_char_model(cell: str, run: CharRun, vocab_size: int, device=None, seed:
 
 
 def train_char_model(model: RNNLM, run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor,
-                     seed: int = 0, **changes) -> History:
+                     seed: int = 0, eval_batches: dict | None = None, rec=None, **changes) -> History:
     """Train ``model`` in place at the sizes of ``run`` with :func:`lmbook.train.train`; returns its history.
 
     Training reads :class:`~lmbook.data.SequentialBatches` and the model carries its state
-    from batch to batch; evaluation reads random windows from a zero state, as for the GPT.
-    ``changes`` override fields of the :class:`~lmbook.train.TrainConfig` (``grad_clip=None``, say).
+    from batch to batch; evaluation reads random windows from a zero state, as for the GPT
+    (``eval_batches`` replaces them). ``changes`` override fields of the :class:`~lmbook.train.TrainConfig`
+    (``grad_clip=None``, say). In a reference recipe, ``rec`` (a :class:`~lmbook.runs.recording.Recording`)
+    trains it under the cell's name, resumably.
     """
     device = next(model.parameters()).device
     batches = SequentialBatches(train_data, run.bptt, run.batch_size, device)
-    eval_batches = {
+    eval_batches = eval_batches or {
         "train": RandomBatches(train_data, run.bptt, run.batch_size, device, seed=seed + 1),
         "val": RandomBatches(val_data, run.bptt, run.batch_size, device, seed=seed + 2),
     }
     model.reset_state()
     config = run.train_config(**{"desc": NAMES[model.config.cell], "seed": seed, **changes})
-    return train(model, batches, config, eval_batches)
+    return trainer(rec, model.config.cell)(model, batches, config, eval_batches)
 
 
 def train_cells(run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int,
-                device=None, cells: tuple[str, ...] = CELLS) -> dict[str, tuple[RNNLM, History]]:
+                device=None, cells: tuple[str, ...] = CELLS, rec=None) -> dict[str, tuple[RNNLM, History]]:
     """One model of each cell, built from the same seed and trained the same way: ``{cell: (model, history)}``."""
     trained = {}
     for cell in cells:
         model = make_char_model(cell, run, vocab_size, device)
-        trained[cell] = model, train_char_model(model, run, train_data, val_data)
+        trained[cell] = model, train_char_model(model, run, train_data, val_data, rec=rec)
     return trained
 
 
@@ -114,28 +115,33 @@ def results_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def reference_run() -> dict:
+RECIPE_VERSION = "1"  # change it when the recipe's code changes what it records
+REFERENCE = {"gpu": RUNS["full"]}  # the settings of the reference recipes, per level
+SMOKE = {"gpu": RUNS["fast"].replace(n_embd=8, n_hidden=16, bptt=16, batch_size=4, max_steps=4, warmup_steps=1,
+                                     eval_interval=2, eval_iters=1)}  # the same recipe in seconds, for the tests
+
+
+def record_gpu(rec) -> None:
     """Chapter 2's full-size experiment: the three cells trained on Tiny Shakespeare, sampled and probed.
 
-    Recorded by ``python -m lmbook.reference rnn`` into ``lmbook/references/rnn.json``.
+    Recorded by ``python -m lmbook.reference record ch02 --level gpu`` into ``lmbook/references/ch02-gpu.json``.
     """
-    run, device = RUNS["full"], get_device()
+    run, device = rec.settings, rec.device
     tokenizer, train_data, val_data = shakespeare_chars()
-    x, y = RandomBatches(val_data, device=device, **PROBE)()
-    at_init = {cell: make_char_model(cell, run, tokenizer.vocab_size, device) for cell in CELLS}
-    at_init["rnn x5"] = scale_recurrent_weights(make_char_model("rnn", run, tokenizer.vocab_size, device), 5.0)
-    trained = train_cells(run, train_data, val_data, tokenizer.vocab_size, device)
-    samples = {
-        f"{cell} {t}": complete(model, tokenizer, "ROMEO:", max_new_tokens=400, temperature=t, seed=0)
-        for cell, (model, _) in trained.items()
-        for t in TEMPERATURES
-    }
-    results = {
-        "runs": {cell: summarize(model, history, val_data) for cell, (model, history) in trained.items()},
-        "gradient_norms": {
-            "init": {name: input_gradient_norms(m, x, y).tolist() for name, m in at_init.items()},
-            "trained": {cell: input_gradient_norms(m, x, y).tolist() for cell, (m, _) in trained.items()},
-        },
-    }
-    histories = {cell: history for cell, (_, history) in trained.items()}
-    return {"histories": histories, "results": results, "samples": samples, "sizes": run.to_dict()}
+    trained = train_cells(run, train_data, val_data, tokenizer.vocab_size, device, rec=rec)
+
+    def gradient_norms() -> dict:
+        x, y = RandomBatches(val_data, device=device, **PROBE)()
+        at_init = {cell: make_char_model(cell, run, tokenizer.vocab_size, device) for cell in CELLS}
+        at_init["rnn x5"] = scale_recurrent_weights(make_char_model("rnn", run, tokenizer.vocab_size, device), 5.0)
+        return {"init": {name: input_gradient_norms(m, x, y).tolist() for name, m in at_init.items()},
+                "trained": {cell: input_gradient_norms(m, x, y).tolist() for cell, (m, _) in trained.items()}}
+
+    rec.result("runs", rec.compute("runs", lambda: {cell: summarize(model, history, val_data)
+                                                     for cell, (model, history) in trained.items()}))
+    rec.result("gradient_norms", rec.compute("gradient norms", gradient_norms))
+    for cell, (model, _) in trained.items():
+        for t in TEMPERATURES:
+            text = rec.compute(f"sample {cell} {t}", lambda: complete(model, tokenizer, "ROMEO:", max_new_tokens=400,
+                                                                      temperature=t, seed=0))
+            rec.sample(f"{cell} {t}", text)

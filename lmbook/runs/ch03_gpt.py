@@ -2,25 +2,30 @@
 
 ``RUNS`` is the chapter's GPT (its full size is the recipe of the best speed run in
 ``benchmarks/NOTES.md``); ``POSITION_RUNS`` compare position tables and ``NORM_RUNS`` pre- against
-post-LN, each at both sizes. :func:`reference_run` is the chapter's full-size experiment.
+post-LN, each at both sizes. The reference recipes (``python -m lmbook.reference record ch03``):
+:func:`record_gpu`, the full-size GPT, and :func:`record_cpu`, the GPT against chapter 2's LSTM and GRU
+at equal training time on two CPU cores (chapters 3 and 7 read it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..attention import attention_cost
-from ..data import RandomBatches, shakespeare_chars
+from ..data import RandomBatches, SequentialBatches, shakespeare_chars
 from ..generate import complete
 from ..gpt import GPT, GPTConfig
 from ..history import History
 from ..metrics import split_loss
+from ..rnn import RNNLM
 from ..runtime import get_device
-from ..train import train
 from ..variants import gpt_class
-from . import RunSettings
+from . import RunSettings, Settings, trainer
+from .ch02_rnn import IN_ORDER, CharRun, make_char_model
+from .recording import measure_speed, steps_within
 
 
 @dataclass(frozen=True)
@@ -96,26 +101,169 @@ def make_char_gpt(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **va
 
 
 def train_char_gpt(model: GPT, run: GPTRun, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
-                   **changes) -> History:
-    """Train ``model`` in place at the sizes of ``run`` on random windows; ``changes`` go to the training config."""
+                   eval_batches: dict | None = None, rec=None, label: str = "gpt", **changes) -> History:
+    """Train ``model`` in place at the sizes of ``run`` on random windows; ``changes`` go to the training config.
+
+    ``eval_batches`` replaces the held-out windows it evaluates on; in a reference recipe, ``rec`` (a
+    :class:`~lmbook.runs.recording.Recording`) trains it under ``label``, resumably.
+    """
     device = next(model.parameters()).device
     batches = RandomBatches(train_data, run.block_size, run.batch_size, device, seed=seed)
-    eval_batches = {"val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 1)}
-    return train(model, batches, run.train_config(**{"seed": seed, **changes}), eval_batches)
+    eval_batches = eval_batches or {"val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 1)}
+    return trainer(rec, label)(model, batches, run.train_config(**{"seed": seed, **changes}), eval_batches)
 
 
-def reference_run() -> dict:
+def record_gpu(rec) -> None:
     """Chapter 3's full-size experiment: the character-level GPT trained, sampled and measured.
 
-    Recorded by ``python -m lmbook.reference gpt`` into ``lmbook/references/gpt.json``.
+    Recorded by ``python -m lmbook.reference record ch03 --level gpu`` into ``lmbook/references/ch03-gpu.json``.
     """
-    run, device = RUNS["full"], get_device()
+    run, cost, device = rec.settings["gpt"], rec.settings["attention_cost"], rec.device
     tokenizer, train_data, val_data = shakespeare_chars()
     model = make_char_gpt(run, tokenizer.vocab_size, device)
-    history = train_char_gpt(model, run, train_data, val_data)
-    samples = {f"gpt {t}": complete(model, tokenizer, "ROMEO:", max_new_tokens=400, temperature=t, seed=0)
-               for t in (0.5, 0.8, 1.0)}
-    results = {"val_loss_whole_split": split_loss(model, val_data, run.block_size), "params": model.num_params(),
-               "tokens_per_second": history.tokens_per_second, "seconds": history.seconds,
-               "cost": attention_cost(lengths=(256, 512, 1024, 2048, 4096), batch=8, n_head=6, head_size=64)}
-    return {"histories": {"gpt": history}, "results": results, "samples": samples, "sizes": run.to_dict()}
+    history = train_char_gpt(model, run, train_data, val_data, rec=rec)
+    for t in (0.5, 0.8, 1.0):
+        text = rec.compute(f"sample {t}", lambda: complete(model, tokenizer, "ROMEO:", 400, temperature=t, seed=0))
+        rec.sample(f"gpt {t}", text)
+    rec.result("val_loss_whole_split", rec.compute("val loss", lambda: split_loss(model, val_data, run.block_size)))
+    rec.result("params", model.num_params())
+    rec.result("tokens_per_second", history.tokens_per_second)
+    rec.result("seconds", history.seconds)
+    rec.result("cost", rec.compute("attention cost", lambda: attention_cost(**cost, device=device)))
+
+
+@dataclass(frozen=True)
+class EqualTimeRun(Settings):
+    """Chapter 3's CPU reference: its GPT against chapter 2's LSTM and GRU, each trained for ``seconds`` of wall
+    time on two CPU threads and evaluated on the same held-out windows along the way.
+
+    Each run's ``max_steps`` is only a cap (the probe picks the steps, :func:`record_cpu`), and its
+    ``eval_interval`` and ``eval_iters`` give way to ``evaluations`` and ``eval_iters`` here.
+    """
+
+    seconds: float  # wall time of each model's training, its evaluations included
+    evaluations: int  # evaluations after the one at step 0: the points of each curve
+    eval_iters: int  # batches of held-out windows per evaluation
+    eval_block: int  # characters per held-out window, the same for every model (the GPT's context)
+    eval_batch: int  # windows per batch
+    probe_steps: int  # training steps timed (after three more) to choose each model's steps
+    sample_tokens: int
+    gpt: GPTRun
+    lstm: CharRun
+    gru: CharRun
+
+    def runs(self) -> dict:
+        return {"gpt": self.gpt, "lstm": self.lstm, "gru": self.gru}
+
+
+# Sizes for 8 minutes on two cores each, from the fast recipes' measured speeds and their scaling (not swept at
+# this budget): a 4-layer GPT of 128 channels at context 64 (about 0.8 M parameters), and LSTM and GRU of two
+# 256-unit layers (0.8 M and 0.6 M), each at its family's usual settings (AdamW, clipping at 1, decay to 0).
+_RNN = CharRun(n_layer=2, n_embd=64, n_hidden=256, dropout=0.0, bptt=64, batch_size=32, max_steps=20_000, lr=4e-3,
+               min_lr=0.0, warmup_steps=50, eval_interval=100, eval_iters=8)
+EQUAL_TIME = EqualTimeRun(
+    seconds=480.0, evaluations=24, eval_iters=8, eval_block=64, eval_batch=32, probe_steps=20, sample_tokens=400,
+    gpt=GPTRun(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, max_steps=20_000,
+               lr=5e-3, min_lr=0.0, warmup_steps=100, schedule="linear", weight_decay=0.1, beta2=0.99,
+               eval_interval=100, eval_iters=8),
+    lstm=_RNN, gru=_RNN)
+RECIPE_VERSION = "1"  # change it when a recipe's code changes what it records
+REFERENCE = {  # the settings of the reference recipes, per level
+    "gpu": {"gpt": RUNS["full"],
+            "attention_cost": dict(lengths=(256, 512, 1024, 2048, 4096), batch=8, n_head=6, head_size=64)},
+    "cpu": EQUAL_TIME,
+}
+_TINY_RNN = _RNN.replace(n_layer=1, n_embd=8, n_hidden=16, bptt=16, batch_size=4, max_steps=6, warmup_steps=1)
+SMOKE = {  # the same recipes in seconds, for the tests
+    "gpu": {"gpt": RUNS["fast"].replace(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_steps=3,
+                                        warmup_steps=1, eval_interval=3, eval_iters=1),
+            "attention_cost": dict(lengths=(16, 32), batch=1, n_head=2, head_size=8, repeats=1)},
+    "cpu": EQUAL_TIME.replace(seconds=2.0, evaluations=2, eval_iters=1, eval_block=16, eval_batch=4, probe_steps=2,
+                              sample_tokens=20, lstm=_TINY_RNN, gru=_TINY_RNN,
+                              gpt=EQUAL_TIME.gpt.replace(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
+                                                         max_steps=6, warmup_steps=1)),
+}
+EVAL_SEED = 12345  # the held-out windows every model of the equal-time recipe is evaluated on
+
+
+def record_cpu(rec) -> None:
+    """Chapter 3's CPU reference: the GPT, the LSTM and the GRU at equal training time (chapters 3 and 7).
+
+    Each model trains for ``seconds`` of wall time on two CPU threads, evaluated on the same held-out windows
+    ``evaluations`` times, so its curve of held-out loss against seconds exists; then its loss over the
+    whole validation split and one sample. Budget: three trainings of 8 minutes and about a minute of
+    probes, evaluations and samples, under 30 minutes in all.
+
+    How the time is shared: a short probe times each model's training step and evaluation batch
+    (:func:`~lmbook.runs.recording.measure_speed`), and the model gets the steps that fit its ``seconds``
+    (:func:`~lmbook.runs.recording.steps_within`), with its schedule (warm-up, then decay to zero) over
+    those steps, as a run tuned for a fixed budget would have. A clock that stopped training mid-schedule
+    instead would leave each model at whatever learning rate it had reached, penalising the one whose
+    steps were misjudged, and would make a resumed run's length depend on timings. The probe's result is
+    kept, so a resumed recording trains the same steps; the curves are plotted against the seconds each
+    evaluation was actually reached at (``History.eval_seconds``), so a slower or faster host shows.
+    """
+    s, device = rec.settings, rec.device
+    tokenizer, train_data, val_data = shakespeare_chars()
+    V = tokenizer.vocab_size
+    models = {"gpt": make_char_gpt(s.gpt, V, device), "lstm": make_char_model("lstm", s.lstm, V, device),
+              "gru": make_char_model("gru", s.gru, V, device)}
+
+    def batches(label: str):
+        run = s.runs()[label]
+        if label == "gpt":
+            return RandomBatches(train_data, run.block_size, run.batch_size, device, seed=0)
+        return SequentialBatches(train_data, run.bptt, run.batch_size, device)  # the state carried, as in chapter 2
+
+    def held_out() -> RandomBatches:  # the same windows for every model and every evaluation
+        return RandomBatches(val_data, s.eval_block, s.eval_batch, device, seed=EVAL_SEED)
+
+    speeds = {label: rec.compute(f"speed {label}", lambda: measure_speed(
+        models[label], batches(label), run.train_config(), held_out(), s.probe_steps))
+        for label, run in s.runs().items()}
+    steps = {label: min(run.max_steps, steps_within(s.seconds, speeds[label], s.evaluations, s.eval_iters))
+             for label, run in s.runs().items()}
+    rec.plan(steps)
+    runs = {}
+    for label, run in s.runs().items():
+        config = run.train_config(max_steps=steps[label], eval_interval=max(1, steps[label] // s.evaluations),
+                                  eval_iters=s.eval_iters, desc=label, seed=0)
+        model = models[label]
+        history = rec.train(label, model, batches(label), config, {"val": held_out()})
+        runs[label] = {**rec.compute(f"evaluate {label}", lambda: _summary(model, history, val_data, s.eval_block)),
+                       "probe": speeds[label]}
+        rec.sample(label, rec.compute(f"sample {label}", lambda: complete(
+            model, tokenizer, "ROMEO:", max_new_tokens=s.sample_tokens, temperature=0.8, seed=0)))
+    rec.result("runs", runs)
+
+
+def _summary(model, history: History, val_data: torch.Tensor, block: int) -> dict:
+    """What the equal-time table shows of one model: size, steps, time, and the loss over the whole validation
+    split in nats and bits per character (windows of ``block`` characters each read from scratch, as the curves
+    read them; a recurrent model also in order, its state carried: chapter 2's reading)."""
+    loss = split_loss(model, val_data, block)
+    summary = {"params": model.num_params(), "steps": len(history.steps), "seconds": history.seconds,
+               "tokens_per_second": history.tokens_per_second, "val_loss": loss, "bits_per_char": loss / math.log(2)}
+    if isinstance(model, RNNLM):
+        in_order = split_loss(model, val_data, **IN_ORDER)
+        summary.update(val_loss_in_order=in_order, bits_per_char_in_order=in_order / math.log(2))
+    return summary
+
+
+def plot_equal_time(record, ax=None):
+    """Held-out bits per character against seconds of training, one curve per model of chapter 3's CPU record
+    (``lmbook.reference.load("ch03", level="cpu")``): the GPT, the LSTM and the GRU at equal training time."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    names = {"gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}
+    for label, history in record.histories.items():
+        bits = [loss / math.log(2) for loss in history.eval_loss["val"]]
+        ax.plot(history.eval_seconds, bits, marker="o", ms=3, label=names.get(label, label))
+    ax.set_xlabel("seconds of training (two CPU cores)")
+    ax.set_ylabel("held-out bits per character")
+    ax.set_title(record.describe(), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax

@@ -4,7 +4,8 @@ The corpus and its labelled tasks come from :mod:`lmbook.speeches`; the classifi
 :mod:`lmbook.finetune`. :func:`prepare` cuts the corpus and trains the BPE tokenizer, :func:`pretrain`
 trains a GPT (or a masked-language-model encoder), :func:`adapt` continues training on one speaker,
 :func:`regularisation_runs` overfit a small training set four ways, :func:`label_sweep` and
-:func:`compare_methods` fine-tune on the labelled task. :func:`reference_run` is the full-size experiment.
+:func:`compare_methods` fine-tune on the labelled task. :func:`record_gpu` is the full-size reference recipe;
+each function that trains takes ``rec``, the recording of a reference recipe, to train resumably.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from ..mlm import Encoder, MLMBatches
 from ..runtime import get_device
 from ..speeches import ORDER_CLASSES, Corpus, order_examples, speaker_examples, split_corpus
 from ..tokenizers import FastBPETokenizer
-from ..train import train
-from . import RunSettings
+from . import RunSettings, trainer
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ def prepare(run: ChapterRun, text: str | None = None) -> Prepared:
     return Prepared(corpus, tokenizer, encode(corpus.pretrain), encode(corpus.val))
 
 
-def pretrain(run: ChapterRun, data: Prepared, causal: bool = True, device=None, seed: int = 0) -> tuple[GPT, History]:
+def pretrain(run: ChapterRun, data: Prepared, causal: bool = True, device=None, seed: int = 0,
+             rec=None) -> tuple[GPT, History]:
     """A GPT (``causal=True``, next-token prediction) or a bidirectional encoder trained by MLM, from scratch.
 
     The encoder's vocabulary has one more id than the tokenizer's, ``tokenizer.vocab_size``: the mask.
@@ -116,11 +117,13 @@ def pretrain(run: ChapterRun, data: Prepared, causal: bool = True, device=None, 
         make = lambda ids, s: MLMBatches(ids, run.block_size, run.batch_size, V, V, device=device, seed=s)  # noqa: E731
     config = run.train_config(max_steps=run.max_steps if causal else run.mlm_steps, seed=seed,
                               desc="GPT (causal LM)" if causal else "encoder (masked LM)")
+    train = trainer(rec, "gpt" if causal else "mlm")
     history = train(model, make(data.train_ids, seed), config, {"val": make(data.val_ids, seed + 1)})
     return model, history
 
 
-def adapt(model: GPT, run: ChapterRun, data: Prepared, speaker: str | None = None, **changes) -> tuple[GPT, History]:
+def adapt(model: GPT, run: ChapterRun, data: Prepared, speaker: str | None = None, rec=None,
+          **changes) -> tuple[GPT, History]:
     """Domain adaptation: a copy of ``model`` trained further on one speaker's speeches at a lower learning rate.
 
     Evaluates on the speaker's held-out speeches and on the rest of the corpus (``val``), to see
@@ -136,7 +139,7 @@ def adapt(model: GPT, run: ChapterRun, data: Prepared, speaker: str | None = Non
                     eval_interval=max(1, run.adapt_steps // 6), desc=f"adapt to {speaker}")
     config = run.train_config(**{**settings, **changes})
     evals = {speaker: batches(encode(held_out), 2), "rest": batches(data.val_ids, 3)}
-    return adapted, train(adapted, batches(encode(train_text), 1), config, evals)
+    return adapted, trainer(rec, "adapt")(adapted, batches(encode(train_text), 1), config, evals)
 
 
 def task_data(run: ChapterRun, data: Prepared, task: str = "order") -> dict:
@@ -158,18 +161,19 @@ def task_data(run: ChapterRun, data: Prepared, task: str = "order") -> dict:
 
 
 def train_classifier(classifier: SequenceClassifier, run: ChapterRun, task: dict[str, torch.Tensor],
-                     per_class: int | None, seed: int = 0, **changes) -> tuple[History, float]:
+                     per_class: int | None, seed: int = 0, rec=None, label: str = "classifier",
+                     **changes) -> tuple[History, float]:
     """Train ``classifier`` on ``per_class`` labelled examples of each class; returns its history and test accuracy."""
     device = next(classifier.parameters()).device
     x, y = labelled_subset(task["x_train"], task["y_train"], per_class, seed)
     config = run.train_config(**{"max_steps": run.classify_steps, "lr": run.classify_lr, "min_lr": run.classify_lr / 10,
                                  "warmup_steps": 0, "eval_interval": run.classify_steps, "progress": False,
                                  "weight_decay": 0.0, "seed": seed, **changes})
-    history = train(classifier, ExampleBatches(x, y, run.batch_size, device, seed), config)
+    history = trainer(rec, label)(classifier, ExampleBatches(x, y, run.batch_size, device, seed), config, keep=False)
     return history, accuracy(classifier, task["x_test"], task["y_test"])
 
 
-def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int = 0) -> dict[str, History]:
+def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int = 0, rec=None) -> dict[str, History]:
     """A GPT trained from scratch on only ``run.small_tokens`` tokens, four ways, to see overfitting.
 
     Without regularisation; with strong weight decay; with dropout; and without regularisation
@@ -192,7 +196,7 @@ def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int 
         torch.manual_seed(seed)
         model = GPT(run.gpt_config(data.tokenizer.vocab_size, dropout=dropout)).to(device)
         config = run.train_config(**{**base, **changes, "desc": name})
-        histories[name] = train(model, batches(small, seed), config,
+        histories[name] = trainer(rec, name)(model, batches(small, seed), config,
                                 {"train": batches(small, seed + 1), "val": batches(data.val_ids, seed + 2)})
     return histories
 
@@ -200,7 +204,7 @@ def regularisation_runs(run: ChapterRun, data: Prepared, device=None, seed: int 
 METHODS = ("full fine-tuning", "linear probe", "LoRA")
 
 
-def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0) -> dict[str, dict]:
+def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0, rec=None) -> dict[str, dict]:
     """Test accuracy against labelled examples per class, from the pretrained ``gpt`` and from random weights.
 
     Returns ``{"pretrained": {per_class: accuracy}, "scratch": {...}}`` (``None``: all the examples).
@@ -212,12 +216,13 @@ def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0) -> dict[st
             torch.manual_seed(seed)
             backbone = copy.deepcopy(gpt) if start == "pretrained" else GPT(gpt.config).to(device)
             classifier = SequenceClassifier(backbone, len(task["classes"]))
-            results[start][per_class] = train_classifier(classifier, run, task, per_class, seed)[1]
+            label = f"classify {start} {per_class or 'all'}"
+            results[start][per_class] = train_classifier(classifier, run, task, per_class, seed, rec, label)[1]
     return results
 
 
 def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None = None,
-                    seed: int = 0) -> dict[str, dict]:
+                    seed: int = 0, rec=None) -> dict[str, dict]:
     """Full fine-tuning, a linear probe and LoRA from the same pretrained ``gpt``, each at its own learning rate.
 
     Returns ``{method: {"accuracy", "trainable", "total", "seconds"}}``.
@@ -231,30 +236,36 @@ def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None
             freeze_backbone(classifier)
         elif method == "LoRA":
             apply_lora(classifier.backbone, r=run.lora_rank, alpha=run.lora_alpha)
-        history, acc = train_classifier(classifier, run, task, per_class, seed, lr=lrs[method], min_lr=lrs[method] / 10)
+        history, acc = train_classifier(classifier, run, task, per_class, seed, rec, f"method {method}",
+                                        lr=lrs[method], min_lr=lrs[method] / 10)
         trainable, total = count_parameters(classifier)
         results[method] = {"accuracy": acc, "trainable": trainable, "total": total, "seconds": history.seconds}
     return results
 
 
-def reference_run() -> dict:
+RECIPE_VERSION = "1"  # change it when the recipe's code changes what it records
+REFERENCE = {"gpu": RUNS["full"]}  # the settings of the reference recipes, per level
+SMOKE = {"gpu": RUNS["fast"].replace(  # the same recipe in seconds, for the tests
+    vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_steps=3, mlm_steps=2,
+    warmup_steps=1, eval_interval=3, eval_iters=1, adapt_steps=3, classify_steps=2, per_class=(2, None),
+    small_tokens=300, overfit_batch_size=4, overfit_steps=4, sample_tokens=10)}
+
+
+def record_gpu(rec) -> None:
     """Chapter 4's full-size experiment: pretraining, domain adaptation and the labelled task.
 
-    Recorded by ``python -m lmbook.reference finetune`` into ``lmbook/references/finetune.json``.
+    Recorded by ``python -m lmbook.reference record ch04 --level gpu`` into ``lmbook/references/ch04-gpu.json``.
     """
-    run, device = RUNS["full"], get_device()
+    run, device = rec.settings, rec.device
     data = prepare(run)
-    gpt, gpt_history = pretrain(run, data, causal=True, device=device)
-    _, mlm_history = pretrain(run, data, causal=False, device=device)
-    adapted, adapt_history = adapt(gpt, run, data)
-    regularised = regularisation_runs(run, data, device)
+    gpt, _ = pretrain(run, data, causal=True, device=device, rec=rec)
+    pretrain(run, data, causal=False, device=device, rec=rec)
+    adapted, _ = adapt(gpt, run, data, rec=rec)
+    regularisation_runs(run, data, device, rec=rec)
     task = task_data(run, data)
-    sweep = label_sweep(gpt, run, task)
-    results = {
-        "accuracy": {start: {str(k): v for k, v in accs.items()} for start, accs in sweep.items()},
-        "methods": compare_methods(gpt, run, task),
-    }
-    samples = {name: complete(m, data.tokenizer, "\n", run.sample_tokens, temperature=0.8, seed=0)
-               for name, m in (("pretrained", gpt), ("adapted", adapted))}
-    histories = {"gpt": gpt_history, "mlm": mlm_history, "adapt": adapt_history, **regularised}
-    return {"histories": histories, "results": results, "samples": samples, "sizes": run.to_dict()}
+    sweep = label_sweep(gpt, run, task, rec=rec)
+    rec.result("accuracy", {start: {str(k): v for k, v in accs.items()} for start, accs in sweep.items()})
+    rec.result("methods", compare_methods(gpt, run, task, rec=rec))
+    for name, model in (("pretrained", gpt), ("adapted", adapted)):
+        rec.sample(name, rec.compute(f"sample {name}", lambda: complete(model, data.tokenizer, "\n", run.sample_tokens,
+                                                                        temperature=0.8, seed=0)))

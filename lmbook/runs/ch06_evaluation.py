@@ -60,11 +60,11 @@ NEURAL = {  # the zoo's language models and the names the chapter gives them
 }
 # where each model's full-size run is recorded, and its held-out loss in nats per character there
 BATCH = 64  # windows scored at once: the book's models are small (GPT-2's would want fewer)
-REFERENCE_LOSS = {
-    "rnn": ("rnn", lambda r: r["results"]["runs"]["rnn"]["val_loss_in_order"]),
-    "lstm": ("rnn", lambda r: r["results"]["runs"]["lstm"]["val_loss_in_order"]),
-    "gru": ("rnn", lambda r: r["results"]["runs"]["gru"]["val_loss_in_order"]),
-    "gpt-char": ("gpt", lambda r: r["results"]["val_loss_whole_split"]),
+REFERENCE_LOSS = {  # model -> (chapter, its figure in the chapter's full-size record, lmbook.reference.Record)
+    "rnn": ("ch02", lambda r: r.results["runs"]["rnn"]["val_loss_in_order"]),
+    "lstm": ("ch02", lambda r: r.results["runs"]["lstm"]["val_loss_in_order"]),
+    "gru": ("ch02", lambda r: r.results["runs"]["gru"]["val_loss_in_order"]),
+    "gpt-char": ("ch03", lambda r: r.results["val_loss_whole_split"]),
 }
 
 
@@ -75,7 +75,8 @@ def texts(run: EvaluationRun) -> tuple[str, str]:
 
 
 def md(text: str):
-    """``text`` as Markdown, for the prose's ``{name}`` placeholders (:func:`lmbook.show.prose`) (the names of models and settings)."""
+    """``text`` as Markdown, for the prose's ``{name}`` placeholders (:func:`lmbook.show.prose`)
+    (the names of models and settings)."""
     from IPython.display import Markdown
 
     return Markdown(text)
@@ -123,10 +124,10 @@ def reference_bits_per_char(name: str) -> tuple[float | None, str]:
     """The held-out bits per character of model ``name``'s recorded full-size run, and where it comes from."""
     if name not in REFERENCE_LOSS:
         return None, "no per-character figure is recorded for this model"
-    record_name, read = REFERENCE_LOSS[name]
-    record = reference.load(record_name)
+    chapter, read = REFERENCE_LOSS[name]
+    record = reference.load(chapter, level="gpu")
     if record is None:
-        return None, f"no full-size run recorded yet (lmbook/references/{record_name}.json)"
+        return None, f"no full-size run recorded yet (lmbook/references/{chapter}-gpu.json)"
     return read(record) / LN2, f"{reference.describe(record)} Whole held-out split."
 
 

@@ -286,23 +286,23 @@ def _row(model: str, objective: str, unit: str, chapter: str, run: str, params: 
 def recorded_rows() -> list[dict]:
     """Rows for the full-size runs recorded in ``lmbook/references`` (none for a chapter not yet recorded)."""
     rows = []
-    if (rnn := reference.load("rnn")) is not None:
-        for cell, r in rnn["results"]["runs"].items():
+    if (rnn := reference.load("ch02", level="gpu")) is not None:
+        for cell, r in rnn.results["runs"].items():
             rows.append(_row(cell.upper(), "causal", "character", "ch02_rnn", "recorded, full size", r["params"],
-                             r["val_loss"], r["tokens_per_second"], rnn["environment"]["device"]))
-    if (gpt := reference.load("gpt")) is not None:
-        r = gpt["results"]
+                             r["val_loss"], r["tokens_per_second"], rnn.environment["device"]))
+    if (gpt := reference.load("ch03", level="gpu")) is not None:
+        r = gpt.results
         rows.append(_row("GPT", "causal", "character", "ch03_attention", "recorded, full size", r["params"],
-                         r["val_loss_whole_split"], r["tokens_per_second"], gpt["environment"]["device"]))
-    if (finetune := reference.load("finetune")) is not None:
-        run = ch04_finetune.ChapterRun(**finetune["sizes"])
+                         r["val_loss_whole_split"], r["tokens_per_second"], gpt.environment["device"]))
+    if (finetune := reference.load("ch04", level="gpu")) is not None:
+        run = ch04_finetune.ChapterRun(**finetune.recipe)
         for label, (name, objective, unit, chapter) in (("gpt", ZOO_ROWS["gpt-bpe"]), ("mlm", ZOO_ROWS["encoder-bpe"])):
-            history = finetune["histories"][label]
+            history = finetune.histories[label]
             with torch.device("meta"):  # the shape alone gives the count: no memory, no time
                 model = (GPT if objective == "causal" else Encoder)(run.gpt_config(run.vocab_size + (label == "mlm")))
             rows.append(_row(name, objective, unit, chapter, "recorded, full size", num_params(model),
                              history.eval_loss["val"][-1], history.tokens_per_second,
-                             finetune["environment"]["device"]))
+                             finetune.environment["device"]))
     return rows
 
 
