@@ -202,8 +202,9 @@ def plot_beside(history: History, name: str, label: str, split: str = "val", ax=
     from .viz import plot_history
 
     ax = plot_history(history, ax=ax, label="your run", splits=(split,), x=x, train=False)
-    records = {k: r for k, r in load_all(LEGACY.get(name, name), directory).items()
-               if k in levels and label in r.histories}
+    if name in LEGACY:  # the old names meant the full-size records
+        name, levels = LEGACY[name], ("gpu",)
+    records = {k: r for k, r in load_all(name, directory).items() if k in levels and label in r.histories}
     for level, record in records.items():
         plot_history(record.histories[label], ax=ax, label=f"{level} reference", splits=(split,), x=x, train=False,
                      ls="--" if level == "gpu" else ":")

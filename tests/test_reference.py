@@ -155,6 +155,15 @@ def test_steps_within_counts_the_evaluations():
     assert recording.steps_within(1.0, speed, evaluations=99, eval_iters=4) == 1
 
 
+def test_the_time_left_is_estimated_from_the_trainings_finished(tmp_path):
+    rec = Recording("demo", "cpu", {}, "v", tmp_path)
+    rec.state["done"]["a"] = {"kind": "train", "history": {"seconds": 120.0}}
+    rec.plan({"a": 100, "b": 300})  # by steps alone: 300 more steps at 1.2 s
+    assert rec.progress().endswith("about 6 min left")
+    rec.plan({"a": 100, "b": 300}, {"a": 0.2, "b": 0.1})  # b's steps take half as long as a's
+    assert rec.progress().endswith("about 3 min left")
+
+
 def test_computations_are_kept_and_another_recipe_is_refused(tmp_path):
     with Recording("demo", "cpu", {"a": 1}, "v", tmp_path, threads=1) as rec:
         assert rec.compute("answer", lambda: (1, 2.5)) == [1, 2.5]  # as a resumed recording reads it back

@@ -99,6 +99,7 @@ class Recording:
         self.results: dict[str, Any] = {}
         self.samples: dict[str, str] = {}
         self.planned: dict[str, int] = {}  # label -> steps of the trainings to come (plan)
+        self.expected: dict[str, float] = {}  # label -> seconds a step is expected to take (plan)
         self._labels: set[str] = set()
         self.threads, self._threads = threads, torch.get_num_threads()
         self.state = self._open()
@@ -147,9 +148,10 @@ class Recording:
             raise ValueError(f"the label {label!r} is used twice in the recipe {self.tag}: each piece needs its own.")
         self._labels.add(label)
 
-    def plan(self, steps: dict[str, int]) -> None:
-        """Declare the trainings to come, ``{label: steps}``, for the estimates of the time left."""
-        self.planned = dict(steps)
+    def plan(self, steps: dict[str, int], seconds_per_step: dict[str, float] | None = None) -> None:
+        """Declare the trainings to come, ``{label: steps}``, for the estimates of the time left; with
+        ``seconds_per_step`` for every label (a probe's), the estimate weighs each training by it."""
+        self.planned, self.expected = dict(steps), dict(seconds_per_step or {})
         done = sum(label in self.state["done"] for label in self.planned)
         print(f"[{self.tag}] plan: {len(self.planned)} trainings, {sum(self.planned.values()):,} steps "
               f"({done} finished before)", flush=True)
@@ -214,11 +216,13 @@ class Recording:
         done = self.state["done"]
         finished = [label for label in self.planned if label in done]
         line = f"{len(done)} pieces done, elapsed {self.state['minutes']:.1f} min"
-        steps_done = sum(self.planned[label] for label in finished)
-        steps_left = sum(n for label, n in self.planned.items() if label not in done)
-        if steps_done and steps_left:
+        left = [label for label in self.planned if label not in done]
+        if finished and left:
             seconds = sum(done[label]["history"]["seconds"] for label in finished)
-            line += f", about {steps_left * seconds / steps_done / 60:.0f} min left"
+            # each training's expected time (steps alone without a probe), scaled by how the finished ones compared
+            per_step = self.expected if set(self.expected) >= set(self.planned) else dict.fromkeys(self.planned, 1.0)
+            ahead, behind = (sum(self.planned[k] * per_step[k] for k in labels) for labels in (left, finished))
+            line += f", about {ahead * seconds / behind / 60:.0f} min left"
         return line
 
     def finish(self) -> Record:
@@ -262,6 +266,7 @@ def record(name: str, level: str | None = None, directory: Path | None = None, s
     work = Path(work) if work else work_dir(name, level, smoke)
     settings = (module.SMOKE if smoke else module.REFERENCE)[level]
     rec = Recording(name, level, settings, module.RECIPE_VERSION, work, threads)
+    print(f"[{rec.tag}] recording in {work} ({len(rec.state['done'])} pieces finished before)", flush=True)
     with rec:
         getattr(module, f"record_{level}")(rec)
         result = rec.finish()
