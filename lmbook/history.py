@@ -1,7 +1,8 @@
 """What a training run records, step by step: losses, learning rates, gradient norms, evaluations, speed.
 
 :func:`lmbook.train.train` fills a :class:`History`; :mod:`lmbook.viz` plots it and :mod:`lmbook.reference`
-stores it beside the recorded full-size runs (chapters 2 to 7).
+stores it in the reference records (chapters 2 to 7). ``eval_seconds`` and ``seconds`` add up over a run resumed
+from its checkpoints: the training time since its start, less what was lost after a last checkpoint.
 """
 
 from __future__ import annotations

@@ -267,10 +267,13 @@ def main(argv=None) -> None:
     from .runs import recording
 
     level = args.level or default_level()
-    if args.command == "status":
-        print("\n".join(recording.status(args.chapter, level, smoke=args.smoke)))
-    else:
-        recording.record(args.chapter, level, directory=args.directory, smoke=args.smoke)
+    try:
+        if args.command == "status":
+            print("\n".join(recording.status(args.chapter, level, smoke=args.smoke)))
+        else:
+            recording.record(args.chapter, level, directory=args.directory, smoke=args.smoke)
+    except (KeyError, recording.RecordingError) as err:
+        parser.error(str(err).strip("'\""))
 
 
 if __name__ == "__main__":

@@ -147,6 +147,9 @@ def test_the_command_lists_recipes_with_no_records(tmp_path, capsys):
     assert any(line.startswith("ch03 gpu: recorded") and "STALE" in line for line in lines)
     reference.main(["list"])
     assert "ch03 cpu:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        reference.main(["record", "ch02", "--level", "cpu"])
+    assert "ch02 has no recipe at level 'cpu'; its levels: gpu" in capsys.readouterr().err
 
 
 def test_steps_within_counts_the_evaluations():

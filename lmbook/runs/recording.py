@@ -263,6 +263,9 @@ def record(name: str, level: str | None = None, directory: Path | None = None, s
     level = level or default_level()
     module = recipe_module(name, module)
     current_recipe(name, level, smoke, module)  # a clear error for a level without a recipe
+    if level == "gpu" and not smoke and not torch.cuda.is_available():
+        raise RecordingError(f"the gpu level of {name} is the full size, hours on a CPU: record it where CUDA is "
+                             "available, or record a cpu level (python -m lmbook.reference list shows them)")
     work = Path(work) if work else work_dir(name, level, smoke)
     settings = (module.SMOKE if smoke else module.REFERENCE)[level]
     rec = Recording(name, level, settings, module.RECIPE_VERSION, work, threads)
