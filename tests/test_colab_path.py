@@ -1,0 +1,25 @@
+"""The Colab path: the quickstart and chapter 1 run alone in a fresh torch-only runtime that installs lmbook
+with the notebooks' own setup cell (tests/colab_path.py says what is emulated). Marked ``book``: it runs
+with the notebooks, at the end. pip reaches PyPI for lmbook's dependencies (from pip's cache when it can);
+git reaches this repository only."""
+
+import pytest
+from colab_path import DEFAULT_NOTEBOOKS, ROOT, ColabPathError, run_colab_path
+
+
+@pytest.mark.book
+def test_notebooks_run_the_colab_way(capsys):
+    from lmbook.data import DATA_VARIABLE, TINY_SHAKESPEARE, cache_dir
+
+    if not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is no git repository: the setup cell's %pip install clones one")
+    if not (cache_dir() / TINY_SHAKESPEARE.filename).exists():
+        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {cache_dir()}: set {DATA_VARIABLE} to a "
+                    "folder that holds it (README, 'Data'); the kernel would have to download it")
+    with capsys.disabled():  # progress as it goes: this takes minutes
+        print()
+        try:
+            times = run_colab_path(DEFAULT_NOTEBOOKS)
+        except ColabPathError as err:
+            pytest.fail(str(err), pytrace=False)
+    assert set(times) == {"quickstart.ipynb", "ch01_background.ipynb", "total"}
