@@ -311,12 +311,12 @@ def test_no_construct_that_only_the_book_build_understands(path):
 # --- Colab ------------------------------------------------------------------------------
 def test_colab_installs_from_the_branch_the_launch_buttons_open():
     installed = re.search(r"lmbook @ git\+(\S+?)@([\w./-]+)\"", SETUP_CELL)
-    assert installed, f"the setup cell must install lmbook from the repository at a ref (…/lmbook@main):\n{SETUP_CELL}"
-    url, ref = installed.groups()
-    assert url == CONFIG["repository"]["url"], f"the setup cell installs from {url}, _config.yml names {CONFIG['repository']['url']}"
-    assert ref == CONFIG["repository"]["branch"], (
+    assert installed, f"the setup cell must install lmbook from the repository at a ref (…@main):\n{SETUP_CELL}"
+    (url, ref), repository = installed.groups(), CONFIG["repository"]
+    assert url == repository["url"], f"the setup cell installs from {url}, _config.yml names {repository['url']}"
+    assert ref == repository["branch"], (
         f"the setup cell installs lmbook@{ref}, but the launch buttons open the notebooks from the branch "
-        f"{CONFIG['repository']['branch']!r} (_config.yml): a reader would run one version's notebook on another's package"
+        f"{repository['branch']!r} (_config.yml): a reader would run one version's notebook on another's package"
     )
 
 
