@@ -252,6 +252,19 @@ def test_chapter_3s_cpu_recipe_runs_end_to_end_at_its_tiny_size(tmp_path, shakes
         assert run["steps"] == len(history.steps) <= 6 and run["probe"]["train_step"] > 0
     assert "bits_per_char_in_order" in rec.results["runs"]["lstm"]
     assert rec.environment["threads"] == 1 and rec.environment["sessions"] == 1
+    # what chapters 3 and 7 quote of it, and the figure
+    from lmbook.runs.ch03_gpt import equal_time_facts, plot_equal_time
+
+    facts = equal_time_facts(rec)
+    runs = rec.results["runs"]
+    assert facts["equal_time_gru_bpc"] == runs["gru"]["bits_per_char"]
+    assert facts["equal_time_lstm_chars"] == runs["lstm"]["steps"] * rec.histories["lstm"].tokens_per_step
+    best = min(runs, key=lambda label: runs[label]["bits_per_char"])
+    assert facts["equal_time_order"].data.startswith({"gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}[best])
+    assert facts["equal_time_source"].data == rec.describe()
+    assert len(plot_equal_time(rec).get_lines()) == 3
+    assert f"lowest first: {facts['equal_time_order'].data}." in facts["equal_time_verdict"].data
+    assert "No equal-time run is recorded" in equal_time_facts(None)["equal_time_verdict"].data
 
 
 @pytest.mark.parametrize("name", ["ch02", "ch03", "ch04"])

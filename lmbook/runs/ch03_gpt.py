@@ -250,6 +250,47 @@ def _summary(model, history: History, val_data: torch.Tensor, block: int) -> dic
     return summary
 
 
+EQUAL_TIME_NAMES = {"gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}
+
+
+def equal_time_facts(record) -> dict:
+    """What chapters 3 and 7 say of the equal-time record (``load("ch03", level="cpu")``, or ``None``): each
+    model's held-out bits per character over the whole validation split after its training time, their order,
+    where the record comes from, and ``equal_time_verdict``, the sentences that say it (or that nothing is
+    recorded)."""
+    from IPython.display import Markdown
+
+    from ..show import ordering
+
+    if record is None:
+        return {"equal_time_verdict": Markdown(
+            "No equal-time run is recorded in this copy of the book: `python -m lmbook.reference record ch03 "
+            "--level cpu` makes one, in about half an hour on two cores.")}
+    runs = record.results["runs"]
+    bits = {EQUAL_TIME_NAMES.get(label, label): r["bits_per_char"] for label, r in runs.items()}
+    seconds = max(r["seconds"] for r in runs.values())
+    facts = {"equal_time_source": Markdown(record.describe()), "equal_time_order": ordering(bits),
+             "equal_time_seconds": seconds, "equal_time_minutes": record.minutes}
+    for label, r in runs.items():
+        seen = r["steps"] * record.histories[label].tokens_per_step  # training characters read in its time
+        facts.update({f"equal_time_{label}_bpc": r["bits_per_char"], f"equal_time_{label}_params": r["params"],
+                      f"equal_time_{label}_chars": seen})
+        if "bits_per_char_in_order" in r:
+            facts[f"equal_time_{label}_in_order"] = r["bits_per_char_in_order"]
+    name = EQUAL_TIME_NAMES.get
+    read = ", ".join(f"the {name(label, label)} ({r['params']:,} parameters) {facts[f'equal_time_{label}_chars']:,}"
+                     for label, r in runs.items())
+    in_order = [f"the {name(label, label)} {r['bits_per_char_in_order']:.3f}"
+                for label, r in runs.items() if "bits_per_char_in_order" in r]
+    facts["equal_time_verdict"] = Markdown(
+        f"Each model trained for about {seconds / 60:.0f} minutes ({record.describe()}); in that time {read} training "
+        f"characters. Held-out bits per character over the whole validation split, in windows of the GPT's context, "
+        f"lowest first: {ordering(bits).data}."
+        + (f" Read in order with their state carried, the recurrent models reach {' and '.join(in_order)}."
+           if in_order else ""))
+    return facts
+
+
 def plot_equal_time(record, ax=None):
     """Held-out bits per character against seconds of training, one curve per model of chapter 3's CPU record
     (``lmbook.reference.load("ch03", level="cpu")``): the GPT, the LSTM and the GRU at equal training time."""
