@@ -22,8 +22,10 @@ later cell imports ``lmbook`` from that install. This script does the same here:
    directory, and executed with nbclient. Two cells are injected, and kept in the
    executed copy (their first line says so):
 
-   - first: ``import sys, types; sys.modules["google.colab"] = types.ModuleType("google.colab")``,
-     so that the setup cell takes its Colab branch and installs lmbook;
+   - first: ``sys.modules["google.colab"] = types.ModuleType("google.colab")``, with a
+     ``__spec__`` (``importlib.machinery.ModuleSpec("google.colab", None)``), so that the
+     setup cell takes its Colab branch and installs lmbook. Without the spec, accelerate's
+     ``importlib.util.find_spec("google.colab")`` raises ValueError (chapter 4's Trainer);
    - last: a cell that prints, as one JSON line, where ``lmbook`` was imported
      from, the kernel's ``sys.prefix``, torch's version and pip's record of the
      install (``direct_url.json``). The run fails unless lmbook came from the fresh
@@ -89,8 +91,10 @@ PIP_GIT = re.compile(r'%pip install[^\n]*?"lmbook @ git\+(?P<url>https://[^@"\s]
 
 MARK = "# injected by tests/colab_path.py"
 COLAB_CELL = f"""{MARK}: Colab's runtime has this module, so the setup cell takes its Colab branch
-import sys, types
-sys.modules["google.colab"] = types.ModuleType("google.colab")"""
+import importlib.machinery, sys, types
+colab = types.ModuleType("google.colab")
+colab.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)  # accelerate asks importlib.util.find_spec
+sys.modules["google.colab"] = colab"""
 WHERE_CELL = f"""{MARK}: where lmbook and torch came from
 import importlib.metadata, json, sys
 import lmbook, torch
