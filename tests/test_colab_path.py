@@ -3,8 +3,10 @@ with the notebooks' own setup cell (tests/colab_path.py says what is emulated). 
 with the notebooks, at the end. pip reaches PyPI for lmbook's dependencies (from pip's cache when it can);
 git reaches this repository only."""
 
+import nbformat
 import pytest
-from colab_path import DEFAULT_NOTEBOOKS, ROOT, ColabPathError, run_colab_path
+from colab_path import DEFAULT_NOTEBOOKS, DEFAULT_OUT, ROOT, ColabPathError, run_colab_path
+from test_chapters import what_a_plain_reader_sees
 
 
 @pytest.mark.book
@@ -23,3 +25,8 @@ def test_notebooks_run_the_colab_way(capsys):
         except ColabPathError as err:
             pytest.fail(str(err), pytrace=False)
     assert set(times) == {"quickstart.ipynb", "ch01_background.ipynb", "total"}
+    # as Colab renders them (Markdown, no MyST): every sentence with its numbers, no raw role or directive
+    for name in ("quickstart.ipynb", "ch01_background.ipynb"):
+        texts, problems = what_a_plain_reader_sees(nbformat.read(DEFAULT_OUT / name, as_version=4))
+        assert not problems, f"{name} as Colab renders it:\n" + "\n".join(problems)
+        assert any("held-out" in text and any(c.isdigit() for c in text) for text in texts)
