@@ -86,24 +86,20 @@ def show_source(*objects) -> Source:
     return Source(*objects)
 
 
-def plain(value) -> str:
-    """How :func:`report` prints one value: integers with thousands separators, floats to four significant
-    digits (or in scientific notation when very small or large), Markdown objects as their text."""
-    data = getattr(value, "data", None)
-    if isinstance(data, str) and hasattr(value, "_repr_markdown_"):
-        return data
+def _is_markdown(value) -> bool:
+    return isinstance(getattr(value, "data", None), str) and hasattr(value, "_repr_markdown_")
+
+
+def result(value):
+    """``value`` as :func:`report` keeps it: a number (0-d tensors and NumPy scalars as Python numbers), a string
+    or a Markdown text; anything else is refused."""
+    if _is_markdown(value) or isinstance(value, str):
+        return value
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         value = value.item()  # a 0-d tensor or NumPy scalar
-    if isinstance(value, (bool, str)):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return f"{int(value):,}"
     if isinstance(value, numbers.Real):
-        value = float(value)
-        if math.isfinite(value) and value != 0 and not 1e-3 <= abs(value) < 1e6:
-            return f"{value:.3e}"
-        return f"{value:,.1f}" if abs(value) >= 1e4 else f"{value:.4g}"
-    raise TypeError(f"report prints numbers, strings and Markdown objects, not {type(value).__name__} ({value!r}).")
+        return value
+    raise TypeError(f"report keeps numbers, strings and Markdown objects, not {type(value).__name__} ({value!r}).")
 
 
 def report(values: Mapping[str, object]) -> None:
@@ -119,9 +115,7 @@ def report(values: Mapping[str, object]) -> None:
     bad = [name for name in values if not isinstance(name, str) or not NAME.fullmatch(name)]
     if bad:
         raise ValueError(f"names of results must be identifiers (letters, digits, underscores), not {bad!r}.")
-    for value in values.values():
-        plain(value)  # every value checked before any is kept
-    RESULTS.update(values)
+    RESULTS.update({name: result(value) for name, value in values.items()})  # all checked before any is kept
 
 
 # Spans of Markdown that prose() leaves as they are: fenced code, inline code and math (TeX has braces).
@@ -163,12 +157,10 @@ def fill(template: str, values: Mapping[str, object]) -> str:
                 + ": hand it to the prose first, with report({...}) in the cell that computes it."
             )
         value = values[name]
-        if isinstance(getattr(value, "data", None), str) and hasattr(value, "_repr_markdown_"):
+        if _is_markdown(value):
             if spec:
                 raise ValueError(f"{{{name}:{spec}}}: {name} is a Markdown text, which takes no format spec.")
             return value.data
-        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-            value = value.item()  # a 0-d tensor or NumPy scalar
         try:
             return format(value, spec)
         except (ValueError, TypeError) as err:

@@ -31,6 +31,7 @@ import pytest
 from test_book import CONFIG, EXEC, NOTEBOOKS, ROOT, SETUP_CELL, notebook_id
 
 import lmbook
+from lmbook.show import PLACEHOLDER  # a result quoted by prose(): {val_loss:.2f}
 
 # Digits allowed outside math, code, citations and glue roles, each with its reason.
 ALLOWED = [
@@ -47,7 +48,6 @@ CITATION = re.compile(
     r"(?:(?:,| and) (?:1[89]|20)\d\d[a-z]?)*\b"
 )
 ROLE = re.compile(r"\{[\w:-]+\}`[^`]*`")  # a MyST role: {glue:text}`name:.2f`, {cite:t}`key`, {doc}`page`, ...
-PLACEHOLDER = re.compile(r"\{[A-Za-z_]\w*(?::[^{}\n]*)?\}")  # a result quoted by prose(): {val_loss:.2f}
 # A sentence that names its source (a citation or a link) may quote the source's own numbers: a published fact.
 SOURCED = re.compile(CITATION.pattern + r"|\]\(https?://")
 CODE = re.compile(r"(`+)(?:.|\n)*?\1")
