@@ -70,7 +70,7 @@ decode)
 references)
     shift 2
     names=("$@")
-    [ ${#names[@]} -gt 0 ] || names=(ch03 ch02 ch04)
+    [ ${#names[@]} -gt 0 ] || names=(ch03 ch02 ch04 ch07)
     for name in "${names[@]}"; do
         step 580 "$python" -m lmbook.reference record "$name" --level gpu --directory "$out"
     done

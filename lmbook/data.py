@@ -157,6 +157,20 @@ def as_ids(ids: Sequence[int]) -> torch.Tensor:
     return torch.frombuffer(array.array("q", ids), dtype=torch.int64) if len(ids) else torch.zeros(0, dtype=torch.int64)
 
 
+HELD_OUT_CHARS = {"full": 0, "fast": 20_000}  # of the held-out split, what chapters 6 and 7 score models on (0: all)
+
+
+def held_out_text(chars: int | None = None) -> str:
+    """The text the book scores every model on (chapters 6 and 7, :func:`lmbook.metrics.held_out_score`): the
+    first ``chars`` characters of Tiny Shakespeare's held-out tenth, which no model trains on (``0``: all of it;
+    ``None``: as many as the size says, ``HELD_OUT_CHARS``)."""
+    if chars is None:
+        from .runtime import pick
+
+        chars = pick(**HELD_OUT_CHARS)
+    return train_val_split(load_shakespeare())[1][: chars or None]
+
+
 def shakespeare_chars(val_fraction: float = 0.1):
     """Tiny Shakespeare as character ids: ``(tokenizer, train_data, val_data)`` (chapters 2 and 3)."""
     from .tokenizers import CharTokenizer

@@ -317,3 +317,17 @@ def score_text(
                          "the tokenizer does not round-trip it, so the predicted characters cannot be counted.")
     predicted = text[len(first) :]
     return TextNLL(float(nll.double().sum()), len(nll), len(predicted), len(predicted.encode("utf-8")))
+
+
+def protocol_stride(model: nn.Module) -> int | None:
+    """The stride of the book's protocol: a quarter of ``model``'s context (``None``: no limit, one window)."""
+    context = context_of(model)
+    return None if context is None else max(1, context // 4)
+
+
+def held_out_score(model: nn.Module, tokenizer, text: str, batch_size: int = 64) -> TextNLL:
+    """The book's one protocol for a model's held-out figure (chapters 6 and 7): every token of ``text`` after the
+    first scored once, a model with a context limit by sliding windows at :func:`protocol_stride` (every token
+    after the first window sees at least three quarters of a context), a recurrent one in one pass, its state
+    carried. ``text`` is :func:`lmbook.data.held_out_text`, so that one model has one figure everywhere."""
+    return score_text(model, tokenizer, text, stride=protocol_stride(model), batch_size=batch_size)

@@ -41,9 +41,8 @@ RECIPES: dict[str, str] = {  # chapter -> the runs module holding its REFERENCE,
     "ch02": "lmbook.runs.ch02_rnn",  # RNN, LSTM and GRU on characters
     "ch03": "lmbook.runs.ch03_gpt",  # the character-level GPT; on a CPU, against the LSTM and GRU at equal time
     "ch04": "lmbook.runs.ch04_finetune",  # pretraining, adaptation, a labelled task
+    "ch07": "lmbook.runs.ch07_sweep",  # the size sweep
 }
-# The names before levels (full-size records only), read until the notebooks name chapters.
-LEGACY = {"rnn": "ch02", "gpt": "ch03", "finetune": "ch04"}
 _WORDS = dict(enumerate(("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")))
 
 
@@ -97,8 +96,7 @@ class Record:
 
 
 def chapter_of(name: str) -> str:
-    """The chapter a recipe name means (``"ch03"``; the old names ``rnn``, ``gpt``, ``finetune`` too)."""
-    name = LEGACY.get(name, name)
+    """The chapter a recipe name means (``"ch03"``), checked."""
     if name not in RECIPES:
         raise KeyError(f"no recipe {name!r}; there are: {', '.join(sorted(RECIPES))}")
     return name
@@ -174,8 +172,6 @@ def read(path: Path) -> Record:
 
 def load(name: str, level: str | None = None, directory: Path = DIRECTORY) -> Record | None:
     """The record of chapter ``name`` at ``level`` (without one: the GPU record, else the CPU one), or ``None``."""
-    if name in LEGACY:  # the old names meant the full-size records
-        name, level = LEGACY[name], level or "gpu"
     for each in (level,) if level else LEVELS:
         if path_of(name, each, directory).exists():
             return read(path_of(name, each, directory))
@@ -202,8 +198,6 @@ def plot_beside(history: History, name: str, label: str, split: str = "val", ax=
     from .viz import plot_history
 
     ax = plot_history(history, ax=ax, label="your run", splits=(split,), x=x, train=False)
-    if name in LEGACY:  # the old names meant the full-size records
-        name, levels = LEGACY[name], ("gpu",)
     records = {k: r for k, r in load_all(name, directory).items() if k in levels and label in r.histories}
     for level, record in records.items():
         plot_history(record.histories[label], ax=ax, label=f"{level} reference", splits=(split,), x=x, train=False,

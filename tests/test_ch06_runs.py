@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmbook import textmetrics
+from lmbook.history import History
 from lmbook.gpt import GPT, GPTConfig
 from lmbook.metrics import LN2, TextNLL, score_text, token_nlls
 from lmbook.ngram import NGramLM
@@ -55,6 +56,22 @@ def test_the_stride_sweep_scores_the_same_text_each_way():
     assert profile.shape == (16,)
     facts = ch06.stride_facts(sweep, profile)
     assert (facts["context"], facts["smallest_stride"], facts["stride_scored_chars"]) == (16, 1, 199)
+    assert facts["min_context"] == 15
+
+
+def test_the_stride_sentence_explains_a_best_stride_that_is_not_the_smallest():
+    def sweep(bits: dict[int, float]) -> dict:
+        return {s: {"score": TextNLL(b * math.log(2) * 100, 100, 100, 100), "windows": 64 // s, "seconds": 1.0}
+                for s, b in bits.items()}
+
+    rising = torch.tensor([3.0, 2.0, 1.5, 1.4, 1.45, 1.5])  # lowest at position 4: more context costs here
+    facts = ch06.stride_facts(sweep({6: 2.60, 2: 2.503, 1: 2.508}), rising)
+    why = facts["best_stride_why"].data
+    assert why.startswith("not the smallest: in the right panel the loss is lowest at position 4 of the window")
+    assert f"the last position costs {0.1 / math.log(2):.3f} bits more" in why
+    assert "the strides up to 2 differ by at most 0.005 bits per character" in why
+    falling = ch06.stride_facts(sweep({6: 2.60, 2: 2.52, 1: 2.51}), rising.sort(descending=True).values)
+    assert falling["best_stride_why"].data == "the smallest stride, as the extra context would have it"
 
 
 def test_prompts_end_at_word_ends_and_continuations_are_whole_words():
@@ -113,5 +130,52 @@ def test_diversity_facts_compare_the_settings_with_the_human_text():
     assert facts["greedy_vs_human"].data == "below"
     assert (facts["ppl_trend"].data, facts["distinct_trend"].data) == ("rises at every step",) * 2
     assert (facts["hottest"].data, facts["closest_to_human"].data) == ("T = 1", "top-p 0.9")
+    assert facts["greedy_rank"].data == "no other setting tried writes text the model finds likelier"
+    sweep.update({"T = 0.5": m(1.4, 0.5), "top-p 0.5": m(1.3, 0.2)})  # the chapter's run: sampling below greedy
+    assert generated.diversity_facts(sweep)["greedy_rank"].data == (
+        "settings that sample write text the model finds likelier still: top-p 0.5 (1.30), T = 0.5 (1.40)")
     assert "<td>human</td><td>10.00</td><td>0.425</td><td>0.850</td><td>0.150</td><td>0%</td>" in (
         generated.diversity_table(sweep).data)
+
+
+def test_a_crossing_is_found_between_evaluations_or_extrapolated_and_said_so():
+    seconds, bits = [0.0, 10.0, 20.0, 40.0], [6.0, 3.0, 2.4, 2.0]
+    assert ch06.crossing(seconds, bits, 2.7) == pytest.approx(15.0)  # halfway from 3.0 to 2.4
+    assert ch06.crossing(seconds, bits, 1.5) is None
+    falling = [0.0, 10.0, 100.0, 1000.0]
+    line = ch06.extrapolated_crossing(falling, [6.0, 3.0, 2.5, 2.0], 1.5)  # 0.5 bits per decade from 100 s on
+    assert line == pytest.approx(10_000.0, rel=1e-6)
+    assert ch06.extrapolated_crossing(falling, [6.0, 3.0, 2.5, 2.6], 1.5) is None  # the second half rises
+
+
+def test_the_crossover_sentences_follow_the_record():
+    from lmbook.reference import Record
+
+    def curve(bits):
+        return History(eval_steps=list(range(4)), eval_loss={"val": [b * LN2 for b in bits]},
+                       eval_seconds=[0.0, 10.0, 100.0, 1000.0])
+
+    record = Record("ch03", "cpu", {}, "hash", {"gpt": curve([6.0, 3.0, 2.0, 1.8]), "gru": curve([6.0, 3.0, 2.5, 2.2])})
+    facts = ch06.crossover_facts(record, 2.1, "interpolated 5-gram")
+    verdict = facts["crossover_verdict"].data
+    assert facts["crossover_gpt"] == pytest.approx(91.0) and facts["crossover_gru"] is None
+    assert "the GPT passes it after 91 s of training and ends at 1.800" in verdict
+    assert "the GRU does not pass it in its 1000 s (it ends at 2.200)" in verdict
+    assert "would pass it after about 2154 s, an extrapolation, not a measurement" in verdict
+    assert "No equal-time run is recorded" in ch06.crossover_facts(None, None, "x")["crossover_verdict"].data
+
+
+def test_the_ngram_is_scored_on_the_windows_the_record_evaluated(shakespeare):
+    from lmbook.data import shakespeare_chars
+    from lmbook.reference import Record
+
+    record = Record("ch03", "cpu", {"eval_block": 8, "eval_batch": 3, "eval_iters": 2, "eval_seed": 5}, "hash")
+    windows = ch06.record_windows(record)
+    _, _, val = shakespeare_chars()
+    tokenizer = shakespeare_chars()[0]
+    held_out = tokenizer.decode(val.tolist())
+    assert len(windows) == 6 and all(len(w) == 9 and w in held_out for w in windows)
+    assert windows == ch06.record_windows(record)  # the same windows every time
+    model = NGramLM.fit(list(held_out[:5000]), n=3)
+    expected = sum(ch06.ngram_score(model, w).nats for w in windows) / (6 * 8) / LN2
+    assert ch06.windows_bits(model, windows) == pytest.approx(expected)

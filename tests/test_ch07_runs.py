@@ -12,16 +12,14 @@ from lmbook.gpt import GPT
 from lmbook.interface import num_params
 from lmbook.runs.ch07_questions import (
     EMBEDDING_RUNS,
-    SWEEP,
     TIMELINE,
     WORD_GPT_RUNS,
     SampleRun,
     _row,
     comparison_table,
-    non_embedding_params,
     sample_words,
-    size_sweep,
 )
+from lmbook.runs.ch07_sweep import SWEEP, non_embedding_params, size_sweep
 from lmbook.tokenizers import CharTokenizer
 
 
@@ -102,19 +100,28 @@ def test_recorded_rows_read_each_chapters_record(monkeypatch):
 
     environment = {"device": "NVIDIA H100"}
     recipe = json.loads(json.dumps(ch04_finetune.RUNS["fast"].to_dict()))  # as lmbook/references/*.json holds it
+    cpu = {"device": "cpu (2 threads, x86_64)", "threads": 2}
     records = {
-        "ch02": Record("ch02", "gpu", {}, "hash", environment=environment, results={"runs": {
-            "lstm": {"params": 1000, "val_loss": 1.5, "tokens_per_second": 2e5}}}),
-        "ch03": Record("ch03", "gpu", {}, "hash", environment=environment, results={
+        "ch02": {"gpu": Record("ch02", "gpu", {}, "hash", environment=environment, results={"runs": {
+            "lstm": {"params": 1000, "val_loss": 1.5, "tokens_per_second": 2e5},
+            "rnn unclipped": {"params": 1000, "val_loss": 1.9, "tokens_per_second": 2e5}}})},
+        "ch03": {"gpu": Record("ch03", "gpu", {}, "hash", environment=environment, results={
             "params": 2000, "val_loss_whole_split": 1.4, "tokens_per_second": 3e5}),
-        "ch04": Record("ch04", "gpu", recipe, "hash", environment=environment, histories={
+                 "cpu": Record("ch03", "cpu", {}, "hash", environment=cpu, results={"runs": {
+                     "gpt": {"params": 800, "val_loss": 1.6, "tokens_per_second": 7e3},
+                     "gru": {"params": 600, "val_loss": 1.55, "tokens_per_second": 6e3}}})},
+        "ch04": {"gpu": Record("ch04", "gpu", recipe, "hash", environment=environment, histories={
             name: History(eval_steps=[10], eval_loss={"val": [loss]}, tokens_per_second=4e5)
-            for name, loss in (("gpt", 4.0), ("mlm", 5.0))}),
+            for name, loss in (("gpt", 4.0), ("mlm", 5.0))})},
     }
-    monkeypatch.setattr(ch07.reference, "load", lambda name, level=None: records.get(name))
+    monkeypatch.setattr(ch07.reference, "load_all", lambda name: records.get(name, {}))
     rows = ch07.recorded_rows()
-    assert [(r["model"], r["objective"]) for r in rows] == [
-        ("LSTM", "causal"), ("GPT", "causal"), ("GPT", "causal"), ("encoder (a small BERT)", "masked")]
-    assert rows[0]["bits_per_char"] == pytest.approx(1.5 / math.log(2)) and rows[3]["bits_per_char"] is None
-    assert rows[3]["params"] > rows[2]["params"] > 0  # the encoder has one more token, the mask
+    assert [(r["model"], r["objective"], r["run"]) for r in rows] == [
+        ("LSTM", "causal", "recorded, full size"), ("GPT", "causal", "recorded, full size"),
+        ("GPT", "causal", "recorded, two CPU cores"), ("GRU", "causal", "recorded, two CPU cores"),
+        ("GPT", "causal", "recorded, full size"), ("encoder (a small BERT)", "masked", "recorded, full size")]
+    assert rows[0]["bits_per_char"] == pytest.approx(1.5 / math.log(2)) and rows[5]["bits_per_char"] is None
+    assert rows[3]["val_loss"] == 1.55 and rows[3]["device"] == cpu["device"]
+    assert rows[5]["params"] > rows[4]["params"] > 0  # the encoder has one more token, the mask
+    rows = [r for r in rows if r["run"] == "recorded, full size"]
     assert all(r["device"] == "NVIDIA H100" and r["run"] == "recorded, full size" for r in rows)

@@ -15,8 +15,10 @@ from lmbook.metrics import (
     bits_per_byte,
     bits_per_char,
     context_of,
+    held_out_score,
     nats_to_bits,
     perplexity,
+    protocol_stride,
     score_text,
     sliding_windows,
     split_loss,
@@ -225,3 +227,20 @@ def test_sliding_window_refuses_bad_input(ids, kwargs, match):
 def test_float_ids_are_refused():
     with pytest.raises(TypeError, match="integer"):
         token_nlls(tiny_gpt(), torch.rand(40))
+
+
+def test_the_books_protocol_reads_a_gpt_at_a_quarter_context_stride_and_an_rnn_in_one_pass():
+    from lmbook.rnn import RNNLM, RNNConfig
+    from lmbook.tokenizers import CharTokenizer
+
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 3
+    chars = CharTokenizer.train(text)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    rnn = RNNLM(RNNConfig(vocab_size=chars.vocab_size, n_embd=8, n_hidden=16, n_layer=1, cell="gru")).eval()
+    assert (protocol_stride(gpt), protocol_stride(rnn)) == (8, None)
+    assert held_out_score(gpt, chars, text) == score_text(gpt, chars, text, stride=8)
+    assert held_out_score(gpt, chars, text) != score_text(gpt, chars, text)  # side by side differs
+    assert held_out_score(rnn, chars, text).nats == pytest.approx(score_text(rnn, chars, text).nats)
+    small = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=3, n_layer=1, n_head=1, n_embd=8))
+    assert protocol_stride(small) == 1

@@ -14,6 +14,8 @@ so each one makes its :class:`~lmbook.train.TrainConfig` the same way.
 - :mod:`lmbook.runs.ch02_rnn`: RNN, LSTM and GRU on characters;
 - :mod:`lmbook.runs.ch03_gpt`: the character-level GPT, its position tables and its LayerNorm placements;
 - :mod:`lmbook.runs.ch04_finetune`: pretraining, domain adaptation, a labelled task;
+- :mod:`lmbook.runs.ch06_evaluation`, :mod:`lmbook.runs.ch06_generated`: every model scored, generated text scored;
+- :mod:`lmbook.runs.ch07_sweep`: the sweep of GPT sizes; :mod:`lmbook.runs.ch07_questions`: the rest of chapter 7;
 - :mod:`lmbook.runs.recording`: recording a recipe, resumably (for :mod:`lmbook.reference`).
 """
 

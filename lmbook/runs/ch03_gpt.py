@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..attention import attention_cost
@@ -282,12 +283,20 @@ def equal_time_facts(record) -> dict:
                      for label, r in runs.items())
     in_order = [f"the {name(label, label)} {r['bits_per_char_in_order']:.3f}"
                 for label, r in runs.items() if "bits_per_char_in_order" in r]
+    shortest = min(r["seconds"] for r in runs.values())  # every curve reaches this time: the equal-time reading
+    at_shortest = {name(label, label): float(np.interp(shortest, h.eval_seconds, h.eval_loss["val"])) / math.log(2)
+                   for label, h in record.histories.items()}
+    facts.update(equal_time_shortest=shortest, equal_time_at_shortest=ordering(at_shortest))
+    took = ", ".join(f"the {name(label, label)} {r['seconds']:.0f} s" for label, r in runs.items())
     facts["equal_time_verdict"] = Markdown(
-        f"Each model trained for about {seconds / 60:.0f} minutes ({record.describe()}); in that time {read} training "
-        f"characters. Held-out bits per character over the whole validation split, in windows of the GPT's context, "
-        f"lowest first: {ordering(bits).data}."
+        f"Each model was given the steps that a speed probe said would fill {record.recipe['seconds']:.0f} seconds, "
+        f"and took {took} of wall time ({record.describe()}); in that time {read} training characters. Held-out "
+        f"bits per character over the whole validation split, in windows of the GPT's context, lowest first: "
+        f"{ordering(bits).data}."
         + (f" Read in order with their state carried, the recurrent models reach {' and '.join(in_order)}."
-           if in_order else ""))
+           if in_order else "")
+        + f" On the curves, at {shortest:.0f} s, when the quickest run ended and every curve has a value: "
+          f"{ordering(at_shortest).data}.")
     return facts
 
 
@@ -308,3 +317,19 @@ def plot_equal_time(record, ax=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def reference_gpt(record) -> tuple[str, str]:
+    """Chapter 3's GPT in one of its records (``lmbook.reference.load_all("ch03")``): a line of its figures and
+    its sample at temperature 0.8. The GPU record holds the full-size GPT alone; the CPU record, the GPT of the
+    equal-time run (:func:`record_cpu`)."""
+    if record.level == "gpu":
+        r, steps = record.results, record.recipe["gpt"]["max_steps"]
+        loss, text = r["val_loss_whole_split"], record.samples.get("gpt 0.8", "")
+    else:
+        r = record.results["runs"]["gpt"]
+        steps, loss, text = r["steps"], r["val_loss"], record.samples.get("gpt", "")
+    line = (f"{record.level} reference: held-out loss {loss:.4f} nats ({loss / math.log(2):.3f} bits) per character "
+            f"over the whole validation split after {steps:,} steps; {r['params']:,} parameters, "
+            f"{r['tokens_per_second']:,.0f} characters/s, {r['seconds']:.0f} s of training ({record.describe()})")
+    return line, text

@@ -58,6 +58,7 @@ class ChapterRun(RunSettings):
     patience: int = 2
     hf_steps: int = 20
     sample_tokens: int = 200
+    sweep_seeds: tuple = (0,)  # the label sweep's seeds (of the labelled subset and the classifier's head)
 
     def gpt_config(self, vocab_size: int, dropout: float = 0.0) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
@@ -216,7 +217,7 @@ def label_sweep(gpt: GPT, run: ChapterRun, task: dict, seed: int = 0, rec=None) 
             torch.manual_seed(seed)
             backbone = copy.deepcopy(gpt) if start == "pretrained" else GPT(gpt.config).to(device)
             classifier = SequenceClassifier(backbone, len(task["classes"]))
-            label = f"classify {start} {per_class or 'all'}"
+            label = f"classify {start} {per_class or 'all'}" + (f" seed {seed}" if seed else "")
             results[start][per_class] = train_classifier(classifier, run, task, per_class, seed, rec, label)[1]
     return results
 
@@ -243,29 +244,130 @@ def compare_methods(gpt: GPT, run: ChapterRun, task: dict, per_class: int | None
     return results
 
 
-RECIPE_VERSION = "1"  # change it when the recipe's code changes what it records
-REFERENCE = {"gpu": RUNS["full"]}  # the settings of the reference recipes, per level
-SMOKE = {"gpu": RUNS["fast"].replace(  # the same recipe in seconds, for the tests
+RECIPE_VERSION = "2"  # change it when the recipe's code changes what it records
+# Two CPU cores, under half an hour for the recipe: a GPT and an encoder of 4 layers of width 128 (0.93 M
+# parameters with the 1,024-token vocabulary), pretrained for 1,000 and 1,200 steps of 32 windows of 64 tokens
+# (the encoder learns from a sixth of its positions: it gets more), then the chapter's adaptation, overfitting
+# runs, label sweep (over three seeds, for intervals) and methods. benchmarks/NOTES.md has the measured speeds.
+CPU = RUNS["fast"].replace(vocab_size=1024, n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32,
+                           max_steps=1000, mlm_steps=1200, lr=2e-3, warmup_steps=50, eval_interval=50, eval_iters=10,
+                           adapt_steps=150, adapt_lr=2e-4, classify_steps=40, classify_lr=1e-3, probe_lr=1e-2,
+                           lora_lr=3e-3, small_tokens=20_000, overfit_steps=250, overfit_lr=2e-3, sweep_seeds=(0, 1, 2))
+REFERENCE = {"gpu": RUNS["full"].replace(sweep_seeds=(0, 1, 2)), "cpu": CPU}  # the reference recipes, per level
+_TINY = RUNS["fast"].replace(
     vocab_size=270, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_steps=3, mlm_steps=2,
     warmup_steps=1, eval_interval=3, eval_iters=1, adapt_steps=3, classify_steps=2, per_class=(2, None),
-    small_tokens=300, overfit_batch_size=4, overfit_steps=4, sample_tokens=10)}
+    small_tokens=300, overfit_batch_size=4, overfit_steps=4, sample_tokens=10)
+SMOKE = {"gpu": _TINY, "cpu": _TINY.replace(sweep_seeds=(0, 1))}  # the same recipes in seconds, for the tests
+
+
+def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
+    """The entropy, in nats, of the tokens' frequencies in ``ids``: the loss of a model that ignores its context,
+    the plateau a masked language model sits on before it learns to read the tokens around a blank."""
+    p = torch.bincount(ids.flatten(), minlength=vocab_size).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
 
 
 def record_gpu(rec) -> None:
-    """Chapter 4's full-size experiment: pretraining, domain adaptation and the labelled task.
+    """Chapter 4's reference experiment: pretraining (a GPT, and an encoder by masked language modelling), domain
+    adaptation, the overfitting runs and the labelled task, its label sweep repeated over ``sweep_seeds``.
 
-    Recorded by ``python -m lmbook.reference record ch04 --level gpu`` into ``lmbook/references/ch04-gpu.json``.
+    Recorded by ``python -m lmbook.reference record ch04 --level gpu`` (the full size) or ``--level cpu`` (two
+    CPU cores) into ``lmbook/references/ch04-<level>.json``.
     """
     run, device = rec.settings, rec.device
     data = prepare(run)
     gpt, _ = pretrain(run, data, causal=True, device=device, rec=rec)
     pretrain(run, data, causal=False, device=device, rec=rec)
+    rec.result("unigram_entropy", unigram_entropy(data.val_ids, data.tokenizer.vocab_size))
     adapted, _ = adapt(gpt, run, data, rec=rec)
     regularisation_runs(run, data, device, rec=rec)
     task = task_data(run, data)
-    sweep = label_sweep(gpt, run, task, rec=rec)
-    rec.result("accuracy", {start: {str(k): v for k, v in accs.items()} for start, accs in sweep.items()})
+    sweeps = [label_sweep(gpt, run, task, seed=seed, rec=rec) for seed in run.sweep_seeds]
+    rec.result("accuracy", {start: {str(k): v for k, v in accs.items()} for start, accs in sweeps[0].items()})
+    rec.result("accuracy_seeds", {start: {str(k): [sweep[start][k] for sweep in sweeps] for k in accs}
+                                  for start, accs in sweeps[0].items()})
+    rec.result("task", {"classes": task["classes"], "train": len(task["y_train"]), "test": len(task["y_test"]),
+                        "majority": float(torch.bincount(task["y_test"]).max() / len(task["y_test"]))})
     rec.result("methods", compare_methods(gpt, run, task, rec=rec))
     for name, model in (("pretrained", gpt), ("adapted", adapted)):
         rec.sample(name, rec.compute(f"sample {name}", lambda: complete(model, data.tokenizer, "\n", run.sample_tokens,
                                                                         temperature=0.8, seed=0)))
+
+
+record_cpu = record_gpu  # one recipe, two sizes
+
+
+def _accuracy_seeds(results: dict) -> dict:
+    """``{start: {per_class: [accuracy of each seed]}}`` from a record's results (one seed if it has no repeats)."""
+    if "accuracy_seeds" in results:
+        return results["accuracy_seeds"]
+    return {start: {k: [v] for k, v in accs.items()} for start, accs in results["accuracy"].items()}
+
+
+def _spread(values: list[float]) -> str:
+    """Accuracies over seeds as ``62% (58-66%)``: the mean, and the lowest and highest in brackets."""
+    mean = sum(values) / len(values)
+    return f"{mean:.0%}" if len(values) == 1 else f"{mean:.0%} ({min(values):.0%}-{max(values):.0%})"
+
+
+def reference_facts(record) -> dict:
+    """What chapter 4 says of its reference record (``lmbook.reference.load("ch04")``, or ``None``): whether the
+    masked language model left its plateau (its held-out loss against the tokens' unigram entropy), and the label
+    sweep over seeds: accuracy from pretrained and from random weights, with the range over seeds, and where the
+    ranges do not overlap. ``ch04_reference_verdict`` says it in sentences."""
+    from IPython.display import Markdown
+
+    if record is None:
+        return {"ch04_reference_verdict": Markdown(
+            "No reference run is recorded in this copy of the book: `python -m lmbook.reference record ch04` makes "
+            "one (under half an hour on two CPU cores).")}
+    r, mlm = record.results, record.histories["mlm"]
+    entropy, mlm_loss = r["unigram_entropy"], mlm.eval_loss["val"][-1]
+    gap = entropy - mlm_loss
+    plateau = (f"{gap:.2f} nats below the tokens' unigram entropy ({entropy:.2f}): it has left the plateau of a model "
+               "that ignores the context" if gap > 0.1 else
+               f"within {abs(gap):.2f} nats of the tokens' unigram entropy ({entropy:.2f}): still on the plateau")
+    seeds = _accuracy_seeds(r)
+    pre, scratch = seeds["pretrained"], seeds["scratch"]
+    classes = len(r["task"]["classes"]) if "task" in r else 2
+    ahead = [k for k in pre if min(pre[k]) > max(scratch[k])]  # every pretrained seed above every scratch seed
+    name = lambda k: "all the labels" if k == "None" else f"{int(k) * classes} labels"  # noqa: E731
+    rows = "; ".join(f"with {name(k)}, {_spread(pre[k])} from pretrained weights against {_spread(scratch[k])} "
+                     f"from random ones" for k in pre)
+    n_seeds = len(next(iter(pre.values())))
+    verdict = (f"In the reference run ({record.describe()}), the encoder's held-out masked-token loss after "
+               f"{len(mlm.steps):,} steps is {mlm_loss:.2f}, {plateau}. On the labelled task, test accuracy over "
+               f"{n_seeds} seed{'s' * (n_seeds != 1)} (mean, and lowest to highest): {rows}. ")
+    if n_seeds > 1:
+        verdict += ("Pretraining is ahead beyond the spread of the seeds " + (
+            f"with {', '.join(name(k) for k in ahead)}." if ahead else "at no number of labels."))
+    facts = {"ch04_reference_verdict": Markdown(verdict), "ch04_mlm_loss": mlm_loss, "ch04_unigram": entropy,
+             "ch04_source": Markdown(record.describe())}
+    return facts
+
+
+def plot_reference_sweep(record, ax=None):
+    """The label sweep of chapter 4's reference record: mean test accuracy against labelled examples, from
+    pretrained and from random weights, with a bar from the lowest to the highest seed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    r = record.results
+    seeds = _accuracy_seeds(r)
+    classes, train = len(r["task"]["classes"]), r["task"]["train"]
+    for start, accs in seeds.items():
+        counts = [train if k == "None" else int(k) * classes for k in accs]
+        means = [100 * sum(v) / len(v) for v in accs.values()]
+        low = [m - 100 * min(v) for m, v in zip(means, accs.values())]
+        high = [100 * max(v) - m for m, v in zip(means, accs.values())]
+        ax.errorbar(counts, means, yerr=[low, high], marker="o", capsize=3,
+                    label="from pretrained weights" if start == "pretrained" else "from random weights")
+    ax.axhline(100 * r["task"]["majority"], color="gray", ls="--", lw=1, label="always the commoner class")
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled examples (log scale)", ylabel="test accuracy (%)", title=record.describe())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from html import escape
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from .. import reference
-from ..data import load_shakespeare, train_val_split
+from ..data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_split
 from ..interface import num_params
-from ..metrics import LN2, TextNLL, context_of, score_text, sliding_windows, token_nlls
+from ..metrics import LN2, TextNLL, context_of, held_out_score, score_text, sliding_windows, token_nlls
 from ..ngram import NGramLM
 from ..show import than
 from . import Settings
@@ -47,31 +48,33 @@ class EvaluationRun(Settings):
 
 RUNS = {
     # a GPU: the whole held-out split, minutes
-    "full": EvaluationRun(heldout_chars=0, ngram_orders=(1, 3, 5, 8), add_k=1.0, stride_chars=30_000,
+    "full": EvaluationRun(heldout_chars=HELD_OUT_CHARS["full"], ngram_orders=(1, 3, 5, 8), add_k=1.0,
+                          stride_chars=30_000,
                           strides=(256, 128, 64, 32, 16, 8), n_prompts=200, prompt_chars=128, continuation_chars=100,
                           temperatures=(0.0, 0.5, 0.7, 1.0, 1.3), top_ps=(0.5, 0.8, 0.95, 1.0), sample_chars=400),
     # two CPU cores, seconds once the models are trained
-    "fast": EvaluationRun(heldout_chars=20_000, ngram_orders=(1, 3, 5), add_k=1.0, stride_chars=4_000,
+    "fast": EvaluationRun(heldout_chars=HELD_OUT_CHARS["fast"], ngram_orders=(1, 3, 5), add_k=1.0, stride_chars=4_000,
                           strides=(32, 16, 8, 4, 2, 1), n_prompts=24, prompt_chars=64, continuation_chars=64,
                           temperatures=(0.0, 0.5, 0.8, 1.0, 1.3), top_ps=(0.5, 0.8, 0.95), sample_chars=200),
 }
 NEURAL = {  # the zoo's language models and the names the chapter gives them
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt-char": "GPT, characters", "gpt-bpe": "GPT, BPE",
 }
-# where each model's full-size run is recorded, and its held-out loss in nats per character there
 BATCH = 64  # windows scored at once: the book's models are small (GPT-2's would want fewer)
-REFERENCE_LOSS = {  # model -> (chapter, its figure in the chapter's full-size record, lmbook.reference.Record)
-    "rnn": ("ch02", lambda r: r.results["runs"]["rnn"]["val_loss_in_order"]),
-    "lstm": ("ch02", lambda r: r.results["runs"]["lstm"]["val_loss_in_order"]),
-    "gru": ("ch02", lambda r: r.results["runs"]["gru"]["val_loss_in_order"]),
-    "gpt-char": ("ch03", lambda r: r.results["val_loss_whole_split"]),
+# where each model's reference run is recorded, its held-out loss in nats per character there (read from the
+# lmbook.reference.Record), and how that figure read the held-out split
+REFERENCE_LOSS = {
+    "rnn": ("ch02", lambda r: r.results["runs"]["rnn"]["val_loss_in_order"], "in order, the state carried"),
+    "lstm": ("ch02", lambda r: r.results["runs"]["lstm"]["val_loss_in_order"], "in order, the state carried"),
+    "gru": ("ch02", lambda r: r.results["runs"]["gru"]["val_loss_in_order"], "in order, the state carried"),
+    "gpt-char": ("ch03", lambda r: r.results["val_loss_whole_split"] if r.level == "gpu" else
+                 r.results["runs"]["gpt"]["val_loss"], "in windows of its context side by side"),
 }
 
 
 def texts(run: EvaluationRun) -> tuple[str, str]:
     """``(train, held_out)``: the training split and the held-out text every model is scored on."""
-    train, val = train_val_split(load_shakespeare())
-    return train, val[: run.heldout_chars or None]
+    return train_val_split(load_shakespeare())[0], held_out_text(run.heldout_chars)
 
 
 def md(text: str):
@@ -80,12 +83,6 @@ def md(text: str):
     from IPython.display import Markdown
 
     return Markdown(text)
-
-
-def window_stride(model) -> int | None:
-    """The stride the scoreboard reads a model with: a quarter of its context (``None``: no limit, one window)."""
-    context = context_of(model)
-    return None if context is None else max(1, context // 4)
 
 
 # --- The scoreboard ---------------------------------------------------------------------
@@ -115,32 +112,33 @@ def ngram_rows(run: EvaluationRun, train: str, held_out: str, train_slice: str) 
         for name, model in ((f"{n}-gram, interpolation", interpolated),
                             (f"{n}-gram, add-{run.add_k:g}", interpolated.with_smoothing("add-k", run.add_k))):
             rows.append({"model": name, "family": "n-gram", "tokens": "characters", "params": ngram_size(model),
+                         "lm": model,
                          "seconds": seconds, "tokens_per_second": len(train) / seconds,
                          "held_out": ngram_score(model, held_out), "train": ngram_score(model, train_slice)})
     return rows
 
 
 def reference_bits_per_char(name: str) -> tuple[float | None, str]:
-    """The held-out bits per character of model ``name``'s recorded full-size run, and where it comes from."""
+    """The held-out bits per character of model ``name``'s recorded reference run (the GPU record where there is
+    one, else the CPU one), and where it comes from."""
     if name not in REFERENCE_LOSS:
         return None, "no per-character figure is recorded for this model"
-    chapter, read = REFERENCE_LOSS[name]
-    record = reference.load(chapter, level="gpu")
+    chapter, read, how = REFERENCE_LOSS[name]
+    record = reference.load(chapter)
     if record is None:
-        return None, f"no full-size run recorded yet (lmbook/references/{chapter}-gpu.json)"
-    return read(record) / LN2, f"{reference.describe(record)} Whole held-out split."
+        return None, f"no reference run recorded (python -m lmbook.reference record {chapter})"
+    return read(record) / LN2, f"{reference.describe(record)} The whole held-out split, read {how}."
 
 
 def neural_row(name: str, held_out: str, train_slice: str, device=None) -> dict:
     """One zoo model scored on ``held_out`` (and on as much training text), with its size and training speed."""
     zoo = trained(name, device)
-    stride = window_stride(zoo.model)
     ref, note = reference_bits_per_char(name)
     return {"model": NEURAL[name], "family": "neural", "tokens": _token_kind(zoo.tokenizer),
             "params": num_params(zoo.model), "seconds": zoo.history.seconds,
             "tokens_per_second": zoo.history.tokens_per_second,
-            "held_out": score_text(zoo.model, zoo.tokenizer, held_out, stride=stride, batch_size=BATCH),
-            "train": score_text(zoo.model, zoo.tokenizer, train_slice, stride=stride, batch_size=BATCH),
+            "held_out": held_out_score(zoo.model, zoo.tokenizer, held_out, batch_size=BATCH),
+            "train": held_out_score(zoo.model, zoo.tokenizer, train_slice, batch_size=BATCH),
             "reference_bpc": ref, "reference": note, "history": zoo.history, "zoo": zoo}
 
 
@@ -174,7 +172,7 @@ def table(header: list[str], rows: list[list]):
 def scoreboard_table(rows: list[dict]):
     """The scoreboard as a table, best held-out bits per character first."""
     header = ["model", "tokens", "parameters", "held-out bits/char", "training-text bits/char",
-              "perplexity per token", "training time", "tokens/s", "full-size reference"]
+              "perplexity per token", "training time", "tokens/s", "reference run"]
     cells = []
     for r in sorted(rows, key=lambda r: r["held_out"].bits_per_char):
         ref = "" if r["family"] == "n-gram" else (f"{r['reference_bpc']:.3f}" if r.get("reference_bpc") else "none")
@@ -271,10 +269,112 @@ def stride_facts(sweep: dict[int, dict], profile: torch.Tensor) -> dict:
     widest, narrowest = max(sweep), min(sweep)
     w, n = sweep[widest], sweep[narrowest]
     best = min(sweep, key=lambda s: sweep[s]["score"].bits_per_char)
+    lowest = int(profile.argmin())  # the window position with the lowest loss: that many characters of context
+    rise = float(profile[-1] - profile[lowest]) / LN2
+    if best == narrowest:
+        why = "the smallest stride, as the extra context would have it"
+    else:
+        within = [sweep[s]["score"].bits_per_char for s in sweep if s <= best]
+        why = (f"not the smallest: in the right panel the loss is lowest at position {lowest + 1} of the window, and "
+               f"the last position costs {rise:.3f} bits more, so context beyond about {lowest + 1} characters buys "
+               f"this model nothing, and the strides up to {best} differ by at most "
+               f"{max(within) - min(within):.3f} bits per character")
     return {"context": widest, "smallest_stride": narrowest, "bpc_side_by_side": w["score"].bits_per_char,
+            "min_context": widest - narrowest, "best_stride_why": md(why),
             "best_stride": best, "best_stride_bpc": sweep[best]["score"].bits_per_char,
             "bpc_smallest_stride": n["score"].bits_per_char,
             "stride_gain": w["score"].bits_per_char - n["score"].bits_per_char,
             "window_ratio": n["windows"] / w["windows"], "time_ratio": n["seconds"] / w["seconds"],
             "first_position_bits": float(profile[0]) / LN2, "last_position_bits": float(profile[-1]) / LN2,
             "stride_scored_chars": w["score"].chars}
+
+
+# --- The crossover: when the neural models pass the 5-gram (chapter 3's equal-time record) ---------------
+def record_windows(record) -> list[str]:
+    """The held-out windows chapter 3's equal-time record (``lmbook.reference.load("ch03", level="cpu")``) evaluated
+    every model on, at every evaluation, as texts of ``eval_block + 1`` characters: the first is context only."""
+    from ..data import RandomBatches, shakespeare_chars
+
+    s = record.recipe
+    tokenizer, _, val_data = shakespeare_chars()
+    batches = RandomBatches(val_data, s["eval_block"], s["eval_batch"], "cpu", seed=s["eval_seed"])
+    windows = []
+    for _ in range(s["eval_iters"]):
+        x, y = batches()  # (B, T), (B, T)
+        windows += [tokenizer.decode(row + [last]) for row, last in zip(x.tolist(), y[:, -1].tolist())]
+    return windows
+
+
+def windows_bits(model: NGramLM, windows: list[str]) -> float:
+    """An n-gram model's bits per predicted character over ``windows``, each read from a blank start as the neural
+    models read them (every character after a window's first predicted from the window alone)."""
+    scores = [ngram_score(model, w) for w in windows]
+    return math.fsum(s.nats for s in scores) / sum(s.tokens for s in scores) / LN2
+
+
+def crossing(seconds: list[float], bits: list[float], line: float) -> float | None:
+    """The first time a curve (``bits`` at ``seconds``) reaches ``line``, linearly between evaluations; ``None``
+    if it never does."""
+    for i in range(1, len(bits)):
+        if bits[i] <= line:
+            if bits[i - 1] <= line:
+                return seconds[i - 1]
+            share = (bits[i - 1] - line) / (bits[i - 1] - bits[i])
+            return seconds[i - 1] + share * (seconds[i] - seconds[i - 1])
+    return None
+
+
+def extrapolated_crossing(seconds: list[float], bits: list[float], line: float) -> float | None:
+    """Where the second half of a curve, continued as a straight line in log-seconds, would reach ``line``: an
+    extrapolation (``None`` if that half does not fall)."""
+    timed = [(t, b) for t, b in zip(seconds, bits) if t > 0]  # a log needs time: not the evaluation at 0 s
+    half = timed[len(timed) // 2:]
+    if len(half) < 2:
+        return None
+    slope, intercept = np.polyfit([math.log(t) for t, _ in half], [b for _, b in half], 1)
+    return None if slope >= 0 else math.exp((line - intercept) / slope)
+
+
+def crossover_facts(record, line: float | None, name: str) -> dict:
+    """When each model of chapter 3's equal-time record passes ``line`` (the n-gram ``name``'s bits per character
+    on the same windows): ``crossover_verdict`` says it per model, measured, or else extrapolated and said so."""
+    from .ch03_gpt import EQUAL_TIME_NAMES
+
+    if record is None:
+        return {"crossover_verdict": md(
+            "No equal-time run is recorded in this copy of the book, so no crossover can be measured: "
+            "`python -m lmbook.reference record ch03 --level cpu` records one.")}
+    sentences, facts = [], {"crossover_line": line, "crossover_ngram": md(name)}
+    for label, history in record.histories.items():
+        bits = [loss / LN2 for loss in history.eval_loss["val"]]
+        seconds, model = history.eval_seconds, EQUAL_TIME_NAMES.get(label, label)
+        at = crossing(seconds, bits, line)
+        facts[f"crossover_{label}"] = at
+        if at is not None:
+            sentences.append(f"the {model} passes it after {at:.0f} s of training and ends at {bits[-1]:.3f}")
+            continue
+        ahead = extrapolated_crossing(seconds, bits, line)
+        sentences.append(f"the {model} does not pass it in its {seconds[-1]:.0f} s (it ends at {bits[-1]:.3f}); " + (
+            f"continuing the trend of its second half, a straight line in log-seconds, it would pass it after "
+            f"about {ahead:.0f} s, an extrapolation, not a measurement" if ahead is not None else
+            "the second half of its curve does not fall, so no trend says when it would"))
+    facts["crossover_verdict"] = md(f"On these windows the {name} scores {line:.3f} bits per character; "
+                                    + "; ".join(sentences) + ".")
+    return facts
+
+
+def plot_crossover(record, line: float, name: str, ax=None):
+    """Chapter 3's equal-time curves (held-out bits per character against seconds of training) with the n-gram
+    ``name`` as a line at ``line``, and a mark where each curve passes it."""
+    from .ch03_gpt import plot_equal_time
+
+    ax = plot_equal_time(record, ax=ax)
+    ax.axhline(line, color="gray", ls="--", lw=1, label=f"{name}, same windows")
+    for label, history in record.histories.items():
+        at = crossing(history.eval_seconds, [loss / LN2 for loss in history.eval_loss["val"]], line)
+        if at is not None:
+            ax.plot([at], [line], "kx", ms=8)
+    top = max(h.eval_loss["val"][1] for h in record.histories.values()) / LN2  # from the first evaluation on
+    ax.set_ylim(min(min(h.eval_loss["val"]) for h in record.histories.values()) / LN2 - 0.1, max(top, line) + 0.2)
+    ax.legend()
+    return ax

@@ -17,9 +17,9 @@ import torch
 
 from .. import textmetrics
 from ..generate import generate
-from ..metrics import TextNLL, context_of, token_nlls
+from ..metrics import TextNLL, context_of, protocol_stride, token_nlls
 from ..show import than, trend
-from .ch06_evaluation import BATCH, EvaluationRun, md, table, window_stride
+from .ch06_evaluation import BATCH, EvaluationRun, md, table
 
 
 # --- Continuations scored against the truth -------------------------------------------------
@@ -153,7 +153,7 @@ def text_measures(model, tokenizer, outputs: list[str], prompts: list[str]) -> d
     continuation scored after its prompt), distinct-1 and -2, self-BLEU and the share ending in a loop."""
     total = None
     for prompt, out in zip(prompts, outputs):
-        nll = token_nlls(model, tokenizer.encode(prompt + out), stride=window_stride(model), batch_size=BATCH)
+        nll = token_nlls(model, tokenizer.encode(prompt + out), stride=protocol_stride(model), batch_size=BATCH)
         n_out = len(tokenizer.encode(prompt + out)) - len(tokenizer.encode(prompt))
         part = nll[-n_out:]  # the continuation's tokens only (exact for characters); the prompt is context
         score = TextNLL(float(part.double().sum()), len(part))
@@ -216,8 +216,12 @@ def diversity_facts(sweep: dict[str, dict]) -> dict:
     closest = min(settings, key=lambda n: abs(math.log(sweep[n]["perplexity"] / human["perplexity"])))
     temperatures = {n: sweep[n] for n in settings if n == "greedy" or n.startswith("T =")}
     hottest = list(temperatures)[-1]
-    return {"greedy_ppl": greedy["perplexity"], "greedy_vs_human": than(greedy["perplexity"], human["perplexity"],
-                                                                         "below", "above"),
+    below = {n: sweep[n]["perplexity"] for n in settings if sweep[n]["perplexity"] < greedy["perplexity"]}
+    rank = ("no other setting tried writes text the model finds likelier" if not below else
+            "settings that sample write text the model finds likelier still: " + ", ".join(
+                f"{n} ({ppl:.2f})" for n, ppl in sorted(below.items(), key=lambda item: item[1])))
+    return {"greedy_rank": md(rank), "greedy_ppl": greedy["perplexity"],
+            "greedy_vs_human": than(greedy["perplexity"], human["perplexity"], "below", "above"),
             "greedy_repetition": 100 * greedy["repetition"], "greedy_distinct2": greedy["distinct_2"],
             "greedy_self_bleu": greedy["self_bleu"], "human_ppl": human["perplexity"],
             "human_distinct2": human["distinct_2"], "human_self_bleu": human["self_bleu"],

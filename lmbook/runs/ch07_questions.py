@@ -1,7 +1,6 @@
-"""Chapter 7's runs: a sweep of GPT sizes, word embeddings three ways, an association measured in sampled text.
+"""Chapter 7's runs: word embeddings three ways, an association measured in sampled text, the models compared.
 
-``SWEEP`` trains GPTs of at least five sizes, spanning more than 30 times in parameters, on the same
-characters for the same number of steps (:func:`size_sweep`). ``EMBEDDING_RUNS`` holds Word2Vec's and
+The sweep of GPT sizes is :mod:`lmbook.runs.ch07_sweep`. ``EMBEDDING_RUNS`` holds Word2Vec's and
 the count-based model's settings and ``WORD_GPT_RUNS`` a small GPT on the same words, whose input table
 the chapter compares with both (:func:`word_corpus`, :func:`train_word2vec`, :func:`count_embeddings`,
 :func:`train_word_gpt`). ``BIAS_RUNS`` says how much text to sample for :mod:`lmbook.bias`
@@ -18,92 +17,19 @@ from dataclasses import dataclass
 import torch
 
 from .. import reference
-from ..data import RandomBatches, load_shakespeare, train_val_split
+from ..data import held_out_text, load_shakespeare, train_val_split
 from ..embeddings import SkipGram, SkipGramBatches, Vocabulary, cooccurrence, ppmi, svd_embeddings, words
 from ..generate import generate
 from ..gpt import GPT
 from ..history import History
 from ..interface import num_params
-from ..metrics import split_loss
+from ..metrics import held_out_score
 from ..mlm import Encoder
 from ..runtime import get_device, size
 from ..train import train
 from . import RunSettings, Settings, ch04_finetune
 from .ch03_gpt import GPTRun, make_char_gpt, train_char_gpt
 from .zoo import Trained
-
-
-# --- Which model size: the sweep -------------------------------------------------------------
-@dataclass(frozen=True)
-class SizeSweep(Settings):
-    """GPT shapes ``(n_layer, n_head, n_embd)``, smallest first, all trained as ``base`` says on the same data."""
-
-    base: GPTRun  # all but the shape, which each of ``shapes`` sets: context, batches, steps, learning rate
-    shapes: tuple[tuple[int, int, int], ...]
-    train_chars: int | None  # the training data: the first train_chars characters of the training split (None: all)
-
-    def runs(self) -> list[GPTRun]:
-        return [self.base.replace(n_layer=L, n_head=H, n_embd=C) for L, H, C in self.shapes]
-
-
-SWEEP = {
-    # a GPU: from 0.1M to 25M parameters, 2,000 steps of 64 windows of 256 on the whole training split
-    "full": SizeSweep(
-        base=GPTRun(n_layer=2, n_head=2, n_embd=64, block_size=256, dropout=0.0, batch_size=64, max_steps=2000,
-                    lr=2e-3, min_lr=0.0, warmup_steps=100, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=250, eval_iters=10),
-        shapes=((2, 2, 64), (2, 4, 128), (4, 4, 192), (4, 8, 256), (6, 6, 384), (8, 8, 512)),
-        train_chars=None,
-    ),
-    # two CPU cores: from 5 thousand to 0.23M parameters (the largest is chapter 3's fast shape), 300 steps of 16
-    # windows of 32 on the first 20,000 characters, so that each character is read several times over
-    "fast": SizeSweep(
-        base=GPTRun(n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0, batch_size=16, max_steps=300,
-                    lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=100, eval_iters=2),
-        shapes=((1, 2, 16), (1, 4, 32), (2, 4, 48), (2, 4, 64), (2, 4, 96)),
-        train_chars=20_000,
-    ),
-}
-
-
-def non_embedding_params(model: GPT) -> int:
-    """Parameters outside the token and position tables: the N of Kaplan et al. (2020)."""
-    return num_params(model) - model.wte.weight.numel() - model.wpe.weight.numel()
-
-
-def size_sweep(sweep: SizeSweep, train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int,
-               device=None, seed: int = 0) -> list[dict]:
-    """Train one GPT per shape of ``sweep`` on the same data with the same steps; one dict of results per size.
-
-    Each dict holds the shape, ``params`` (the book's count), ``non_embedding`` (Kaplan's N), ``tokens`` seen,
-    training ``flops`` (``GPT.flops_per_token`` times tokens), the loss over the whole validation split
-    (``val_loss``) and over as many training characters (``train_loss``), seconds and the :class:`History`
-    (evaluated on random training and validation windows along the way).
-    """
-    device = device or get_device()
-    data = train_data[: sweep.train_chars] if sweep.train_chars else train_data
-    results = []
-    for run in sweep.runs():
-        model = make_char_gpt(run, vocab_size, device, seed)
-        evaluation = {"train": RandomBatches(data, run.block_size, 64, device, seed=seed + 1),
-                      "val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 2)}
-        batches = RandomBatches(data, run.block_size, run.batch_size, device, seed=seed)
-        config = run.train_config(seed=seed, desc=f"{num_params(model):,} parameters")
-        history = train(model, batches, config, evaluation)
-        tokens = history.tokens_per_step * run.max_steps
-        results.append({
-            "shape": (run.n_layer, run.n_head, run.n_embd),
-            "params": num_params(model),
-            "non_embedding": non_embedding_params(model),
-            "tokens": tokens,
-            "flops": model.flops_per_token(run.block_size) * tokens,
-            "train_loss": split_loss(model, data[: len(val_data)], run.block_size),
-            "val_loss": split_loss(model, val_data, run.block_size),
-            "seconds": history.seconds,
-            "history": history,
-        })
-    return results
 
 
 # --- Embeddings: Word2Vec, the count-based route, and a GPT's own table -----------------------
@@ -283,40 +209,55 @@ def _row(model: str, objective: str, unit: str, chapter: str, run: str, params: 
             "val_loss": val_loss, "bits_per_char": bits, "tokens_per_second": tokens_per_second, "device": device}
 
 
+RECORDED = {"gpu": "recorded, full size", "cpu": "recorded, two CPU cores"}  # the run column of each level
+CELL_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt": "GPT"}
+
+
 def recorded_rows() -> list[dict]:
-    """Rows for the full-size runs recorded in ``lmbook/references`` (none for a chapter not yet recorded)."""
+    """Rows for the reference runs recorded in ``lmbook/references``, every level (none for a chapter not yet
+    recorded). Character models' losses are over the whole validation split where the record has that figure."""
     rows = []
-    if (rnn := reference.load("ch02", level="gpu")) is not None:
+    for level, rnn in reference.load_all("ch02").items():
         for cell, r in rnn.results["runs"].items():
-            rows.append(_row(cell.upper(), "causal", "character", "ch02_rnn", "recorded, full size", r["params"],
-                             r["val_loss"], r["tokens_per_second"], rnn.environment["device"]))
-    if (gpt := reference.load("ch03", level="gpu")) is not None:
-        r = gpt.results
-        rows.append(_row("GPT", "causal", "character", "ch03_attention", "recorded, full size", r["params"],
-                         r["val_loss_whole_split"], r["tokens_per_second"], gpt.environment["device"]))
-    if (finetune := reference.load("ch04", level="gpu")) is not None:
-        run = ch04_finetune.ChapterRun(**finetune.recipe)
+            if cell in CELL_NAMES:  # not the unclipped plain RNN of the clipping comparison
+                rows.append(_row(CELL_NAMES[cell], "causal", "character", "ch02_rnn", RECORDED[level], r["params"],
+                                 r.get("val_loss_split", r["val_loss"]), r["tokens_per_second"],
+                                 rnn.environment["device"]))
+    for level, gpt in reference.load_all("ch03").items():
+        runs = {"gpt": gpt.results} if level == "gpu" else gpt.results["runs"]  # the CPU record: equal time
+        for label, r in runs.items():
+            rows.append(_row(CELL_NAMES[label], "causal", "character", "ch03_attention", RECORDED[level], r["params"],
+                             r.get("val_loss_whole_split", r.get("val_loss")), r["tokens_per_second"],
+                             gpt.environment["device"]))
+    for level, finetune in reference.load_all("ch04").items():
+        run = ch04_finetune.ChapterRun(**{**finetune.recipe, "per_class": tuple(finetune.recipe["per_class"]),
+                                          "sweep_seeds": tuple(finetune.recipe.get("sweep_seeds", (0,)))})
         for label, (name, objective, unit, chapter) in (("gpt", ZOO_ROWS["gpt-bpe"]), ("mlm", ZOO_ROWS["encoder-bpe"])):
             history = finetune.histories[label]
             with torch.device("meta"):  # the shape alone gives the count: no memory, no time
                 model = (GPT if objective == "causal" else Encoder)(run.gpt_config(run.vocab_size + (label == "mlm")))
-            rows.append(_row(name, objective, unit, chapter, "recorded, full size", num_params(model),
+            rows.append(_row(name, objective, unit, chapter, RECORDED[level], num_params(model),
                              history.eval_loss["val"][-1], history.tokens_per_second,
                              finetune.environment["device"]))
     return rows
 
 
-def zoo_rows(models: dict[str, Trained], device: str) -> list[dict]:
-    """Rows for the reader's own trained models (:mod:`lmbook.runs.zoo`), at the size this book runs at."""
+def zoo_rows(models: dict[str, Trained], device: str, text: str | None = None) -> list[dict]:
+    """Rows for the reader's own trained models (:mod:`lmbook.runs.zoo`), at the size this book runs at.
+
+    A causal model is scored by the book's protocol (:func:`lmbook.metrics.held_out_score`) on ``text``
+    (default :func:`lmbook.data.held_out_text`), so its figure is chapter 6's; the masked model keeps the
+    masked-token loss of its last evaluation, which is not a per-character figure."""
+    text = held_out_text() if text is None else text
     rows = []
     for key, trained in models.items():
         name, objective, unit, chapter = ZOO_ROWS[key]
-        chars_per_token = None
-        if unit != "character":
-            chars_per_token = len(trained.tokenizer.decode(trained.val_data.tolist())) / len(trained.val_data)
-        rows.append(_row(name, objective, unit, chapter, f"yours, {size()} size", num_params(trained.model),
-                         trained.history.eval_loss["val"][-1], trained.history.tokens_per_second, device,
-                         chars_per_token))
+        loss, chars_per_token = trained.history.eval_loss["val"][-1], None
+        if objective == "causal":
+            score = held_out_score(trained.model, trained.tokenizer, text)
+            loss, chars_per_token = score.nats / score.tokens, score.chars / score.tokens
+        rows.append(_row(name, objective, unit, chapter, f"yours, {size()} size", num_params(trained.model), loss,
+                         trained.history.tokens_per_second, device, chars_per_token))
     return rows
 
 
@@ -341,3 +282,4 @@ def comparison_table(rows: list[dict]) -> str:
     if one_device and devices:
         legend.append(f"training speeds measured on {devices[0]}")
     return "\n".join(lines) + ("\n\n" + "; ".join(legend) + "." if legend else "")
+
