@@ -96,6 +96,8 @@ def test_chapter_4s_verdict_follows_the_record():
     assert "1.50 nats below the tokens' unigram entropy (5.00): it has left the plateau" in left
     assert "with 8 labels, 75% (70%-80%) from pretrained weights against 55% (50%-60%)" in left
     assert "beyond the spread of the seeds with 8 labels." in left
+    both = reference_facts(ch04_record(3.5, [0.95, 0.96, 0.97], [0.5, 0.55, 0.6]))["ch04_reference_verdict"].data
+    assert "beyond the spread of the seeds with 8 labels and all the labels." in both
     stuck = reference_facts(ch04_record(4.95, [0.5, 0.6, 0.55], [0.5, 0.55, 0.6]))["ch04_reference_verdict"].data
     assert "still on the plateau" in stuck and "at no number of labels" in stuck
 
