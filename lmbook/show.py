@@ -208,6 +208,14 @@ def than(value: float, reference: float, below: str = "lower", above: str = "hig
     return _markdown_text(below if value < reference else above)
 
 
+def and_list(items) -> str:
+    """Words of a list in a sentence: ``a``, ``a and b``, ``a, b and c``."""
+    items = [str(item) for item in items]
+    if not items:
+        raise ValueError("and_list needs at least one item.")
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def ordering(values: Mapping[str, float], fmt: str = ".3f", highest_first: bool = False):
     """``values`` (name -> result) in order, lowest first, as Markdown: ``learned (1.981) < sinusoidal (2.050)``;
     equal results are joined by ``=``. The words of a sentence that ranks runs, whatever the run gave."""

@@ -39,6 +39,9 @@ def test_chapter_2s_recipe_records_the_cells_and_the_unclipped_rnn(tmp_path, sha
     assert facts["reference_steps"] == len(clipped.steps) and rec.describe() in facts["reference_verdict"].data
     assert f"{facts['reference_unclipped_bpc']:.3f} bits per character" in facts["reference_verdict"].data
     assert "No reference run is recorded" in reference_facts(None)["reference_verdict"].data
+    from lmbook.show import report
+
+    report(facts)  # every name is one the prose can use
 
 
 def ch02_record(losses: dict[str, float], norms: list[float]) -> Record:

@@ -9,7 +9,7 @@ from IPython.display import Markdown
 
 from lmbook import show
 from lmbook.optim import lr_at
-from lmbook.show import fill, ordering, prose, report, show_source, source_markdown, source_of, than, trend
+from lmbook.show import and_list, fill, ordering, prose, report, show_source, source_markdown, source_of, than, trend
 from lmbook.train import TrainingRun
 
 
@@ -107,6 +107,13 @@ def test_than_names_the_direction_of_a_comparison():
         than(float("nan"), 1.0)
     with pytest.raises(ValueError, match="tolerance"):
         than(1.0, 2.0, tolerance=-1)
+
+
+def test_and_list_joins_words_as_a_sentence_does():
+    assert [and_list(x) for x in (["a"], ["a", "b"], ["a", "b", "c"], (n for n in (1, 2)))] == [
+        "a", "a and b", "a, b and c", "1 and 2"]
+    with pytest.raises(ValueError, match="at least one"):
+        and_list([])
 
 
 def test_ordering_ranks_whatever_the_run_gave():

@@ -188,8 +188,8 @@ def reference_facts(record) -> dict:
     steps = len(record.histories["rnn"].steps)
     facts = {"reference_source": Markdown(record.describe()), "reference_order": ordering(cells),
              "reference_steps": steps, "reference_chars": steps * record.histories["rnn"].tokens_per_step,
-             **{f"reference_{cell}_bpc": split[cell] for cell in runs},
-             **{f"reference_{cell}_in_order": in_order[cell] for cell in runs}}
+             **{f"reference_{cell.replace(' ', '_')}_bpc": split[cell] for cell in runs},
+             **{f"reference_{cell.replace(' ', '_')}_in_order": in_order[cell] for cell in runs}}
     gating = ("both gated cells end below the plain RNN" if len(gated) == 2 else
               f"only the {gated[0]} ends below the plain RNN" if gated else
               "neither gated cell ends below the plain RNN")

@@ -261,7 +261,7 @@ def equal_time_facts(record) -> dict:
     recorded)."""
     from IPython.display import Markdown
 
-    from ..show import ordering
+    from ..show import and_list, ordering
 
     if record is None:
         return {"equal_time_verdict": Markdown(
@@ -279,21 +279,22 @@ def equal_time_facts(record) -> dict:
         if "bits_per_char_in_order" in r:
             facts[f"equal_time_{label}_in_order"] = r["bits_per_char_in_order"]
     name = EQUAL_TIME_NAMES.get
-    read = ", ".join(f"the {name(label, label)} ({r['params']:,} parameters) {facts[f'equal_time_{label}_chars']:,}"
-                     for label, r in runs.items())
+    read = and_list(f"{facts[f'equal_time_{label}_chars']:,} (the {name(label, label)}, {r['params']:,} parameters)"
+                    for label, r in runs.items())
     in_order = [f"the {name(label, label)} {r['bits_per_char_in_order']:.3f}"
                 for label, r in runs.items() if "bits_per_char_in_order" in r]
     shortest = min(r["seconds"] for r in runs.values())  # every curve reaches this time: the equal-time reading
     at_shortest = {name(label, label): float(np.interp(shortest, h.eval_seconds, h.eval_loss["val"])) / math.log(2)
                    for label, h in record.histories.items()}
     facts.update(equal_time_shortest=shortest, equal_time_at_shortest=ordering(at_shortest))
-    took = ", ".join(f"the {name(label, label)} {r['seconds']:.0f} s" for label, r in runs.items())
+    took = and_list([f"{r['seconds']:.0f} s ({name(label, label)})" for label, r in runs.items()])
     facts["equal_time_verdict"] = Markdown(
         f"Each model was given the steps that a speed probe said would fill {record.recipe['seconds']:.0f} seconds, "
-        f"and took {took} of wall time ({record.describe()}); in that time {read} training characters. Held-out "
+        f"and took {took} of wall time ({record.describe()}); in that time they read {read} training "
+        f"characters. Held-out "
         f"bits per character over the whole validation split, in windows of the GPT's context, lowest first: "
         f"{ordering(bits).data}."
-        + (f" Read in order with their state carried, the recurrent models reach {' and '.join(in_order)}."
+        + (f" Read in order with their state carried, the recurrent models reach {and_list(in_order)}."
            if in_order else "")
         + f" On the curves, at {shortest:.0f} s, when the quickest run ended and every curve has a value: "
           f"{ordering(at_shortest).data}.")

@@ -306,11 +306,6 @@ def _accuracy_seeds(results: dict) -> dict:
     return {start: {k: [v] for k, v in accs.items()} for start, accs in results["accuracy"].items()}
 
 
-def _and(items: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
 def _spread(values: list[float]) -> str:
     """Accuracies over seeds as ``62% (58-66%)``: the mean, and the lowest and highest in brackets."""
     mean = sum(values) / len(values)
@@ -323,6 +318,8 @@ def reference_facts(record) -> dict:
     sweep over seeds: accuracy from pretrained and from random weights, with the range over seeds, and where the
     ranges do not overlap. ``ch04_reference_verdict`` says it in sentences."""
     from IPython.display import Markdown
+
+    from ..show import and_list
 
     if record is None:
         return {"ch04_reference_verdict": Markdown(
@@ -347,7 +344,7 @@ def reference_facts(record) -> dict:
                f"{n_seeds} seed{'s' * (n_seeds != 1)} (mean, and lowest to highest): {rows}. ")
     if n_seeds > 1:
         verdict += ("Pretraining is ahead beyond the spread of the seeds " + (
-            f"with {_and([name(k) for k in ahead])}." if ahead else "at no number of labels."))
+            f"with {and_list([name(k) for k in ahead])}." if ahead else "at no number of labels."))
     facts = {"ch04_reference_verdict": Markdown(verdict), "ch04_mlm_loss": mlm_loss, "ch04_unigram": entropy,
              "ch04_source": Markdown(record.describe())}
     return facts

@@ -349,7 +349,7 @@ def crossover_facts(record, line: float | None, name: str) -> dict:
         bits = [loss / LN2 for loss in history.eval_loss["val"]]
         seconds, model = history.eval_seconds, EQUAL_TIME_NAMES.get(label, label)
         at = crossing(seconds, bits, line)
-        facts[f"crossover_{label}"] = at
+        facts[f"crossover_{label}"] = float("nan") if at is None else at  # NaN: no crossing measured
         if at is not None:
             sentences.append(f"the {model} passes it after {at:.0f} s of training and ends at {bits[-1]:.3f}")
             continue
