@@ -89,6 +89,11 @@ def apply_lora(model: nn.Module, targets: tuple[str, ...] = ("attn.c_attn", "att
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"the LoRA rank r must be an integer of at least 1, not {r!r}.")
+    if isinstance(targets, str):  # one name, not its characters: "attn.c_attn" must not match every name ending in "n"
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must be one or more non-empty layer names (strings), not {targets!r}.")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model carries LoRA adapters already: merge them (merge_lora) or adapt a fresh copy; "
                          "adapters on adapters would train the wrong matrices.")
@@ -102,9 +107,10 @@ def apply_lora(model: nn.Module, targets: tuple[str, ...] = ("attn.c_attn", "att
     if tied:
         raise ValueError(f"{tied} share their weight with another layer (tied weights): an adapter merged into it "
                          "would change the other layer too. Leave them out of targets.")
+    wrapped = {name: LoRALinear(model.get_submodule(name), r, alpha) for name in names}  # may refuse: model untouched
     model.requires_grad_(False)
-    for name in names:
-        _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha))
+    for name, layer in wrapped.items():
+        _replace(model, name, layer)
     return names
 
 

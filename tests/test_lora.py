@@ -87,6 +87,26 @@ def test_bad_arguments_are_refused():
         LoRALinear(nn.Conv1d(2, 2, 1))
 
 
+def test_a_bare_string_target_is_one_name_not_its_characters():
+    names = apply_lora(tiny_gpt(), targets="attn.c_attn")
+    assert names and all(n.endswith("attn.c_attn") for n in names)  # a string read as characters took mlp.c_fc too
+    assert names == apply_lora(tiny_gpt(), targets=["attn.c_attn"])
+    for bad in ((), ("",), (3,)):
+        with pytest.raises(ValueError, match="targets must be one or more non-empty layer names"):
+            apply_lora(tiny_gpt(), targets=bad)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
+def test_a_refused_call_leaves_the_model_as_it_was(alpha):
+    model = tiny_gpt()
+    before = {n: (p.requires_grad, p.detach().clone()) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+        apply_lora(model, alpha=alpha)
+    after = dict(model.named_parameters())
+    assert list(after) == list(before) and not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert all(after[n].requires_grad == grad and torch.equal(after[n], w) for n, (grad, w) in before.items())
+
+
 def test_merge_and_unmerge_restore_the_base_weights_exactly():
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
