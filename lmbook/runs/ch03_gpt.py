@@ -187,6 +187,13 @@ SMOKE = {  # the same recipes in seconds, for the tests
 }
 
 
+def equal_time_windows(eval_block: int, eval_batch: int, eval_seed: int, val_data: torch.Tensor,
+                       device=None) -> RandomBatches:
+    """The held-out windows of the equal-time recipe (:func:`record_cpu`), drawn the same way for every model and
+    every evaluation; chapter 6 reads them again to score an n-gram on exactly these windows."""
+    return RandomBatches(val_data, eval_block, eval_batch, device or "cpu", seed=eval_seed)
+
+
 def record_cpu(rec) -> None:
     """Chapter 3's CPU reference: the GPT, the LSTM and the GRU at equal training time (chapters 3 and 7).
 
@@ -217,7 +224,7 @@ def record_cpu(rec) -> None:
         return SequentialBatches(train_data, run.bptt, run.batch_size, device)  # the state carried, as in chapter 2
 
     def held_out() -> RandomBatches:  # the same windows for every model and every evaluation
-        return RandomBatches(val_data, s.eval_block, s.eval_batch, device, seed=s.eval_seed)
+        return equal_time_windows(s.eval_block, s.eval_batch, s.eval_seed, val_data, device)
 
     speeds = {label: rec.compute(f"speed {label}", lambda: measure_speed(
         models[label], batches(label), run.train_config(), held_out(), s.probe_steps))

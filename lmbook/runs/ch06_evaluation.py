@@ -293,11 +293,12 @@ def stride_facts(sweep: dict[int, dict], profile: torch.Tensor) -> dict:
 def record_windows(record) -> list[str]:
     """The held-out windows chapter 3's equal-time record (``lmbook.reference.load("ch03", level="cpu")``) evaluated
     every model on, at every evaluation, as texts of ``eval_block + 1`` characters: the first is context only."""
-    from ..data import RandomBatches, shakespeare_chars
+    from ..data import shakespeare_chars
+    from .ch03_gpt import equal_time_windows
 
     s = record.recipe
     tokenizer, _, val_data = shakespeare_chars()
-    batches = RandomBatches(val_data, s["eval_block"], s["eval_batch"], "cpu", seed=s["eval_seed"])
+    batches = equal_time_windows(s["eval_block"], s["eval_batch"], s["eval_seed"], val_data)
     windows = []
     for _ in range(s["eval_iters"]):
         x, y = batches()  # (B, T), (B, T)
