@@ -1,12 +1,15 @@
-"""Checkpoints: written atomically, read with a clear error, random generators saved and restored.
+"""Checkpoints: written atomically, checked for damage when read, random generators saved and restored.
 
 :func:`lmbook.train.train` writes one at every evaluation (or as often as asked) and resumes from it
 exactly: the model, the optimizer, the step, the history and every random generator come back.
+A checkpoint is ``torch.save``'s zip archive, which stores a CRC-32 checksum of every record in it;
+``torch.load`` does not check them, :func:`load_checkpoint` does, so a flipped byte is refused, not resumed from.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -62,8 +65,32 @@ def check_identity(path: str | os.PathLike, recorded: dict | None, model: nn.Mod
         )
 
 
+def checkpoint_file(path) -> Path | None:
+    """``TrainConfig.checkpoint_path`` as a ``Path`` (``None``: no checkpoints), refused before any training step
+    if a checkpoint could not be written there: a directory, under a file, or in a directory closed to writing.
+
+    Missing directories are made at the first save.
+    """
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_path must be a path (str or os.PathLike) or None, not {path!r}.")
+    if str(path) == "":
+        raise ValueError("checkpoint_path is empty: name a file, or pass None to write no checkpoint.")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint_path {path} is a directory: name a file in it, such as {path / 'ckpt.pt'}.")
+    existing = next(p for p in path.absolute().parents if p.exists())  # the nearest directory there is already
+    if not existing.is_dir():
+        raise ValueError(f"checkpoint_path {path} cannot be written: {existing} is not a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"checkpoint_path {path}: cannot write in {existing}. Choose a directory you may write to.")
+    return path
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``."""
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``: a reader
+    finds the old checkpoint or the new one, whole, never a mixture."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -76,20 +103,39 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    if hasattr(os, "O_DIRECTORY"):  # the rename itself reaches the disk (POSIX)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _refuse(path: Path, what: str, err: Exception | None = None) -> CheckpointError:
+    cause = f" ({type(err).__name__}: {err})" if err is not None else ""
+    return CheckpointError(
+        f"{path} is damaged or truncated, or not a checkpoint: {what}{cause}. Do not resume from it: delete it "
+        "to train from the start, or restore a copy of it (or point checkpoint_path elsewhere)."
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`lmbook.train.train`, with a clear error if it is damaged."""
+    """Read a checkpoint written by :func:`atomic_save` (:func:`lmbook.train.train` writes them), after checking
+    the checksum of every record in it; a damaged, truncated or foreign file raises :class:`CheckpointError`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    try:  # torch.save's format since torch 1.6; an older file, without checksums, is refused here too
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every record and compares it with its CRC-32
+    except Exception as err:  # zipfile raises several types for a truncated or foreign file
+        raise _refuse(path, "it is not a whole zip archive with checksums", err) from err
+    if bad is not None:
+        raise _refuse(path, f"its record {bad} does not match the checksum written with it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}). It may be truncated or "
-            "from another program: delete it to train from the start, or point checkpoint_path elsewhere."
-        ) from err
+    except Exception as err:  # torch raises several types for files it cannot read
+        raise _refuse(path, "torch cannot read it", err) from err
 
 
 def rng_state() -> dict:

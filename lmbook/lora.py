@@ -4,6 +4,8 @@ A frozen linear layer ``W x`` becomes ``W x + (alpha / r) B A x``, with ``A`` of
 (r, in) and ``B`` of shape (out, r) for a small rank ``r``. ``B`` starts at zero, so the
 wrapped model computes exactly what the original did until training moves it; afterwards
 the update can be merged into ``W`` (:meth:`LoRALinear.merged`) at no cost at inference.
+A layer's state dict holds ``W``, ``A`` and ``B`` whether it is merged or not, so a saved state loads into
+any adapted model, merged or not, as the same function.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class LoRALinear(nn.Module):
@@ -24,7 +27,7 @@ class LoRALinear(nn.Module):
             raise TypeError(f"LoRALinear wraps an nn.Linear, not a {type(base).__name__}.")
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"the LoRA rank r must be an integer of at least 1, not {r!r}.")
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"the LoRA scale alpha must be a finite number > 0, not {alpha!r}.")
         self.base = base
         self.base.requires_grad_(False)
@@ -33,29 +36,30 @@ class LoRALinear(nn.Module):
         self.A = nn.Parameter(torch.empty(r, base.in_features, device=weight.device, dtype=weight.dtype))
         self.B = nn.Parameter(torch.zeros(base.out_features, r, device=weight.device, dtype=weight.dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight; B = 0 keeps the output
-
-        self._original: torch.Tensor | None = None  # the base weight before merge(), while merged
+        # W + (alpha / r) B A while merged, else None; not in the state dict, which keeps W, A and B apart
+        self.register_buffer("merged_weight", None, persistent=False)
+        self.register_load_state_dict_post_hook(_merge_loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._original is not None:  # merged: the update is inside the base weight already
-            return self.base(x)
+        if self.merged_weight is not None:  # merged: one matrix product, the update inside it
+            return F.linear(x, self.merged_weight, self.base.bias)
         return self.base(x) + (x @ self.A.T @ self.B.T) * self.scaling  # (..., out)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update to the base weight in place (no extra work per call); :meth:`unmerge` takes it back."""
-        if self._original is not None:
-            raise ValueError("this LoRA layer is merged already; unmerge() it first.")
-        self._original = self.base.weight.detach().clone()
-        self.base.weight.add_(self.delta_weight())
+        """Compute with ``W + (alpha / r) B A`` from now on (no extra work per call); :meth:`unmerge` goes back.
 
-    @torch.no_grad()
+        The base weight itself is left as it is, so the state dict, and a checkpoint of it, stay the same.
+        """
+        if self.merged_weight is not None:
+            raise ValueError("this LoRA layer is merged already; unmerge() it first.")
+        self.merged_weight = self.base.weight + self.delta_weight()
+
     def unmerge(self) -> None:
-        """Put back the base weight exactly as it was before :meth:`merge` (a copy, not a subtraction)."""
-        if self._original is None:
+        """Compute with the base weight and the adapters apart again (the base weight was never changed)."""
+        if self.merged_weight is None:
             raise ValueError("this LoRA layer is not merged; there is nothing to unmerge.")
-        self.base.weight.copy_(self._original)
-        self._original = None
+        self.merged_weight = None
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``(alpha / r) B A`` (out, in) that training added to the frozen weight."""
@@ -67,11 +71,17 @@ class LoRALinear(nn.Module):
         base = self.base
         linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                            device=base.weight.device, dtype=base.weight.dtype)
-        weight = base.weight if self._original is None else self._original  # the weight before any merge()
-        linear.weight.copy_(weight + self.delta_weight())
+        linear.weight.copy_(base.weight + self.delta_weight())
         if base.bias is not None:
             linear.bias.copy_(base.bias)
         return linear
+
+
+@torch.no_grad()
+def _merge_loaded(layer: LoRALinear, incompatible_keys) -> None:
+    """After ``load_state_dict``, a merged layer merges the weights it was given, not the ones it had."""
+    if layer.merged_weight is not None:
+        layer.merged_weight = layer.base.weight + layer.delta_weight()
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -121,6 +131,8 @@ def merge_lora(model: nn.Module, copy: bool = False) -> nn.Module:
     adapters and all, as it was. :meth:`LoRALinear.merge` and :meth:`~LoRALinear.unmerge` do the same
     reversibly, layer by layer, keeping the adapters.
     """
+    if not isinstance(copy, bool):
+        raise TypeError(f"copy must be True or False, not {copy!r}.")
     if copy:
         model = copy_module.deepcopy(model)
     for name, module in list(model.named_modules()):

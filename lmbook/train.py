@@ -17,7 +17,6 @@ import contextlib
 import math
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,8 +25,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, atomic_save, check_identity, load_checkpoint, model_identity, process_state,
-                         set_rng_state)
+from .checkpoint import (CheckpointError, atomic_save, check_identity, checkpoint_file, load_checkpoint, model_identity,
+                         process_state, set_rng_state)
 from .cudagraph import CapturedStep
 from .history import History
 from .interface import evaluating
@@ -44,6 +43,8 @@ class NonFiniteLossError(FloatingPointError):
 @torch.no_grad()
 def estimate_loss(model: nn.Module, batches: Batches, iters: int, precision: str = "auto") -> float:
     """Mean loss of ``model`` over ``iters`` batches, in eval mode (dropout off)."""
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an integer >= 1, not {iters!r}.")
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
     with evaluating(model), autocast(device, precision):
@@ -78,6 +79,13 @@ class TrainingRun:
 
     def __init__(self, model: nn.Module, train_batches: Batches, config: TrainConfig,
                  eval_batches: dict[str, Batches] | None = None, tokenizer=None):
+        if not callable(train_batches):
+            raise TypeError(f"train_batches must be a callable returning (x, y), not a {type(train_batches).__name__}.")
+        if eval_batches is not None and not (isinstance(eval_batches, dict)
+                                             and all(map(callable, eval_batches.values()))):
+            raise TypeError("eval_batches must map split names to batch sources, e.g. {'val': val_batches}; "
+                            f"got a {type(eval_batches).__name__}.")
+        self.path = checkpoint_file(config.checkpoint_path)  # a path no checkpoint can be written to fails here
         self.model, self.train_batches, self.config = model, train_batches, config
         self.tokenizer = tokenizer  # recorded in checkpoints, so that a resume with another one is refused
         self.eval_batches = eval_batches or {}
@@ -94,7 +102,6 @@ class TrainingRun:
         self.eval_states = {k: b.state_dict() for k, b in self.eval_batches.items() if hasattr(b, "state_dict")}
         self.optimizer = make_optimizer(model, config, self.device)
         self.history, self.step_number = History(), 0
-        self.path = Path(config.checkpoint_path) if config.checkpoint_path else None
         self.forward: nn.Module = model  # what a training step calls: the model, compiled or wrapped
         self.captured: CapturedStep | None = None
         self.started = time.perf_counter()  # the start of the wall time not yet added to history.seconds
@@ -206,7 +213,7 @@ class TrainingRun:
                     "history": self.history.to_dict(),
                     "eval_batches": self.eval_states,
                     "processes": processes,
-                    "config": asdict(self.config),
+                    "config": {**asdict(self.config), "checkpoint_path": str(self.path)},  # a str loads, a Path not
                     "best_model": self.best_state,
                 },
                 self.path,
@@ -251,6 +258,8 @@ class TrainingRun:
 
     def run(self, resume: bool = False) -> History:
         """Train for ``config.max_steps`` updates (from the checkpoint, with ``resume``) and return the history."""
+        if not isinstance(resume, bool):
+            raise TypeError(f"resume must be True or False, not {resume!r}.")
         config, history = self.config, self.history
         if not (resume and self.resume()):
             torch.manual_seed(config.seed + self.rank)  # dropout masks, different in each process

@@ -1,5 +1,7 @@
 """lmbook.lora: a zero update at first, only the adapters train, and merging changes nothing."""
 
+import io
+
 import pytest
 import torch
 import torch.nn as nn
@@ -96,12 +98,23 @@ def test_a_bare_string_target_is_one_name_not_its_characters():
             apply_lora(tiny_gpt(), targets=bad)
 
 
-@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
-def test_a_refused_call_leaves_the_model_as_it_was(alpha):
+@pytest.mark.parametrize("arguments, message", [
+    (dict(alpha=0.0), "alpha must be a finite number > 0"),
+    (dict(alpha=-1.0), "alpha must be a finite number > 0"),
+    (dict(alpha=float("nan")), "alpha must be a finite number > 0"),
+    (dict(alpha=True), "alpha must be a finite number > 0"),  # a flag is not a scale (True would mean alpha = 1)
+    (dict(r=0), "rank r must be an integer"),
+    (dict(r=2.0), "rank r must be an integer"),
+    (dict(targets=("no.such.layer",)), "nothing to adapt"),
+    (dict(targets=("attn.c_attn", 3)), "targets must be one or more non-empty layer names"),
+    (dict(targets=("lm_head",)), "tied weights"),
+])
+def test_a_refused_call_leaves_the_model_as_it_was(arguments, message):
     model = tiny_gpt()
+    model.h[0].requires_grad_(False)  # a model partly frozen already: that too is left as it was
     before = {n: (p.requires_grad, p.detach().clone()) for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
-        apply_lora(model, alpha=alpha)
+    with pytest.raises(ValueError, match=message):
+        apply_lora(model, **arguments)
     after = dict(model.named_parameters())
     assert list(after) == list(before) and not any(isinstance(m, LoRALinear) for m in model.modules())
     assert all(after[n].requires_grad == grad and torch.equal(after[n], w) for n, (grad, w) in before.items())
@@ -172,3 +185,48 @@ def test_an_adapted_model_does_not_convert_until_merged():
     x = torch.randint(0, 65, (1, 7))
     merged = merge_lora(model, copy=True)
     torch.testing.assert_close(to_hf(merged).eval()(x).logits, merged.eval()(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def trained_adapters(seed: int) -> GPT:
+    model = tiny_gpt(seed)
+    apply_lora(model, r=2)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, LoRALinear):
+                layer.B.normal_(std=0.1)  # as after training: the update is not zero
+    return model
+
+
+@pytest.mark.parametrize("saved_merged", [False, True])
+@pytest.mark.parametrize("loaded_merged", [False, True])
+def test_a_saved_state_gives_the_same_function_merged_or_not(saved_merged, loaded_merged):
+    source, idx = trained_adapters(0), torch.randint(50, (2, 16))
+    expected = source(idx)[0]
+    plain = {k: v.clone() for k, v in source.state_dict().items()}
+    if saved_merged:
+        for layer in source.modules():
+            if isinstance(layer, LoRALinear):
+                layer.merge()
+        state = source.state_dict()
+        assert state.keys() == plain.keys() and all(torch.equal(v, plain[k]) for k, v in state.items())
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    target = trained_adapters(1)  # other weights, other adapters
+    layers = [m for m in target.modules() if isinstance(m, LoRALinear)]
+    if loaded_merged:
+        for layer in layers:
+            layer.merge()
+    target.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(target(idx)[0], expected, atol=1e-5, rtol=1e-5)  # the update counted once
+    for layer in layers:
+        layer.unmerge() if loaded_merged else layer.merge()
+    torch.testing.assert_close(target(idx)[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merge_lora(target)(idx)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_lora_takes_copy_as_a_flag():
+    model = trained_adapters(0)
+    with pytest.raises(TypeError, match="copy must be True or False, not 'yes'"):
+        merge_lora(model, copy="yes")
+    assert any(isinstance(m, LoRALinear) for m in model.modules())

@@ -237,3 +237,24 @@ def test_early_stopping_needs_its_split():
         train(model(), batches(), config(patience=2), {"train": batches(seed=2)})
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=0)
+
+
+def test_arguments_of_the_wrong_kind_are_refused_before_any_step():
+    from lmbook.train import estimate_loss
+
+    drawn, source = [], batches()
+
+    def counting():
+        drawn.append(1)
+        return source()
+
+    with pytest.raises(TypeError, match="resume must be True or False, not 'no'"):
+        train(model(), counting, config(), resume="no")  # a non-empty string would have resumed
+    with pytest.raises(TypeError, match="eval_batches must map split names to batch sources"):
+        train(model(), counting, config(), batches(seed=2))  # one source, not a dict of them
+    with pytest.raises(TypeError, match="train_batches must be a callable"):
+        train(model(), [source()], config())
+    assert not drawn
+    for iters in (0, 2.0, True):
+        with pytest.raises(ValueError, match=f"iters must be an integer >= 1, not {iters!r}"):
+            estimate_loss(model(), counting, iters)
