@@ -183,7 +183,6 @@ def test_attention_cost_grows_quadratically_in_memory():
 
 
 def test_the_chapters_runs_build_models_and_training_configs():
-    from lmbook.reference import RECIPES, recipe_module
     from lmbook.runs.ch03_gpt import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS, make_char_gpt
 
     for runs in (RUNS, POSITION_RUNS, NORM_RUNS):
@@ -193,6 +192,3 @@ def test_the_chapters_runs_build_models_and_training_configs():
             assert run.train_config().max_steps == run.max_steps
     for change in [*VARIANTS["positions"].values(), *VARIANTS["norm"].values()]:
         make_char_gpt(RUNS["fast"], 65, "cpu", **change)
-    for name in RECIPES:
-        module = recipe_module(name)
-        assert all(callable(getattr(module, f"record_{level}")) for level in module.REFERENCE)

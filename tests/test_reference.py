@@ -122,14 +122,45 @@ def test_every_shipped_record_was_made_by_todays_recipe():
             f"python -m lmbook.reference record {name} --level {level}, or restore the recipe")
 
 
+def run_settings(value):
+    """Every set of training settings inside a recipe's settings (a dict of them, or settings holding others)."""
+    from dataclasses import fields, is_dataclass
+
+    from lmbook.runs import RunSettings
+
+    if isinstance(value, RunSettings):
+        yield value
+    children = value.values() if isinstance(value, dict) else (
+        [getattr(value, f.name) for f in fields(value)] if is_dataclass(value) else [])
+    for child in children:
+        yield from run_settings(child)
+
+
+def training_steps(settings) -> int:
+    """Batches of training a recipe's settings ask for: the sum of ``max_steps * batch_size`` over its runs."""
+    return sum(run.max_steps * run.batch_size for run in run_settings(settings))
+
+
 def test_every_recipe_has_its_function_settings_and_tiny_variant():
+    import hashlib
+    import inspect
+
     for name in reference.RECIPES:
         module = reference.recipe_module(name)
         assert isinstance(module.RECIPE_VERSION, str) and reference.levels(name)
         assert set(module.REFERENCE) <= set(reference.LEVELS) and set(module.SMOKE) == set(module.REFERENCE)
         for level in module.REFERENCE:
-            assert callable(getattr(module, f"record_{level}")), (name, level)
-            assert reference.current_recipe(name, level)[1] != reference.current_recipe(name, level, smoke=True)[1]
+            assert list(inspect.signature(getattr(module, f"record_{level}")).parameters) == ["rec"], (name, level)
+            recipe, digest = reference.current_recipe(name, level)
+            canonical = json.dumps({"recipe": recipe, "version": module.RECIPE_VERSION}, sort_keys=True,
+                                   separators=(",", ":"))
+            assert recipe == reference.settings_dict(module.REFERENCE[level])
+            assert digest == hashlib.sha256(canonical.encode()).hexdigest(), (name, level)
+            assert digest != reference.current_recipe(name, level, smoke=True)[1]
+            runs = list(run_settings(module.REFERENCE[level]))
+            assert runs and all(run.train_config().max_steps == run.max_steps for run in runs), (name, level)
+            smoke = training_steps(module.SMOKE[level])
+            assert 0 < smoke * 100 <= training_steps(module.REFERENCE[level]), (name, level)  # seconds, not minutes
 
 
 def test_the_records_ship_in_the_wheel():
