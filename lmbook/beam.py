@@ -52,7 +52,8 @@ def beam_search(model, prompts: torch.Tensor, config: GenerationConfig,
     top_nb = torch.arange(keep, device=device) < nb  # only the best num_beams candidates may finish
     fill = config.pad_id if config.pad_id is not None else -1
 
-    running = torch.full((N, nb, max_len), fill, dtype=torch.long, device=device)  # (N, nb, L)
+    room = min(max_len, max(2 * T, T + 64))  # the sequences grow as they fill, up to max_len
+    running = torch.full((N, nb, room), fill, dtype=torch.long, device=device)  # (N, nb, L)
     running[:, :, :T] = prompts[:, None]
     running_scores = torch.zeros(N, nb, device=device)
     running_scores[:, 1:] = NEG  # the first step expands beam 0 only
@@ -66,6 +67,9 @@ def beam_search(model, prompts: torch.Tensor, config: GenerationConfig,
     rows = torch.arange(N, device=device)[:, None] * nb  # (N, 1) first flat row of each prompt
 
     for cur in range(T, max_len):
+        if cur == running.size(2):  # full: double the room (an end reached early costs only what was decoded)
+            grow = min(max_len, 2 * cur) - cur
+            running, finished = F.pad(running, (0, grow), value=fill), F.pad(finished, (0, grow), value=fill)
         flat = running[:, :, :cur].reshape(N * nb, cur)  # (N * nb, cur)
         m = None if flat_mask is None else F.pad(flat_mask, (0, cur - T), value=1)
         logprobs = F.log_softmax(reader(flat, m), dim=-1)  # (N * nb, V)

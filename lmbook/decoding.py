@@ -11,7 +11,7 @@ tokens it has not read yet, through its cache, and returns the next-token logits
 
 from __future__ import annotations
 
-import inspect
+import math
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,22 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .interface import check_int, check_model
+
 EARLY_STOPPING = (True, False, "never")
-
-
-def _check_int(name: str, value, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, not {value!r}.")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, not {value}.")
 
 
 def _check_float(name: str, value, allowed: str, ok) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, not {value!r}.")
-    if not ok(value):
+    if math.isnan(value) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, not {value}.")
 
 
@@ -76,24 +69,24 @@ class GenerationConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, 0, allow_none=True)
-        _check_int("max_length", self.max_length, 1, allow_none=True)
+        check_int("max_new_tokens", self.max_new_tokens, 0, allow_none=True)
+        check_int("max_length", self.max_length, 1, allow_none=True)
         if self.max_new_tokens is None and self.max_length is None:
             raise ValueError("give max_new_tokens (new tokens) or max_length (prompt included): both are None.")
         if self.do_sample not in (None, True, False):
             raise TypeError(f"do_sample must be True, False or None, not {self.do_sample!r}.")
-        _check_float("temperature", self.temperature, ">= 0", lambda t: t >= 0)
+        _check_float("temperature", self.temperature, "finite and >= 0 (0: greedy)", lambda t: 0 <= t < math.inf)
         if self.do_sample and self.temperature == 0:
             raise ValueError("temperature must be > 0 when sampling, not 0: for greedy decoding set do_sample=False.")
-        _check_int("top_k", self.top_k, 0, allow_none=True)
+        check_int("top_k", self.top_k, 0, allow_none=True)
         _check_float("top_p", self.top_p, "in [0, 1]", lambda p: 0 <= p <= 1)
         _check_float("repetition_penalty", self.repetition_penalty, "> 0 (1 means none)", lambda r: r > 0)
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
-        _check_int("num_beams", self.num_beams, 1)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        check_int("num_beams", self.num_beams, 1)
         _check_float("length_penalty", self.length_penalty, "a finite number", lambda x: abs(x) < float("inf"))
         if not any(self.early_stopping is e for e in EARLY_STOPPING):
             raise ValueError(f"early_stopping must be True, False or 'never', not {self.early_stopping!r}.")
-        _check_int("num_return_sequences", self.num_return_sequences, 1)
+        check_int("num_return_sequences", self.num_return_sequences, 1)
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search with sampling (do_sample=True and num_beams > 1) is not offered: "
                              "set do_sample=False for beam search, or num_beams=1 to sample.")
@@ -104,8 +97,8 @@ class GenerationConfig:
             raise ValueError(f"greedy decoding gives one sequence per prompt, not num_return_sequences="
                              f"{self.num_return_sequences}: sample (do_sample=True) or search beams (num_beams > 1).")
         for i in self.eos_ids:
-            _check_int("eos_token_id", i, 0)
-        _check_int("pad_token_id", self.pad_token_id, 0, allow_none=True)
+            check_int("eos_token_id", i, 0)
+        check_int("pad_token_id", self.pad_token_id, 0, allow_none=True)
         if isinstance(self.stop_strings, str) or not all(isinstance(s, str) and s for s in self.stop_strings):
             raise TypeError(f"stop_strings must be a list of non-empty strings, not {self.stop_strings!r}.")
 
@@ -149,14 +142,19 @@ def repetition_penalty(scores: torch.Tensor, ids: torch.Tensor, penalty: float,
     return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 
-def no_repeat_ngram(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
-    """-inf on every token that would complete an n-gram already in ``ids`` (the prompt included)."""
+def no_repeat_ngram(scores: torch.Tensor, ids: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """-inf on every token that would complete an n-gram already in ``ids`` (the prompt included).
+
+    Positions where ``mask`` (N, t) is 0 (left padding) are not text: no n-gram that covers one counts.
+    """
     N, t = ids.shape
     if t < n:
         return scores
     prefix = ids[:, t - n + 1 :]  # (N, n-1): the last n-1 tokens, what a new n-gram would start with
     windows = ids.unfold(1, n, 1)  # (N, t-n+1, n): every n-gram so far
     match = (windows[..., :-1] == prefix[:, None]).all(dim=-1)  # (N, t-n+1): n-grams that begin like it
+    if mask is not None:
+        match &= mask.unfold(1, n, 1).bool().all(dim=-1)  # only n-grams of real tokens
     V = scores.size(-1)
     banned = torch.zeros(N, V + 1, dtype=torch.bool, device=scores.device)
     banned.scatter_(1, torch.where(match, windows[..., -1], V), True)  # their last tokens; the rest to a spare column
@@ -188,10 +186,14 @@ def process_scores(scores: torch.Tensor, ids: torch.Tensor, config: GenerationCo
     if config.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, ids, config.repetition_penalty, mask)
     if config.no_repeat_ngram_size > 0:
-        scores = no_repeat_ngram(scores, ids, config.no_repeat_ngram_size)
+        scores = no_repeat_ngram(scores, ids, config.no_repeat_ngram_size, mask)
     if sampling:
         if config.temperature != 1.0:
             scores = scores / config.temperature
+            if config.temperature < 1e-2 and bool((scores == float("inf")).any()):
+                raise ValueError(f"temperature={config.temperature} is so small that the scaled scores overflow to "
+                                 "infinity: for the likeliest token use greedy decoding (temperature=0 or "
+                                 "do_sample=False), or raise the temperature.")
         if config.top_k:
             scores = top_k_filter(scores, config.top_k, min_keep)
         if config.top_p < 1.0:
@@ -200,24 +202,20 @@ def process_scores(scores: torch.Tensor, ids: torch.Tensor, config: GenerationCo
 
 
 # --- Reading the model ----------------------------------------------------------------
-def accepts_attention_mask(model: nn.Module) -> bool:
-    """Whether ``model(idx, attention_mask=...)`` reads left-padded batches."""
-    return "attention_mask" in inspect.signature(model.forward).parameters
-
-
 class Reader:
     """Feeds ``model`` the tokens it has not read yet and returns the next-token logits (N, V) in float32.
 
-    With the cache each call reads only the new tokens; when the context is full, the cache
-    restarts from the most recent half of the context (an amortised sliding window, so
-    positions restart too). Without the cache every call rereads the last ``context_length``
-    tokens (a window that slides by one): the slow reference. Within the context both read
-    exactly the same tokens at the same positions.
+    ``model`` offers :class:`lmbook.interface.LanguageModel`. With the cache each call reads only the new
+    tokens; when the context is full, the cache restarts from the most recent half of the context (an
+    amortised sliding window, so positions restart too). Without the cache every call rereads the last
+    ``context_length`` tokens (a window that slides by one): the slow reference. Within the context both
+    read exactly the same tokens at the same positions.
     """
 
     def __init__(self, model: nn.Module, use_cache: bool = True):
+        check_model(model)
         self.model = model
-        self.context = getattr(model, "context_length", None)
+        self.context = model.context_length
         self.cache = model.make_cache() if use_cache else None
         self.start = 0  # where in the sequence the cache's first position lies
         self.read = 0  # how many tokens of the sequence the model has read
@@ -242,19 +240,8 @@ class Reader:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the cached rows ``rows`` (N,), in that order: beam search follows its surviving beams."""
-        if self.cache is None:
-            return
-        if hasattr(self.cache, "reorder"):
+        if self.cache is not None:
             self.cache.reorder(rows)
-        elif hasattr(self.cache, "k"):  # the GPT's KVCache: (L, B, nh, T, hs)
-            if self.cache.k is not None:
-                self.cache.k, self.cache.v = self.cache.k[:, rows], self.cache.v[:, rows]
-        elif hasattr(self.cache, "h"):  # a recurrent state: (layers, B, H), or an LSTM's pair of them
-            h = self.cache.h
-            if h is not None:
-                self.cache.h = tuple(x[:, rows] for x in h) if isinstance(h, tuple) else h[:, rows]
-        else:
-            raise TypeError(f"cannot reorder a {type(self.cache).__name__} for beam search: give it a reorder(rows).")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ draws then differ from a batched run's.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -24,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from .beam import beam_search
-from .decoding import GenerationConfig, Reader, accepts_attention_mask, process_scores, weights_in_out
-from .interface import check_token_ids, evaluating
+from .decoding import GenerationConfig, Reader, process_scores, weights_in_out
+from .interface import check_model, check_token_ids, context_length, device_of, evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
 
@@ -82,22 +83,36 @@ class _StopStrings:
         return torch.tensor(hits, device=tokens.device)
 
 
+def _room(ids: torch.Tensor, mask: torch.Tensor | None, t: int, total: int, fill: int):
+    """``ids`` (N, capacity) and its ``mask``, with room for position ``t``: doubled (up to ``total``) when full.
+
+    The output grows as it is written, so an end reached early costs only what was decoded, as in
+    ``transformers``, whatever ``max_new_tokens`` allows.
+    """
+    if t < ids.size(1):
+        return ids, mask
+    grow = min(total, 2 * ids.size(1)) - ids.size(1)
+    ids = torch.cat([ids, ids.new_full((ids.size(0), grow), fill)], dim=1)
+    return ids, None if mask is None else torch.cat([mask, mask.new_ones(mask.size(0), grow)], dim=1)
+
+
 def _steps(model, prompts, config: GenerationConfig, generator=None, mask=None, tokenizer=None):
     """Greedy or sampled decoding: yields (ids so far (N, t), newest tokens (N,), their scores (N, V))."""
     N, T = prompts.shape
     total = config.total_length(T)
-    ids = prompts.new_empty(N, total)  # the whole output, filled in place
+    ids = prompts.new_zeros(N, min(total, max(2 * T, T + 64)))  # the output so far, grown as it fills
     ids[:, :T] = prompts
     stops = None
     if config.stop_strings:
         real = prompts.tolist() if mask is None else [p[m.bool()].tolist() for p, m in zip(prompts, mask)]
         stops = _StopStrings(config.stop_strings, tokenizer, real)
     if mask is not None:
-        mask = torch.cat([mask, mask.new_ones(N, total - T)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(N, ids.size(1) - T)], dim=1)
     reader, sampling, pad = Reader(model, config.use_cache), config.sampling, config.pad_id
     eos = torch.tensor(config.eos_ids, dtype=torch.long, device=ids.device) if config.eos_ids else None
     unfinished = torch.ones(N, dtype=torch.bool, device=ids.device)
     for t in range(T, total):
+        ids, mask = _room(ids, mask, t, total, 0)
         m = None if mask is None else mask[:, :t]
         scores = process_scores(reader(ids[:, :t], m), ids[:, :t], config, sampling, m)  # (N, V)
         token = choose(scores, sampling, generator)  # (N,)
@@ -113,14 +128,29 @@ def _steps(model, prompts, config: GenerationConfig, generator=None, mask=None, 
             return
 
 
+def _ids_row(prompt) -> torch.Tensor:
+    """One prompt of a list as a 1-D tensor of ids; a float, a bool or a string is refused, not truncated."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool or prompt.dim() > 1:
+            raise TypeError(f"a prompt must be a 1-D tensor of integer token ids, not {prompt.dtype} "
+                            f"{tuple(prompt.shape)}.")
+        return prompt.long().view(-1)
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (list, tuple)) or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in prompt):
+        raise TypeError(f"a prompt must be a sequence of integer token ids (encode text with the tokenizer first), "
+                        f"not {prompt!r:.80}.")
+    return torch.tensor(list(prompt), dtype=torch.long)
+
+
 def _prompts(idx, attention_mask, vocab_size: int | None, pad: int):
     """The prompts as one left-padded tensor (B, T) and their mask (``None`` when nothing is padded)."""
-    if isinstance(idx, (list, tuple)) and idx and all(isinstance(i, int) for i in idx):
+    if isinstance(idx, (list, tuple)) and idx and all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                                      for i in idx):
         idx = torch.tensor(idx, dtype=torch.long)  # a flat list of ids is one prompt, as a 1-D tensor is
     if isinstance(idx, (list, tuple)):
         if attention_mask is not None:
             raise ValueError("attention_mask goes with a padded tensor of prompts, not with a list of them.")
-        rows = [torch.as_tensor(p, dtype=torch.long).view(-1) for p in idx]
+        rows = [_ids_row(p) for p in idx]
         if not rows or any(len(r) == 0 for r in rows):
             raise ValueError("a prompt is empty: give at least one token to condition on.")
         T = max(len(r) for r in rows)
@@ -160,7 +190,7 @@ def _one_by_one(model, idx, mask, config, generator, tokenizer) -> Generated:
 
 
 def _decode(model, idx, mask, config, generator, tokenizer) -> Generated:
-    if mask is not None and not accepts_attention_mask(model):
+    if mask is not None and not model.reads_padding:
         return _one_by_one(model, idx, mask, config, generator, tokenizer)
     if config.num_beams > 1:
         if config.stop_strings:
@@ -177,6 +207,7 @@ def _decode(model, idx, mask, config, generator, tokenizer) -> Generated:
 
 
 def _setup(model, idx, config, settings, seed, generator, attention_mask):
+    check_model(model)
     unknown = set(settings) - SETTINGS
     if unknown:
         raise TypeError(f"unknown generation settings {sorted(unknown)}; the settings are {sorted(SETTINGS)}.")
@@ -189,16 +220,16 @@ def _setup(model, idx, config, settings, seed, generator, attention_mask):
         if generator is not None:
             raise ValueError("give seed or generator, not both.")
         generator = torch.Generator().manual_seed(seed)
-    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    vocab_size = model.vocab_size
     for i in config.eos_ids + (() if config.pad_token_id is None else (config.pad_token_id,)):
-        if vocab_size is not None and i >= vocab_size:
+        if i >= vocab_size:
             raise ValueError(f"the end/pad id {i} is outside the model's vocabulary 0..{vocab_size - 1}.")
     idx, mask = _prompts(idx, attention_mask, vocab_size, config.pad_id if config.pad_id is not None else 0)
-    context = getattr(model, "context_length", None)
+    context = context_length(model)
     if context is not None and idx.size(1) > context:
         raise ValueError(f"the prompt has {idx.size(1)} tokens but the model's context is {context}: "
                          f"shorten it, e.g. keep the last {context} tokens with idx[:, -{context}:].")
-    return config, generator, idx.to(next(model.parameters()).device), mask
+    return config, generator, idx.to(device_of(model)), mask
 
 
 def generate(model: nn.Module, idx, max_new_tokens: int | None = None, temperature: float = 1.0,

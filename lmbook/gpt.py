@@ -58,8 +58,11 @@ class KVCache:
     """Keys and values of all layers, so each decoding step processes only the new tokens.
 
     Allocated on first use with the shape, dtype and device of the first keys it
-    sees; ``pos`` counts the positions already stored (chapter 5 measures the saving).
+    sees; ``pos`` counts the positions already stored (chapter 5 measures the saving). It meets
+    :class:`lmbook.interface.Cache`: beam search reorders its rows, speculative decoding rolls it back.
     """
+
+    can_rollback = True
 
     def __init__(self, n_layer: int, max_len: int):
         self.n_layer, self.max_len = n_layer, max_len
@@ -83,6 +86,17 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the rows ``rows`` (N,) of every layer's keys and values, in that order."""
+        if self.k is not None:
+            self.k, self.v = self.k[:, rows], self.v[:, rows]  # (L, N, nh, max_len, hs)
+
+    def rollback(self, n: int) -> None:
+        """Forget the last ``n`` positions: the next call writes over them."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.pos:
+            raise ValueError(f"can roll back 0 to {self.pos} positions (those stored), not {n!r}.")
+        self.pos -= n
 
 
 class CausalSelfAttention(nn.Module):
@@ -180,6 +194,7 @@ class GPT(nn.Module):
 
     block_class: type[nn.Module] = Block  # the parts chapter 3's variants swap (lmbook.variants)
     position_class: type[nn.Module] = PositionTable
+    reads_padding = True  # forward takes an attention_mask: left-padded prompts decode as one batch
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -208,6 +223,10 @@ class GPT(nn.Module):
     @property
     def context_length(self) -> int:
         return self.config.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
 
     def make_cache(self, batch_size: int | None = None) -> KVCache:
         """An empty key/value cache for decoding (the batch size is taken from the first call)."""

@@ -1,12 +1,22 @@
-"""What every language model of the book offers, whatever is inside it (chapters 1 to 7).
+"""What every language model of the book offers, whatever is inside it (chapters 1 to 7), written as code.
 
-The GPT, the recurrent models and the masked-language-model encoder are called the same way:
+:class:`LanguageModel` is the interface that the GPT and its variants, the recurrent models, the
+masked-language-model encoder (which refuses a cache: it reads its whole input at once) and, through
+:class:`lmbook.ngram.NGramModel`, the count-based models meet:
 
-- ``model(idx, targets=None) -> (logits, loss)``: token ids (B, T) give next-token logits (B, T, vocab)
-  and, with targets, the mean cross-entropy over the targets that are not -1;
+- ``model(idx, targets=None, cache=None) -> (logits, loss)``: token ids (B, T) give next-token logits
+  (B, T, vocab) and, with targets, the mean cross-entropy over the targets that are not -1;
 - ``model.make_cache()`` and ``model(idx, cache=cache)``: incremental reading, for decoding
-  (:func:`lmbook.generate.generate` is the one generation entry point);
-- ``model.context_length``: the most tokens the model can see at once (``None``: no limit).
+  (:func:`lmbook.generate.generate` is the one generation entry point); the :class:`Cache` counts the
+  positions it holds, follows beam search's surviving rows (``reorder``) and, where it can, forgets its
+  last positions (``rollback``, for speculative decoding);
+- ``model.context_length``: the most tokens the model can see at once (``None``: no limit), and
+  ``model.vocab_size``;
+- ``model.reads_padding``: whether ``model(idx, attention_mask=mask)`` reads a left-padded batch of
+  prompts of different lengths (the GPT does; a recurrent model reads each prompt on its own).
+
+Decoding, metrics and widgets use only this interface; ``tests/test_interface.py`` runs every model of
+the book through one conformance suite.
 
 :func:`lmbook.metrics.split_loss` is the one loss over a whole split, and :func:`num_params` the one way
 parameters are counted in every table of the book. :func:`evaluating` puts a model in evaluation mode
@@ -16,10 +26,92 @@ for a block of code and restores its mode afterwards, even when the block fails.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import numbers
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What ``model.make_cache()`` returns: the state a model keeps between calls while it decodes."""
+
+    pos: int  # positions read so far
+    can_rollback: bool  # whether rollback works (a key/value cache); a recurrent state cannot forget
+
+    def reset(self) -> None:
+        """Forget everything: the next call starts at position 0."""
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the rows ``rows`` (N,) in that order (beam search follows its surviving beams)."""
+
+    def rollback(self, n: int) -> None:
+        """Forget the last ``n`` positions read (speculative decoding drops rejected proposals)."""
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A language model of the book (see the module's docstring for each member's meaning)."""
+
+    reads_padding: bool
+
+    @property
+    def context_length(self) -> int | None: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def make_cache(self, batch_size: int | None = None) -> Cache: ...
+
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: Cache | None = None,
+                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+MEMBERS = ("reads_padding", "context_length", "vocab_size", "make_cache")
+
+
+def check_model(model) -> None:
+    """Raise a clear ``TypeError`` unless ``model`` offers the :class:`LanguageModel` interface."""
+    missing = [name for name in MEMBERS if not hasattr(model, name)]
+    if missing or not callable(model):
+        raise TypeError(f"{type(model).__name__} is not a language model of the book: it lacks "
+                        f"{', '.join(missing) or '__call__'} (see lmbook.interface.LanguageModel). A count-based "
+                        "model is wrapped by lmbook.ngram.NGramModel; a transformers model by lmbook.hf.")
+
+
+def context_length(model) -> int | None:
+    """The most tokens ``model`` reads at once (``None``: no limit): a book model's ``context_length``, or a
+    ``transformers`` model's ``config.n_positions`` (GPT-2) or ``config.max_position_embeddings``."""
+    if isinstance(model, LanguageModel):
+        return model.context_length
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights live: its first parameter's (or buffer's) device; the CPU for a model without
+    tensors (a count-based model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_int(name: str, value, minimum: int | None = None, allow_none: bool = False) -> None:
+    """Raise a clear ``TypeError`` unless ``value`` is an integer (not a bool, not a float such as 2.0), and a
+    ``ValueError`` if it is below ``minimum``; ``None`` passes when ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, not {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}.")
 
 
 def num_params(model: nn.Module) -> int:

@@ -26,7 +26,11 @@ from dataclasses import dataclass, replace
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+from .interface import check_token_ids
 from .metrics import perplexity
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -287,3 +291,78 @@ class NGramLM:
         if token is None:
             return self.totals[len(h)].get(h, 0)
         return self.counts[len(h)].get(h, {}).get(token, 0)
+
+
+class NGramCache:
+    """What an :class:`NGramModel` keeps between calls: the ids read so far (B, pos), all of them, so that
+    it can forget its last positions (speculative decoding) as a key/value cache can."""
+
+    can_rollback = True
+
+    def __init__(self) -> None:
+        self.ids: torch.Tensor | None = None  # (B, pos)
+
+    @property
+    def pos(self) -> int:
+        return 0 if self.ids is None else self.ids.size(1)
+
+    def reset(self) -> None:
+        self.ids = None
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        if self.ids is not None:
+            self.ids = self.ids[rows]
+
+    def rollback(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.pos:
+            raise ValueError(f"can roll back 0 to {self.pos} positions (those read), not {n!r}.")
+        self.ids = self.ids[:, : self.pos - n]
+
+
+class NGramModel(nn.Module):
+    """An :class:`NGramLM` over a tokenizer's pieces, behind the interface of the book's neural models
+    (:class:`lmbook.interface.LanguageModel`): ids (B, T) give next-token logits (B, T, vocab).
+
+    The logit of an id is the log-probability of its piece given the ``n - 1`` pieces before it (a row's
+    start is the start of a text: begin tokens fill the context). The model's end token and ``UNK`` have no
+    id, so the logits of the ids sum to at most 1 in probability; the loss, a cross-entropy, renormalises
+    them. A piece the n-gram model never saw gets ``-inf``. It has no context limit and no parameters:
+    :func:`lmbook.generate.generate` decodes it, and its cache can roll back.
+    """
+
+    reads_padding = False
+    context_length = None
+
+    def __init__(self, lm: NGramLM, tokenizer) -> None:
+        super().__init__()
+        self.lm, self.tokenizer = lm, tokenizer
+        self.pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+        self.columns = [lm.index.get(p, -1) for p in self.pieces]  # where each id's piece is in lm.vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def make_cache(self, batch_size: int | None = None) -> NGramCache:
+        return NGramCache()
+
+    def _logits(self, pieces: list) -> torch.Tensor:
+        """Log-probabilities (vocab,) of every id after the pieces ``pieces``."""
+        p = np.append(self.lm.distribution(pieces), 0.0)[self.columns]  # column -1: the appended 0
+        with np.errstate(divide="ignore"):
+            return torch.from_numpy(np.log(p)).float()
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: NGramCache | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_token_ids(idx, self.vocab_size)
+        seen = idx if cache is None or cache.ids is None else torch.cat([cache.ids, idx], dim=1)  # (B, pos + T)
+        start, keep = seen.size(1) - idx.size(1), max(self.lm.n - 1, 0)
+        rows = [[self.pieces[i] for i in row] for row in seen.tolist()]
+        logits = torch.stack([torch.stack([self._logits(row[max(0, t + 1 - keep) : t + 1] if keep else [])
+                                           for t in range(start, len(row))]) for row in rows])  # (B, T, vocab)
+        if cache is not None:
+            cache.ids = seen
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits.to(idx.device), loss

@@ -142,8 +142,11 @@ class RNNState:
     """The hidden state between calls, what the GPT's key/value cache is to the GPT.
 
     ``model(idx, cache=state)`` starts from ``state.h`` (``None``: zeros) and leaves the
-    final state there; ``pos`` counts the tokens read. ``reset()`` forgets everything.
+    final state there; ``pos`` counts the tokens read. ``reset()`` forgets everything. It meets
+    :class:`lmbook.interface.Cache`, except that a state cannot forget what it has read: no rollback.
     """
+
+    can_rollback = False
 
     def __init__(self) -> None:
         self.h: State | None = None
@@ -154,6 +157,15 @@ class RNNState:
 
     def reset(self) -> None:
         self.h, self.pos = None, 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the rows ``rows`` (N,) of the state (layers, B, H), or of an LSTM's pair of them."""
+        if self.h is not None:
+            self.h = tuple(x[:, rows] for x in self.h) if isinstance(self.h, tuple) else self.h[:, rows]
+
+    def rollback(self, n: int) -> None:
+        raise TypeError("a recurrent state cannot forget the tokens it has read (it keeps no positions): "
+                        "read the text again from a fresh make_cache(), or decode with a GPT.")
 
 
 class RNNLM(nn.Module):
@@ -187,10 +199,16 @@ class RNNLM(nn.Module):
         self.lm_head = nn.Linear(c.n_hidden, c.vocab_size)  # W_yh and b_y
         self._carried: State | None = None  # the training state handed from one call to the next
 
+    reads_padding = False  # prompts of different lengths are decoded one after the other
+
     @property
     def context_length(self) -> None:
         """No limit: the state summarises everything read so far."""
         return None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
 
     def make_cache(self, batch_size: int | None = None) -> RNNState:
         """An empty state for decoding (zeros on the first call)."""

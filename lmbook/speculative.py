@@ -7,7 +7,7 @@ and gives its own greedy choice after each. The proposals are kept up to the fir
 would not have chosen, then the model's own token is added: every pass yields at least one
 token, up to ``k + 1``, and the text is the model's greedy text, whatever the draft proposes
 (Leviathan et al., 2023, and Chen et al., 2023, for sampling; this is the greedy case). The
-key/value cache is rolled back over the rejected proposals by resetting its position.
+key/value cache is rolled back over the rejected proposals (:meth:`lmbook.interface.Cache.rollback`).
 
 Two drafts: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
 final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
@@ -16,14 +16,14 @@ count-based model of chapter 1.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from .gpt import KVCache
-from .interface import evaluating
+from .interface import check_int, check_model, device_of, evaluating
 
 Draft = Callable[[Sequence[int], int], list[int]]  # (the text so far, how many) -> proposed ids
 
@@ -45,8 +45,7 @@ class Speculated:
 def lookup_draft(max_ngram: int = 3) -> Draft:
     """Propose what followed the first occurrence of the text's last n-gram (longest n first), as
     ``transformers``' prompt lookup does: nothing when the n-gram has not occurred before."""
-    if max_ngram < 1:
-        raise ValueError(f"max_ngram must be >= 1, not {max_ngram}")
+    check_int("max_ngram", max_ngram, 1)
 
     def propose(ids: Sequence[int], k: int) -> list[int]:
         ids = list(ids)
@@ -83,21 +82,29 @@ def ngram_draft(lm, tokenizer) -> Draft:
     return propose
 
 
-def _check(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
-    if k < 1:
-        raise ValueError(f"k (tokens proposed a pass) must be >= 1, not {k}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
+def _check(model: nn.Module, idx, max_new_tokens: int, k: int, eos_token_id: int | None) -> torch.Tensor:
+    """The prompt as (1, T) ids, after every argument is checked (types as well as ranges)."""
+    check_model(model)
+    check_int("k (tokens proposed a pass)", k, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_int("eos_token_id", eos_token_id, 0, allow_none=True)
+    if isinstance(idx, torch.Tensor) and (idx.dtype.is_floating_point or idx.dtype == torch.bool):
+        raise TypeError(f"the prompt must hold integer token ids, not {idx.dtype} values.")
+    if not isinstance(idx, torch.Tensor) and not (isinstance(idx, (list, tuple)) and all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in idx)):
+        raise TypeError(f"the prompt must be a tensor or a list of integer token ids, not {idx!r:.80}.")
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    idx = idx[None] if idx.dim() == 1 else idx
     if idx.dim() != 2 or idx.size(0) != 1 or idx.size(1) == 0:
         raise ValueError(f"speculative decoding continues one non-empty prompt (1, T), not {tuple(idx.shape)}")
-    if not isinstance(getattr(model, "make_cache", lambda: None)(), KVCache):
-        raise TypeError(f"{type(model).__name__} has no key/value cache with a position to roll back (a GPT has): "
+    if not model.make_cache().can_rollback:
+        raise TypeError(f"{type(model).__name__}'s cache cannot roll back (a GPT's key/value cache can): "
                         "a recurrent state cannot forget the rejected proposals")
-    context = getattr(model, "context_length", None)
-    need = idx.size(1) + max_new_tokens + k
-    if context is not None and need > context:
-        raise ValueError(f"the prompt ({idx.size(1)}), max_new_tokens ({max_new_tokens}) and k ({k}) need {need} "
+    context, need = model.context_length, idx.size(1) + max_new_tokens
+    if context is not None and need > context:  # a pass never reads past the last token it may keep
+        raise ValueError(f"the prompt ({idx.size(1)}) and max_new_tokens ({max_new_tokens}) need {need} "
                          f"positions, more than the model's context of {context}: shorten one of them.")
+    return idx
 
 
 @torch.inference_mode()
@@ -109,10 +116,8 @@ def speculative_greedy(model: nn.Module, idx, draft: Draft, max_new_tokens: int,
     near-ties: a pass reads ``k + 1`` positions where plain decoding reads one, and the two sums
     may differ in the last bit. The whole text must fit in the model's context.
     """
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    idx = idx[None] if idx.dim() == 1 else idx
-    _check(model, idx, max_new_tokens, k)
-    device = next(model.parameters()).device  # the model checks the prompt's ids itself
+    idx = _check(model, idx, max_new_tokens, k, eos_token_id)
+    device = device_of(model)  # the model checks the prompt's ids itself
     with evaluating(model):
         cache = model.make_cache()
         logits = model(idx.to(device), cache=cache)[0]  # (1, T, V)
@@ -120,14 +125,14 @@ def speculative_greedy(model: nn.Module, idx, draft: Draft, max_new_tokens: int,
         ids, passes, proposed, accepted = idx[0].tolist(), 0, 0, 0
         while len(out) < max_new_tokens and out[-1] != eos_token_id:
             guess = [int(t) for t in draft(ids + out, min(k, max_new_tokens - len(out)))][:k]
-            if any(not 0 <= t < model.config.vocab_size for t in guess):
-                raise ValueError(f"the draft proposed ids outside the vocabulary of {model.config.vocab_size}: {guess}")
+            if any(not 0 <= t < model.vocab_size for t in guess):
+                raise ValueError(f"the draft proposed ids outside the vocabulary of {model.vocab_size}: {guess}")
             feed = torch.tensor([out[-1:] + guess], device=device)  # (1, 1 + g)
             choice = model(feed, cache=cache)[0][0].argmax(-1).tolist()  # the model's token after each
             n = 0
             while n < len(guess) and guess[n] == choice[n]:
                 n += 1
-            cache.pos -= len(guess) - n  # forget the rejected proposals' keys and values
+            cache.rollback(len(guess) - n)  # forget the rejected proposals' keys and values
             out += guess[:n] + [choice[n]]
             passes, proposed, accepted = passes + 1, proposed + len(guess), accepted + n
             if eos_token_id in out:

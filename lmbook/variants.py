@@ -48,7 +48,7 @@ class TokenIdTable(PositionTable):
     def __init__(self, config: GPTConfig):
         nn.Embedding.__init__(self, max(config.block_size, config.vocab_size), config.n_embd)
 
-    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         return nn.Embedding.forward(self, idx)  # (B, T, C): indexed by token ids, never by positions
 
 
@@ -61,8 +61,8 @@ class TokenIdPositionGPT(GPT):
 class PostLNBlock(Block):
     """The 2017 Transformer's block: ln_1(x + attn(x)), then ln_2(x + mlp(x)); the residual stream is normalised."""
 
-    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x, cache, layer))
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, cache, layer, mask))
         return self.ln_2(x + self.mlp(x))
 
 

@@ -16,6 +16,7 @@ from .attention import attention_maps
 from .decoding_viz import tokens_html
 from .generate import generate, stream
 from .metrics import token_nlls
+from .interface import context_length, device_of
 from .viz import plot_attention
 
 STRATEGIES = ("greedy", "sampling", "beam search")
@@ -41,13 +42,13 @@ def attention_explorer(model, tokenizer, text: str = "ROMEO:\nWhat light through
     head_box = widgets.Dropdown(options=list(range(config.n_head)), value=head, description="head")
     text_box = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%"))
     out = widgets.Output()
-    device = next(model.parameters()).device
+    device = device_of(model)
     cached: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     def draw(_=None) -> None:
         value = text_box.value or " "
         if value not in cached:
-            ids = tokenizer.encode(value)[-config.block_size :]
+            ids = tokenizer.encode(value)[-model.context_length :]
             maps = attention_maps(model, torch.tensor(ids, device=device)[None])  # (L, 1, nh, T, T)
             cached.clear()
             cached[value] = ([tokenizer.decode([i]) for i in ids], maps[:, 0].cpu())
@@ -79,7 +80,7 @@ def _beam_pieces(model, ids: list[int], n_new: int, tokenizer) -> list:
     """Beam search's new tokens, each with the model's own probability of it (beams choose no token alone)."""
     if not n_new:
         return []
-    context = getattr(model, "context_length", None)  # None: a recurrent model reads any length
+    context = context_length(model)  # None: a recurrent model reads any length
     if context is not None:
         context = min(context, len(ids) - 1)  # a short text is read in one window
     stride = None if context is None else max(1, context // 2)  # windows overlap: each token has context
@@ -116,7 +117,7 @@ def generation_playground(model, tokenizer, prompt: str = "ROMEO:\n", max_new_to
         text=widgets.HTML(),
         status=widgets.Label(),
     )
-    context = getattr(model, "context_length", None)
+    context = context_length(model)
 
     def enable(_=None) -> None:
         sampling = controls.strategy.value == "sampling"

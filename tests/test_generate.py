@@ -209,7 +209,7 @@ def test_generate_restores_the_mode_and_returns_ordinary_tensors(model):
 
 
 BAD = [
-    (dict(temperature=-1), ValueError, "temperature must be >= 0"),
+    (dict(temperature=-1), ValueError, "temperature must be finite and >= 0"),
     (dict(temperature=0, do_sample=True), ValueError, "do_sample=False"),
     (dict(top_k=-2), ValueError, "top_k must be >= 0"),
     (dict(top_k=2.5), TypeError, "top_k must be an integer"),
@@ -222,6 +222,11 @@ BAD = [
     (dict(num_beams=2, do_sample=True), ValueError, "beam search with sampling"),
     (dict(early_stopping="sometimes"), ValueError, "early_stopping must be True, False or 'never'"),
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an integer"),
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens must be an integer"),
+    (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
+    (dict(temperature=float("nan")), ValueError, "temperature must be finite"),
+    (dict(temperature=1e-45), ValueError, "temperature=1e-45 is so small that the scaled scores overflow"),
     (dict(max_new_tokens=None), ValueError, "give max_new_tokens"),
     (dict(max_new_tokens=None, max_length=3), ValueError, "max_length=3 leaves no room"),
     (dict(eos_token_id=70), ValueError, "end/pad id 70 is outside"),
@@ -250,12 +255,44 @@ def test_bad_prompts_are_refused(model):
         generate(model, torch.tensor([[-1, 3]]), 5)
     with pytest.raises(TypeError, match="token ids"):
         generate(model, torch.tensor([[0.5, 1.0]]), 5)
+    for prompt in ([[1, 2], [3.7, 4]], [1.5, 2.0], [[1, 2], "ab"], [[True, 2]], [torch.tensor([1.5, 2.0])]):
+        with pytest.raises(TypeError, match="integer token ids"):  # never truncated to ids in silence
+            generate(model, prompt, 5)
     with pytest.raises(ValueError, match="left padding"):
         generate(model, torch.tensor([[1, 2, 3]]), 5, attention_mask=torch.tensor([[1, 0, 1]]))
     with pytest.raises(ValueError, match="all padding"):
         generate(model, torch.tensor([[1, 2]]), 5, attention_mask=torch.tensor([[0, 0]]))
     with pytest.raises(ValueError, match="one prompt into one sequence"):
         next(stream(model, torch.tensor([[1, 2], [3, 4]]), max_new_tokens=3))
+
+
+def test_an_end_reached_early_costs_only_what_was_decoded(model):
+    """A huge max_new_tokens is a bound, not an allocation: the output grows as it is written."""
+    first = generate(model, [1, 2, 3], 4, temperature=0)[0, -1].item()  # an id greedy decoding reaches
+    out = generate(model, [1, 2, 3], 10**12, temperature=0, eos_token_id=first)
+    assert out.size(1) <= 7 and out[0, -1].item() == first
+    streamed = [t.id for t in stream(model, [1, 2, 3], max_new_tokens=10**12, temperature=0, eos_token_id=first)]
+    assert streamed == out[0, 3:].tolist()
+
+
+def test_long_outputs_grow_past_their_first_room_unchanged(model):
+    """Past the first allocation (prompt + 64 tokens) the output is the same as decoded in one piece."""
+    whole = generate(model, [1, 2, 3], 150, seed=0)
+    assert whole.shape == (1, 153)
+    assert torch.equal(whole[:, :103], generate(model, [1, 2, 3], 100, seed=0))
+    beams = generate(model, [1, 2, 3], 80, num_beams=2, length_penalty=0.0)
+    assert torch.equal(beams, generate(model, [1, 2, 3], 80, num_beams=2, length_penalty=0.0, use_cache=False))
+
+
+def test_no_repeat_ngram_counts_no_ngram_that_covers_padding():
+    from lmbook.decoding import no_repeat_ngram
+
+    scores = torch.zeros(1, 9)
+    padded = no_repeat_ngram(scores, torch.tensor([[0, 0, 7, 0]]), 2, torch.tensor([[0, 0, 1, 1]]))
+    alone = no_repeat_ngram(scores, torch.tensor([[7, 0]]), 2)
+    assert torch.equal(padded, alone) and torch.isfinite(alone).all()  # (7, 0), the one bigram, does not start with 0
+    banned = no_repeat_ngram(scores, torch.tensor([[7, 0, 7]]), 2)
+    assert torch.isinf(banned[0, 0]) and torch.isfinite(banned[0, 1:]).all()  # 7 was followed by 0
 
 
 def test_the_config_is_frozen_and_keywords_override_it(model):

@@ -98,12 +98,28 @@ def test_bad_arguments_are_refused_with_what_to_do(model):
     with pytest.raises(ValueError, match="one non-empty prompt"):
         speculative_greedy(model, torch.tensor([], dtype=torch.long), lookup_draft(), 5)
     with pytest.raises(ValueError, match="more than the model's context of 128: shorten"):
-        speculative_greedy(model, idx, lookup_draft(), 124, k=4)
+        speculative_greedy(model, idx, lookup_draft(), 126, k=4)
+    with pytest.raises(TypeError, match="k .* must be an integer"):
+        speculative_greedy(model, idx, lookup_draft(), 5, k=2.5)
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer"):
+        speculative_greedy(model, idx, lookup_draft(), 5.0)
+    with pytest.raises(TypeError, match="integer token ids"):
+        speculative_greedy(model, torch.tensor([1.0, 2.7]), lookup_draft(), 5)
+    with pytest.raises(TypeError, match="integer token ids"):
+        speculative_greedy(model, [1, 2.7], lookup_draft(), 5)
     with pytest.raises(ValueError, match="outside the vocabulary of 65"):
         speculative_greedy(model, idx, lambda ids, n: [99] * n, 5)
     rnn = RNNLM(RNNConfig(vocab_size=65, cell="gru", n_layer=1, n_embd=8, n_hidden=8))
-    with pytest.raises(TypeError, match="no key/value cache with a position"):
+    with pytest.raises(TypeError, match="cache cannot roll back"):
         speculative_greedy(rnn, idx, lookup_draft(), 5)
+
+
+def test_a_text_that_fills_the_context_exactly_is_decoded_whatever_k(model):
+    """k proposals are checked within the room left: they are not counted on top of the text's length."""
+    idx = torch.tensor([1, 2, 3])
+    out = speculative_greedy(model, idx, lookup_draft(), 125, k=8)
+    assert out.ids.shape == (1, 128)
+    assert torch.equal(out.ids, generate(model, idx, 125, do_sample=False))
 
 
 def test_the_model_keeps_its_mode(model):

@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..decoding import GenerationConfig, process_scores, top_k_filter, top_p_filter
 from ..generate import generate
 from ..gpt import GPT, GPTConfig
-from ..interface import evaluating
+from ..interface import context_length, evaluating
 from ..metrics import perplexity, token_nlls
 from ..speculative import Draft, speculative_greedy
 from ..textmetrics import distinct_n, repetition_rate, words
@@ -111,7 +111,7 @@ def filter_stages(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 def text_scores(model: nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, texts: list[str]) -> dict:
     """Repetition, distinct-2 and -3 (over words) of ``texts``, and the model's perplexity of ``continuations``."""
     nlls = []
-    context = getattr(model, "context_length", None)
+    context = context_length(model)
     for prompt, cont in zip(prompts, continuations):
         ids = torch.cat([prompt, cont])
         window = min(context or len(ids) - 1, len(ids) - 1)  # the model's context, or the whole text if shorter

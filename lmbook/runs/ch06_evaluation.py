@@ -20,8 +20,8 @@ import torch
 
 from .. import reference
 from ..data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_split
-from ..interface import num_params
-from ..metrics import LN2, TextNLL, context_of, held_out_score, score_text, sliding_windows, token_nlls
+from ..interface import context_length, num_params
+from ..metrics import LN2, TextNLL, held_out_score, score_text, sliding_windows, token_nlls
 from ..ngram import NGramLM
 from ..show import than
 from . import Settings
@@ -232,13 +232,13 @@ def stride_sweep(model, tokenizer, text: str, strides) -> dict[int, dict]:
         start = time.perf_counter()
         score = score_text(model, tokenizer, text, stride=stride, batch_size=BATCH)
         out[stride] = {"score": score, "seconds": time.perf_counter() - start,
-                       "windows": len(sliding_windows(n_predictions, context_of(model), stride))}
+                       "windows": len(sliding_windows(n_predictions, context_length(model), stride))}
     return out
 
 
 def position_profile(model, tokenizer, text: str) -> torch.Tensor:
     """Mean NLL in nats at each position of windows laid side by side (C,): how much the context helps."""
-    context = context_of(model)
+    context = context_length(model)
     nll = token_nlls(model, tokenizer.encode(text), batch_size=BATCH)  # stride = context
     whole = len(nll) // context * context
     return nll[:whole].view(-1, context).mean(0)

@@ -17,7 +17,8 @@ import torch
 
 from .. import textmetrics
 from ..generate import generate
-from ..metrics import TextNLL, context_of, protocol_stride, token_nlls
+from ..interface import context_length
+from ..metrics import TextNLL, protocol_stride, token_nlls
 from ..show import than, trend
 from .ch06_evaluation import BATCH, EvaluationRun, md, table
 
@@ -53,7 +54,7 @@ def continue_prompts(model, tokenizer, prompts: list[str], new_tokens: int, seed
     """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.generate.generate`; returns the
     continuations alone. A prompt longer than the model's context is cut to its last ``context`` tokens
     (all the model could read of it); prompts of one length in tokens are continued as one batch."""
-    context = context_of(model)
+    context = context_length(model)
     encoded = [tokenizer.encode(p)[-context:] if context else tokenizer.encode(p) for p in prompts]
     if len({len(e) for e in encoded}) == 1:
         out = generate(model, torch.tensor(encoded), new_tokens, seed=seed, **settings)
