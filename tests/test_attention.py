@@ -175,11 +175,18 @@ def make(cls):
     return cls(GPTConfig.preset("tiny"))
 
 
-def test_attention_cost_grows_quadratically_in_memory():
-    cost = attention_cost(lengths=(32, 64), batch=1, n_head=2, head_size=8, repeats=1, device="cpu")
+def test_attention_cost_grows_quadratically_in_memory(monkeypatch):
+    import itertools
+    from types import SimpleNamespace
+
+    import lmbook.attention
+
+    clock = itertools.cycle([0.0, 0.5, 1.0, 1.25])  # timed calls of 0.5 and 0.25 seconds in turn
+    monkeypatch.setattr(lmbook.attention, "time", SimpleNamespace(perf_counter=clock.__next__))
+    cost = attention_cost(lengths=(32, 64), batch=1, n_head=2, head_size=8, repeats=2, device="cpu")
     written = cost["written out"]["bytes"]
-    assert written[1] == 4 * written[0]
-    assert all(s > 0 for s in cost["fused (SDPA)"]["seconds"])
+    assert written == [2 * 2 * 32 * 32 * 4, 2 * 2 * 64 * 64 * 4]  # scores and weights, float32, B=1, nh=2
+    assert cost["written out"]["seconds"] == cost["fused (SDPA)"]["seconds"] == [0.25, 0.25]  # the best of 2
 
 
 def test_the_chapters_runs_build_models_and_training_configs():

@@ -44,21 +44,33 @@ def parse_only(main, argv: list[str], monkeypatch) -> argparse.Namespace:
     return parsed.value.args[0]
 
 
-def test_bench_gpt_runs_both_models_on_the_cpu(tmp_path):
+def test_bench_gpt_runs_both_models_on_the_cpu(tmp_path, monkeypatch):
+    bench = script("bench_gpt")
+    timed = []  # steps of each timed stretch; each step is said to take a quarter of a second
+
+    def run_steps(step, first, n, device):
+        for i in range(first, first + n):
+            step(i)
+        timed.append(n)
+        return 0.25 * n
+
+    monkeypatch.setattr(bench, "run_steps", run_steps)
     out = tmp_path / "bench.json"
-    result = script("bench_gpt").main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
-                                       "--warmup", "1", "--profile", "2", "--out", str(out)])
+    result = bench.main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
+                         "--warmup", "1", "--profile", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert timed == [1, 2, 2, 1, 2]  # warm-up and timed steps of lmbook, its profile, then transformers'
     c = result["sizes"]
     lmbook, hf = result["models"]["lmbook"], result["models"]["transformers"]
     for r in (lmbook, hf):
-        assert r["tokens_per_second"] == pytest.approx(2 * 16 * 2 / r["seconds"])
+        assert (r["warmup_seconds"], r["seconds"], r["ms_per_step"]) == (0.25, 0.5, 250.0)
+        assert r["tokens_per_second"] == 2 * 16 * 2 / 0.5  # batch x sequence x steps over the seconds
         assert r["mfu"] is None  # no peak rate for a CPU
     L, C = c["n_layer"], c["n_embd"]
     n = L * (12 * C * C + 13 * C) + c["vocab_size"] * C + 2 * C  # blocks, the tied embedding, the last LayerNorm
     assert lmbook["flops_per_token"] == 6 * n + 12 * L * 16 * C  # 6N + 12LTC, positions excluded
-    assert result["speedup_over_transformers"] == pytest.approx(lmbook["tokens_per_second"] / hf["tokens_per_second"])
-    assert result["profile"]["ms_per_step"] > 0 and "busy" not in result["profile"]  # busy: kernels on a GPU only
+    assert result["speedup_over_transformers"] == 1.0  # equal seconds
+    assert result["profile"] == {"ms_per_step": 250.0}  # kernels and busy: on a GPU only
 
 
 def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path, shakespeare):  # trains on the cached corpus
@@ -72,7 +84,16 @@ def test_cpu_speed_run_records_its_curve_and_verdict(tmp_path, shakespeare):  # 
     assert 3.0 < result["final_val_loss"] < 4.5  # four steps from ln(65) = 4.17
     assert result["target_met"] is False
     assert result["recipe"]["max_steps"] == 4
-    assert result["host_matmul_gflops"] > 0.1
+
+
+def test_the_host_speed_is_the_products_flops_over_their_time(monkeypatch):
+    from types import SimpleNamespace
+
+    speedrun = script("speedrun_char_cpu")
+    clock = iter([0.0, 0.125, 0.25, 0.375, 0.5, 0.625])  # the start, three products within 0.5 s, the end
+    monkeypatch.setattr(speedrun, "time", SimpleNamespace(perf_counter=clock.__next__))
+    products = 2 * 64 * 16 * (4 * 16)  # multiply-adds of (64, 16) @ (16, 64), as FLOPs
+    assert speedrun.host_matmul_gflops(16, 64, seconds=0.5) == 3 * products / 0.625 / 1e9
 
 
 def gpu_commands(part: str, tmp_path: Path) -> list[list[str]]:

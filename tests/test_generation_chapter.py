@@ -77,10 +77,18 @@ def test_degeneration_scores_every_strategy_and_the_human_text(model, tokenizer)
     assert math.isnan(ch05.text_scores(model, prompts[:1], human[:1], ["   "])["distinct-2"])  # no words
 
 
-def test_cache_speed_times_every_length_both_ways():
-    speeds = ch05.cache_speed(RUN, repeats=1)
-    assert set(speeds) == {"with the cache", "without"}
-    assert all(list(v) == [8, 16] and min(v.values()) > 0 for v in speeds.values())
+def fake_clock(monkeypatch, *readings: float) -> None:
+    """ch05's clock reads ``readings`` over and over: the timed stretches last what they say, whatever the host."""
+    import itertools
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(ch05, "time", SimpleNamespace(perf_counter=itertools.cycle(readings).__next__))
+
+
+def test_cache_speed_times_every_length_both_ways(monkeypatch):
+    fake_clock(monkeypatch, 0.0, 0.5, 1.0, 1.25)  # generations of 0.5 and 0.25 seconds in turn
+    speeds = ch05.cache_speed(RUN, repeats=2)
+    assert speeds == {name: {8: 8 / 0.25, 16: 16 / 0.25} for name in ("with the cache", "without")}  # the best
 
 
 def test_the_figures_draw(model, tokenizer):
@@ -91,15 +99,16 @@ def test_the_figures_draw(model, tokenizer):
     assert page.count("<span title=") == 5 and "&lt;b&gt;" in page
 
 
-def test_speculative_speed_reports_passes_and_checks_the_text(model):
+def test_speculative_speed_reports_passes_and_checks_the_text(model, monkeypatch):
     from lmbook.speculative import lookup_draft
 
+    fake_clock(monkeypatch, 0.0, 0.5)  # each way decodes the three prompts in half a second
     prompts = torch.randint(0, 65, (3, 6), generator=torch.Generator().manual_seed(0))
     result = ch05.speculative_speed(model, prompts, {"lookup": lookup_draft(2), "silent": lambda ids, k: []}, RUN,
                                     repeats=1)
     new = model.context_length - 6 - RUN.speculative_k  # the prompts are shorter than speculative_prompt
     assert set(result) == {"plain greedy", "lookup", "silent"}
-    assert all(r["new_tokens"] == new and r["tokens_per_second"] > 0 for r in result.values())
+    assert all(r["new_tokens"] == new and r["tokens_per_second"] == 3 * new / 0.5 for r in result.values())
     assert result["silent"]["tokens_per_pass"] == 1.0 and result["silent"]["acceptance"] == 0.0
     assert 1.0 <= result["lookup"]["tokens_per_pass"] <= RUN.speculative_k + 1
     assert result["lookup"]["same"] and result["silent"]["same"]
