@@ -50,6 +50,29 @@ class RecordError(ValueError):
     """A reference file that cannot be read as a record: damaged, or written by something else."""
 
 
+@dataclass(frozen=True)
+class RunFigures:
+    """One trained run's figures in a record, under the same names whatever chapter recorded it (losses in
+    nats per token on the validation split)."""
+
+    params: int
+    val_loss: float | None  # what the run's own evaluation reported at its end
+    tokens_per_second: float
+    whole_split_loss: float | None = None  # the whole split in windows side by side, where recorded
+    in_order_loss: float | None = None  # a recurrent model: the whole split in order, the state carried
+
+    @property
+    def held_out_loss(self) -> float:
+        """The whole split's loss where the record has it, else the run's own evaluation."""
+        return self.val_loss if self.whole_split_loss is None else self.whole_split_loss
+
+    @classmethod
+    def read(cls, results: dict) -> "RunFigures":
+        whole = results.get("val_loss_whole_split", results.get("val_loss_split"))  # chapter 3's name, chapter 2's
+        return cls(results["params"], results.get("val_loss"), results["tokens_per_second"], whole,
+                   results.get("val_loss_in_order"))
+
+
 @dataclass
 class Record:
     """One recording of a chapter's recipe at one level, as stored in ``lmbook/references/<name>-<level>.json``."""
@@ -76,6 +99,13 @@ class Record:
         minutes = round(self.minutes)
         took = "under a minute" if minutes < 1 else f"{minutes} minute{'s' * (minutes != 1)}"
         return f"{device}, {took}, commit {self.commit}"
+
+    def runs(self) -> dict[str, RunFigures]:
+        """The trained runs the record holds, by name: ``results["runs"]``, or the whole results for a
+        record of one run (chapter 3's full-size record). The one place the results' layout is read."""
+        if "runs" in self.results:
+            return {name: RunFigures.read(r) for name, r in self.results["runs"].items()}
+        return {"gpt": RunFigures.read(self.results)}
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

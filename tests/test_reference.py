@@ -319,3 +319,18 @@ def test_the_full_size_recipes_run_at_their_tiny_size_and_rerun_from_what_they_k
     assert steps == [] and again.environment["sessions"] == 2
     assert (again.histories, again.results, again.samples) == (first.histories, first.results, first.samples)
     assert first.histories and first.results and (first.samples or name == "ch07") and first.level == "gpu"
+
+
+def test_every_record_layout_reads_as_the_same_typed_figures():
+    from lmbook.reference import Record, RunFigures
+
+    two = Record("ch02", "cpu", {}, "h", results={"runs": {
+        "gru": {"params": 5, "val_loss": 1.5, "tokens_per_second": 9.0, "val_loss_split": 1.4, "val_loss_in_order": 1.3},
+        "gpt": {"params": 7, "val_loss": 1.6, "tokens_per_second": 8.0}}})
+    assert two.runs() == {"gru": RunFigures(5, 1.5, 9.0, 1.4, 1.3), "gpt": RunFigures(7, 1.6, 8.0)}
+    assert two.runs()["gru"].held_out_loss == 1.4 and two.runs()["gpt"].held_out_loss == 1.6
+    one = Record("ch03", "gpu", {}, "h", results={"params": 3, "tokens_per_second": 2.0, "val_loss_whole_split": 1.2})
+    assert one.runs() == {"gpt": RunFigures(3, None, 2.0, 1.2)}
+    assert one.runs()["gpt"].held_out_loss == 1.2
+    for name, record in reference.load_all("ch03").items():  # the shipped records read the same way
+        assert all(r.params > 0 and r.held_out_loss > 0 for r in record.runs().values()), name

@@ -64,11 +64,10 @@ BATCH = 64  # windows scored at once: the book's models are small (GPT-2's would
 # where each model's reference run is recorded, its held-out loss in nats per character there (read from the
 # lmbook.reference.Record), and how that figure read the held-out split
 REFERENCE_LOSS = {
-    "rnn": ("ch02", lambda r: r.results["runs"]["rnn"]["val_loss_in_order"], "in order, the state carried"),
-    "lstm": ("ch02", lambda r: r.results["runs"]["lstm"]["val_loss_in_order"], "in order, the state carried"),
-    "gru": ("ch02", lambda r: r.results["runs"]["gru"]["val_loss_in_order"], "in order, the state carried"),
-    "gpt-char": ("ch03", lambda r: r.results["val_loss_whole_split"] if r.level == "gpu" else
-                 r.results["runs"]["gpt"]["val_loss"], "in windows of its context side by side"),
+    "rnn": ("ch02", lambda r: r.runs()["rnn"].in_order_loss, "in order, the state carried"),
+    "lstm": ("ch02", lambda r: r.runs()["lstm"].in_order_loss, "in order, the state carried"),
+    "gru": ("ch02", lambda r: r.runs()["gru"].in_order_loss, "in order, the state carried"),
+    "gpt-char": ("ch03", lambda r: r.runs()["gpt"].held_out_loss, "in windows of its context side by side"),
 }
 
 

@@ -218,17 +218,14 @@ def recorded_rows() -> list[dict]:
     recorded). Character models' losses are over the whole validation split where the record has that figure."""
     rows = []
     for level, rnn in reference.load_all("ch02").items():
-        for cell, r in rnn.results["runs"].items():
+        for cell, r in rnn.runs().items():
             if cell in CELL_NAMES:  # not the unclipped plain RNN of the clipping comparison
-                rows.append(_row(CELL_NAMES[cell], "causal", "character", "ch02_rnn", RECORDED[level], r["params"],
-                                 r.get("val_loss_split", r["val_loss"]), r["tokens_per_second"],
-                                 rnn.environment["device"]))
+                rows.append(_row(CELL_NAMES[cell], "causal", "character", "ch02_rnn", RECORDED[level], r.params,
+                                 r.held_out_loss, r.tokens_per_second, rnn.environment["device"]))
     for level, gpt in reference.load_all("ch03").items():
-        runs = {"gpt": gpt.results} if level == "gpu" else gpt.results["runs"]  # the CPU record: equal time
-        for label, r in runs.items():
-            rows.append(_row(CELL_NAMES[label], "causal", "character", "ch03_attention", RECORDED[level], r["params"],
-                             r.get("val_loss_whole_split", r.get("val_loss")), r["tokens_per_second"],
-                             gpt.environment["device"]))
+        for label, r in gpt.runs().items():  # the CPU record: three models at equal time
+            rows.append(_row(CELL_NAMES[label], "causal", "character", "ch03_attention", RECORDED[level], r.params,
+                             r.held_out_loss, r.tokens_per_second, gpt.environment["device"]))
     for level, finetune in reference.load_all("ch04").items():
         run = ch04_finetune.ChapterRun(**{**finetune.recipe, "per_class": tuple(finetune.recipe["per_class"]),
                                           "sweep_seeds": tuple(finetune.recipe.get("sweep_seeds", (0,)))})
