@@ -34,13 +34,66 @@ def test_unknown_preset_and_bad_heads_are_refused():
         GPTConfig(dropout=1.0)
 
 
-def test_shapes_and_loss():
-    model = tiny()
-    idx = torch.randint(0, 65, (3, 17))
-    logits, loss = model(idx)
-    assert logits.shape == (3, 17, 65) and loss is None
-    logits, loss = model(idx, idx)
-    assert loss.shape == () and torch.isfinite(loss)
+def written_out_gpt(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """GPT-2's forward pass from ``model``'s weights with plain tensor operations: logits (B, T, V)."""
+    c = model.config
+    B, T = idx.shape
+    hs = c.n_embd // c.n_head
+
+    def layer_norm(x, ln):
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mean) / torch.sqrt(var + c.layer_norm_eps) * ln.weight + ln.bias
+
+    def linear(x, layer):
+        return x @ layer.weight.T + layer.bias
+
+    def gelu(x):  # GPT-2's tanh approximation
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+    x = model.wte.weight[idx] + model.wpe.weight[:T]  # (B, T, C)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # key after query
+    for block in model.h:
+        q, k, v = linear(layer_norm(x, block.ln_1), block.attn.c_attn).split(c.n_embd, dim=-1)
+        q, k, v = (z.view(B, T, c.n_head, hs).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(future, float("-inf"))
+        heads = torch.softmax(scores, dim=-1) @ v  # (B, nh, T, hs)
+        x = x + linear(heads.transpose(1, 2).reshape(B, T, c.n_embd), block.attn.c_proj)
+        x = x + linear(gelu(linear(layer_norm(x, block.ln_2), block.mlp.c_fc)), block.mlp.c_proj)
+    return layer_norm(x, model.ln_f) @ model.wte.weight.T
+
+
+def test_the_forward_pass_is_gpt2_written_out():
+    model = tiny(n_layer=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # biases and LayerNorm weights away from their 0 and 1, so that each counts
+            p.add_(0.1 * torch.randn_like(p))
+        idx = torch.randint(0, 65, (3, 17))
+        logits, loss = model(idx)
+        assert logits.shape == (3, 17, 65) and loss is None
+        torch.testing.assert_close(logits, written_out_gpt(model, idx), atol=1e-5, rtol=1e-5)
+
+
+def test_the_blocks_are_torch_s_own_layers_and_transformers_gpt2():
+    from lmbook.hf import to_hf
+
+    model = tiny().eval()
+    idx = torch.randint(0, 65, (2, 12))
+    with torch.no_grad():
+        x = torch.randn(2, 12, 32)
+        block = model.h[0]
+        ln = torch.nn.functional.layer_norm(x, (32,), block.ln_1.weight, block.ln_1.bias, eps=1e-5)
+        torch.testing.assert_close(block.ln_1(x), ln)
+        mlp = torch.nn.Sequential(block.mlp.c_fc, torch.nn.GELU(approximate="tanh"), block.mlp.c_proj)
+        torch.testing.assert_close(block.mlp(x), mlp(x))
+        mha = torch.nn.MultiheadAttention(32, 2, batch_first=True)  # torch's attention with our weights
+        mha.in_proj_weight.copy_(block.attn.c_attn.weight)
+        mha.in_proj_bias.copy_(block.attn.c_attn.bias)
+        mha.out_proj.weight.copy_(block.attn.c_proj.weight)
+        mha.out_proj.bias.copy_(block.attn.c_proj.bias)
+        mask = torch.ones(12, 12, dtype=torch.bool).triu(1)
+        torch.testing.assert_close(block.attn(x), mha(x, x, x, attn_mask=mask, need_weights=False)[0],
+                                   atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model(idx)[0], to_hf(model).eval()(idx).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_loss_is_the_mean_cross_entropy_and_ignores_minus_one():

@@ -27,13 +27,19 @@ def quick(monkeypatch):
 
 
 def test_chapter_2s_recipe_records_the_cells_and_the_unclipped_rnn(tmp_path, shakespeare, quick, one_thread):
-    from lmbook.runs.ch02_rnn import UNCLIPPED, reference_facts
+    from lmbook.runs.ch02_rnn import SMOKE, UNCLIPPED, reference_facts
 
     rec = reference.read(recording.record("ch02", "cpu", smoke=True, work=tmp_path, threads=1))
+    assert rec.recipe_hash == reference.current_recipe("ch02", "cpu", smoke=True)[1]
     assert set(rec.results["runs"]) == set(rec.histories) == {"rnn", "lstm", "gru", UNCLIPPED}
     assert all(0 < r["val_loss_split"] < 5 for r in rec.results["runs"].values())
-    clipped, free = rec.histories["rnn"], rec.histories[UNCLIPPED]
-    assert max(n for n in clipped.grad_norm) > 0 and len(free.grad_norm) == len(clipped.grad_norm)
+    plan = SMOKE["cpu"]  # every run trains the recipe's steps, evaluated at its interval
+    for history in rec.histories.values():
+        assert history.steps == list(range(plan.max_steps)) and len(history.grad_norm) == plan.max_steps
+        assert history.eval_steps == list(range(0, plan.max_steps + 1, plan.eval_interval))
+        assert history.tokens_per_step == plan.batch_size * plan.bptt
+        assert history.train_loss[-1] < history.train_loss[0] and all(math.isfinite(n) for n in history.grad_norm)
+    clipped = rec.histories["rnn"]
     facts = reference_facts(rec)
     assert facts["reference_rnn_bpc"] == rec.results["runs"]["rnn"]["val_loss_split"] / math.log(2)
     assert facts["reference_steps"] == len(clipped.steps) and rec.describe() in facts["reference_verdict"].data
@@ -106,7 +112,11 @@ def test_chapter_4s_verdict_follows_the_record():
 
 
 def test_chapter_7s_recipe_records_each_size(tmp_path, shakespeare, one_thread):
+    from lmbook.runs.ch07_sweep import SMOKE
+
     rec = reference.read(recording.record("ch07", "cpu", smoke=True, work=tmp_path, threads=1))
+    assert rec.recipe_hash == reference.current_recipe("ch07", "cpu", smoke=True)[1]
+    assert [tuple(s) for s in rec.recipe["shapes"]] == list(SMOKE["cpu"].shapes)
     sizes = rec.results["sizes"]
     assert [s["shape"] for s in sizes] == [[1, 2, 8], [1, 2, 16]] and sizes[0]["params"] < sizes[1]["params"]
     assert all(0 < s["val_loss"] < 5 and s["tokens"] == 3 * 2 * 8 for s in sizes)

@@ -1,16 +1,17 @@
-"""The attention explorer of lmbook.widgets builds, reacts to its controls and refuses nothing it should accept."""
+"""The attention explorer of lmbook.widgets builds, reacts to its controls and refuses nothing it should accept.
+
+ipywidgets is one of the package's requirements: without it these tests fail (they never skip)."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lmbook.gpt import GPT, GPTConfig  # noqa: E402
 from lmbook.tokenizers import CharTokenizer  # noqa: E402
-
-widgets = pytest.importorskip("ipywidgets")
 
 
 def test_explorer_offers_every_layer_and_head_and_redraws_for_new_text(monkeypatch):
@@ -26,6 +27,7 @@ def test_explorer_offers_every_layer_and_head_and_redraws_for_new_text(monkeypat
     text = "ROMEO: What light through yonder window"  # longer than the context of 16
     explorer = attention_explorer(model, tokenizer, text)
     (layer_box, head_box), text_box = explorer.children[0].children, explorer.children[1]
+    assert isinstance(explorer, ipywidgets.VBox) and isinstance(text_box, ipywidgets.Textarea)
     assert list(layer_box.options) == [0, 1, 2] and list(head_box.options) == [0, 1]
     ids = tokenizer.encode(text)[-16:]
     maps = attention_maps(model, torch.tensor(ids)[None])  # (L, 1, nh, T, T)

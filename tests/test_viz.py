@@ -1,0 +1,117 @@
+"""lmbook.viz draws the data it is given: the plotted arrays, labels and images are checked, not only that a figure
+exists."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lmbook.history import History  # noqa: E402
+from lmbook.viz import (  # noqa: E402
+    compare_histories,
+    plot_attention,
+    plot_attention_cost,
+    plot_attention_grid,
+    plot_history,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def run(offset: float = 0.0) -> History:
+    return History(steps=[0, 1, 2, 3], train_loss=[4.0 + offset, 3.0, 2.5, 2.0], eval_steps=[0, 2, 4],
+                   eval_loss={"val": [4.1 + offset, 2.9, 2.2], "train": [4.0, 2.8, 2.0]},
+                   eval_seconds=[0.0, 1.5, 3.25], tokens_per_step=64)
+
+
+def lines(ax) -> dict[str, tuple[list, list]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_a_history_is_drawn_against_steps_tokens_or_seconds():
+    h = run()
+    ax = plot_history(h, label="gpt")
+    assert lines(ax) == {"gpt train (batch)": ([0, 1, 2, 3], [4.0, 3.0, 2.5, 2.0]),
+                         "gpt val": ([0, 2, 4], [4.1, 2.9, 2.2]), "gpt train": ([0, 2, 4], [4.0, 2.8, 2.0])}
+    train, val, _ = ax.get_lines()
+    assert train.get_alpha() == 0.3 and val.get_color() == train.get_color()  # one run, one colour
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "cross-entropy (nats per token)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines(ax))
+
+    ax = plot_history(h, x="tokens", splits=("val",), ax=plt.subplots()[1])
+    assert lines(ax) == {"train (batch)": ([0, 64, 128, 192], h.train_loss), "val": ([0, 128, 256], h.eval_loss["val"])}
+    assert ax.get_xlabel() == "tokens seen"
+    ax = plot_history(h, x="seconds", splits=("val",), ax=plt.subplots()[1])  # no batch curve: its times are unknown
+    assert lines(ax) == {"val": ([0.0, 1.5, 3.25], h.eval_loss["val"])} and ax.get_xlabel() == "seconds of training"
+    ax = plot_history(h, train=False, splits=("val",), ax=plt.subplots()[1], color="red", ls="--")
+    (line,) = ax.get_lines()
+    assert line.get_color() == "red" and line.get_linestyle() == "--"
+
+
+@pytest.mark.xfail(strict=True, reason="plot_history(x='epochs') fails with a builtin TypeError (int * None); with "
+                                       "x='tokens' and no tokens_per_step it draws every point at 0 tokens; an unknown "
+                                       "split fails with a bare KeyError: none of them is refused before drawing")
+@pytest.mark.parametrize("options, history", [(dict(x="epochs"), run()), (dict(x="tokens"), History(
+    steps=[0, 1], train_loss=[2.0, 1.0])), (dict(splits=("test",)), run())],
+                         ids=["unknown x", "tokens without tokens_per_step", "unknown split"])
+def test_what_cannot_be_drawn_is_refused_before_drawing(options, history):
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="x|tokens_per_step|split"):
+        plot_history(history, ax=ax, **options)
+    assert not ax.get_lines()
+
+
+def test_runs_are_compared_on_one_split():
+    ax = compare_histories({"rnn": run(1.0), "gpt": run()}, split="val", x="tokens")
+    assert lines(ax) == {"rnn val": ([0, 128, 256], [5.1, 2.9, 2.2]), "gpt val": ([0, 128, 256], [4.1, 2.9, 2.2])}
+    assert ax.get_title() == "val loss"
+    a, b = ax.get_lines()
+    assert a.get_color() != b.get_color()
+
+
+def test_an_attention_map_shows_the_weights_of_its_tokens():
+    weights = torch.softmax(torch.randn(6, 6), dim=-1).tril()
+    tokens = ["T", "o", " ", "b", "e", "\n"]
+    ax = plot_attention(weights, tokens[:5], title="layer 0, head 1")  # a map may be cut to fewer tokens
+    (image,) = ax.get_images()
+    np.testing.assert_array_equal(image.get_array(), weights[:5, :5].numpy())
+    assert image.get_clim() == (0, 1) and ax.get_title() == "layer 0, head 1"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["T", "o", "␣", "b", "e"]
+    ax = plot_attention(weights, tokens)
+    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "⏎"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("key (attended to)", "query")
+
+
+def test_a_grid_shows_the_chosen_heads_and_hides_the_empty_panels():
+    maps = torch.rand(2, 3, 4, 4)  # (layers, heads, T, T)
+    fig = plot_attention_grid(maps, list("abcd"), heads=[(0, 2), (1, 0), (1, 1)], columns=2)
+    axes = fig.axes
+    assert len(axes) == 4 and not axes[3].axison
+    for ax, (layer, head) in zip(axes, [(0, 2), (1, 0), (1, 1)]):
+        assert ax.get_title() == f"layer {layer}, head {head}"
+        np.testing.assert_array_equal(ax.get_images()[0].get_array(), maps[layer, head].numpy())
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_the_cost_of_attention_is_drawn_in_milliseconds_and_mebibytes(device):
+    cost = {"lengths": [64, 128, 256], "device": device,
+            "written out": {"seconds": [0.001, 0.004, 0.016], "bytes": [2**20, 4 * 2**20, 16 * 2**20]},
+            "fused (SDPA)": {"seconds": [0.0005, 0.001, 0.002], "bytes": [None, None, None]}}
+    time_ax, memory_ax = plot_attention_cost(cost)
+    drawn = lines(time_ax)
+    np.testing.assert_allclose(drawn["written out"][1], [1.0, 4.0, 16.0])
+    np.testing.assert_allclose(drawn["fused (SDPA)"][1], [0.5, 1.0, 2.0])
+    np.testing.assert_allclose(drawn["∝ T²"][1], [1.0, 4.0, 16.0])  # through the last written-out point
+    assert all(x == [64, 128, 256] for x, _ in drawn.values())
+    assert lines(memory_ax) == {"written out": ([64, 128, 256], [1.0, 4.0, 16.0])}  # no bytes, no curve
+    assert time_ax.get_xscale() == time_ax.get_yscale() == "log" and time_ax.get_ylabel() == "milliseconds per call"
+    expected = "MiB (peak, CUDA)" if device.startswith("cuda") else "MiB (score and weight tensors)"
+    assert memory_ax.get_ylabel() == expected
