@@ -32,13 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_gpt import git_commit  # noqa: E402
 from lmbook.generate import generate  # noqa: E402
 from lmbook.gpt import GPT  # noqa: E402
 from lmbook.hf import to_hf  # noqa: E402
 from lmbook.interface import num_params  # noqa: E402
 from lmbook.runs.ch03_gpt import named_config  # noqa: E402
-from lmbook.runtime import environment, get_device  # noqa: E402
+from lmbook.runtime import commit, environment, get_device  # noqa: E402
 
 SHAPES = ("shakespeare-char", "gpt2")  # chapter 3's full character GPT, and GPT-2 124M's shape
 
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device()
-    info = {**environment(), "commit": git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    info = {**environment(), "commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()}
     print(" | ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     rows = [row for shape in args.shapes

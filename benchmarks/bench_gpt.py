@@ -17,8 +17,6 @@ import argparse
 import datetime
 import gc
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmbook.cudagraph import CapturedStep  # noqa: E402
 from lmbook.gpt import GPT  # noqa: E402
 from lmbook.runs.ch03_gpt import named_config  # noqa: E402
-from lmbook.runtime import autocast, device_name, environment, get_device  # noqa: E402
+from lmbook.runtime import autocast, commit, device_name, environment, get_device  # noqa: E402
 from lmbook.optim import make_optimizer  # noqa: E402
 from lmbook.train import TrainConfig  # noqa: E402
 
@@ -47,18 +45,6 @@ def peak_flops(device: torch.device) -> float | None:
         if key in name:
             return value
     return None
-
-
-def git_commit() -> str:
-    """The commit measured: ``LMBOOK_COMMIT`` if set (a copy without .git), else git's answer."""
-    if os.environ.get("LMBOOK_COMMIT"):
-        return os.environ["LMBOOK_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def make_step(model, forward, batches, precision: str, device: torch.device, cuda_graph: bool = False):
@@ -176,7 +162,7 @@ def main(argv=None) -> dict:
         "environment": environment(),
         "device": device_name(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit(),
         "sizes": {**config.to_dict(), "batch_size": B, "seq_len": T, "steps": args.steps, "warmup": args.warmup},
         "precision": args.precision,
         "compile": args.compile,

@@ -46,7 +46,7 @@ from lmbook.data import RandomBatches, shakespeare_chars  # noqa: E402
 from lmbook.gpt import GPT  # noqa: E402
 from lmbook.metrics import split_loss  # noqa: E402
 from lmbook.runs.ch03_gpt import named_config  # noqa: E402
-from lmbook.runtime import environment, get_device  # noqa: E402
+from lmbook.runtime import commit, environment, get_device  # noqa: E402
 from lmbook.train import TrainConfig, estimate_loss, train  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
         "label": args.label,
         "environment": environment(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": os.environ.get("LMBOOK_COMMIT", "unknown"),
+        "commit": commit(),
         "args": vars(args),
         "model": config.to_dict(),
         "parameters": model.num_params(),

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmbook.runs.ch03_gpt import RUNS, make_char_gpt, train_char_gpt  # noqa: E402
 from lmbook.metrics import split_loss  # noqa: E402
 from lmbook.data import shakespeare_chars  # noqa: E402
-from lmbook.runtime import environment  # noqa: E402
+from lmbook.runtime import commit, environment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speedrun-char-cpu"
 TARGET = dict(loss=1.88, seconds=65.0)
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
         "host_matmul_gflops": gflops,  # read after the run: compare runs' seconds at like host speeds
         "load_average": os.getloadavg(),  # over 1, 5 and 15 minutes: other work on the machine inflates times
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": os.environ.get("LMBOOK_COMMIT") or _commit(),
+        "commit": commit(),
         "recipe": run.to_dict(),
         "seed": args.seed,
         "parameters": model.num_params(),
@@ -124,12 +124,6 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return result
-
-
-def _commit() -> str:
-    from lmbook.reference import commit
-
-    return commit()
 
 
 if __name__ == "__main__":

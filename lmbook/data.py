@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
-DATA_VARIABLE = "LMBOOK_DATA"
+from .runtime import DATA_VARIABLE, data_dir, pick
+from .tokenizers import CharTokenizer
+
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,6 @@ class ChecksumError(ValueError):
     """A file's SHA-256 is not the published one."""
 
 
-def cache_dir() -> Path:
-    """Where data files live: ``$LMBOOK_DATA`` if set, else ``~/.cache/lmbook``."""
-    return Path(os.environ.get(DATA_VARIABLE) or Path.home() / ".cache" / "lmbook").expanduser()
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -64,14 +61,14 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(remote: RemoteFile, folder: Path | None = None, timeout: float = 30.0) -> Path:
-    """Return the path of ``remote`` in ``folder`` (default :func:`cache_dir`), downloading it if absent.
+    """Return the path of ``remote`` in ``folder`` (default :func:`lmbook.runtime.data_dir`), downloading it if absent.
 
     The download goes to a temporary file in the same folder, is checked, and only
     then renamed into place; on any failure the temporary file is removed. A cached
     copy whose checksum is wrong is moved aside (kept, for a look, not deleted) and
     fetched again; offline, the error says where the bad copy went.
     """
-    folder = Path(folder) if folder is not None else cache_dir()
+    folder = Path(folder) if folder is not None else data_dir()
     path = folder / remote.filename
     if not path.exists():
         return _download(remote, path, timeout)
@@ -165,15 +162,12 @@ def held_out_text(chars: int | None = None) -> str:
     first ``chars`` characters of Tiny Shakespeare's held-out tenth, which no model trains on (``0``: all of it;
     ``None``: as many as the size says, ``HELD_OUT_CHARS``)."""
     if chars is None:
-        from .runtime import pick
-
         chars = pick(**HELD_OUT_CHARS)
     return train_val_split(load_shakespeare())[1][: chars or None]
 
 
 def shakespeare_chars(val_fraction: float = 0.1):
     """Tiny Shakespeare as character ids: ``(tokenizer, train_data, val_data)`` (chapters 2 and 3)."""
-    from .tokenizers import CharTokenizer
 
     text = load_shakespeare()
     tokenizer = CharTokenizer.train(text)

@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -235,18 +234,6 @@ def plot_beside(history: History, name: str, label: str, split: str = "val", ax=
     titles = [f"{level}: {r.describe()}" for level, r in records.items()] or [describe(None)]
     ax.set_title("\n".join(titles), fontsize=9)
     return ax
-
-
-def commit() -> str:
-    """The commit being measured: ``LMBOOK_COMMIT`` if set (a copy without .git), else git's answer."""
-    if os.environ.get("LMBOOK_COMMIT"):
-        return os.environ["LMBOOK_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=DIRECTORY.parent)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def listing(directory: Path = DIRECTORY) -> list[str]:

@@ -1,9 +1,14 @@
 """Where the code runs and how big it runs: device, size, seeds, versions, precision, processes.
 
-Every chapter starts here. ``LMBOOK_SIZE`` is read in this module and nowhere
-else: ``full`` gives the real results (meant for a GPU, minutes), ``fast`` the
-small runs that CI executes on two CPU cores (seconds). Without the variable the
-size follows the hardware: ``full`` when CUDA is available, otherwise ``fast``.
+Every chapter starts here. The environment is read in this module and nowhere else:
+
+- ``LMBOOK_SIZE``: ``full`` gives the real results (meant for a GPU, minutes), ``fast`` the small runs
+  that CI executes on two CPU cores (seconds); without it the size follows the hardware (``full`` when
+  CUDA is available, otherwise ``fast``);
+- ``LMBOOK_DEVICE``: the device for whole notebooks (:func:`get_device`);
+- ``LMBOOK_DATA``: the folder of data files (:func:`data_dir`), ``LMBOOK_CACHE`` that of trained models
+  and recordings (:func:`cache_dir`);
+- ``LMBOOK_COMMIT``: the commit measured, for a copy without ``.git`` (:func:`commit`).
 """
 
 from __future__ import annotations
@@ -12,15 +17,43 @@ import contextlib
 import os
 import platform
 import random
+import subprocess
 import sys
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 SIZE_VARIABLE = "LMBOOK_SIZE"
+DEVICE_VARIABLE = "LMBOOK_DEVICE"
+DATA_VARIABLE = "LMBOOK_DATA"
+CACHE_VARIABLE = "LMBOOK_CACHE"
+COMMIT_VARIABLE = "LMBOOK_COMMIT"
 SIZES = ("full", "fast")
 T = TypeVar("T")
+
+
+def data_dir() -> Path:
+    """Where data files live: ``$LMBOOK_DATA`` if set, else ``~/.cache/lmbook``."""
+    return Path(os.environ.get(DATA_VARIABLE) or Path.home() / ".cache" / "lmbook").expanduser()
+
+
+def cache_dir() -> Path:
+    """Where trained models and recordings are kept: ``$LMBOOK_CACHE`` if set, else ``~/.cache/lmbook/models``."""
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "lmbook" / "models").expanduser()
+
+
+def commit() -> str:
+    """The commit being measured: ``LMBOOK_COMMIT`` if set (a copy without .git), else git's answer."""
+    if os.environ.get(COMMIT_VARIABLE):
+        return os.environ[COMMIT_VARIABLE]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def size() -> str:
@@ -49,7 +82,7 @@ def get_device(prefer: str | None = None) -> torch.device:
     ``prefer`` may also be ``"cpu"`` or ``"cuda"`` to force a choice; the
     ``LMBOOK_DEVICE`` environment variable does the same for whole notebooks.
     """
-    prefer = prefer or os.environ.get("LMBOOK_DEVICE") or None
+    prefer = prefer or os.environ.get(DEVICE_VARIABLE) or None
     if prefer is not None:
         if prefer == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("CUDA was asked for but torch sees no CUDA device.")

@@ -67,10 +67,11 @@ def no_network():
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     """The corpus from the cache folder only: the tests never download it; without it they skip."""
-    from lmbook.data import DATA_VARIABLE, TINY_SHAKESPEARE, cache_dir, load_shakespeare
+    from lmbook.data import TINY_SHAKESPEARE, load_shakespeare
+    from lmbook.runtime import DATA_VARIABLE, data_dir
 
-    if not (cache_dir() / TINY_SHAKESPEARE.filename).exists():
-        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {cache_dir()}: set {DATA_VARIABLE} to a "
+    if not (data_dir() / TINY_SHAKESPEARE.filename).exists():
+        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {data_dir()}: set {DATA_VARIABLE} to a "
                     f"folder that holds it (README, 'Data'); the tests do not download it")
     return load_shakespeare()
 

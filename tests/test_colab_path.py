@@ -11,12 +11,13 @@ from test_chapters import what_a_plain_reader_sees
 
 @pytest.mark.book
 def test_notebooks_run_the_colab_way(capsys):
-    from lmbook.data import DATA_VARIABLE, TINY_SHAKESPEARE, cache_dir
+    from lmbook.data import TINY_SHAKESPEARE
+    from lmbook.runtime import DATA_VARIABLE, data_dir
 
     if not (ROOT / ".git").exists():
         pytest.skip(f"{ROOT} is no git repository: the setup cell's %pip install clones one")
-    if not (cache_dir() / TINY_SHAKESPEARE.filename).exists():
-        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {cache_dir()}: set {DATA_VARIABLE} to a "
+    if not (data_dir() / TINY_SHAKESPEARE.filename).exists():
+        pytest.skip(f"{TINY_SHAKESPEARE.filename} is not in the cache folder {data_dir()}: set {DATA_VARIABLE} to a "
                     "folder that holds it (README, 'Data'); the kernel would have to download it")
     with capsys.disabled():  # progress as it goes: this takes minutes
         print()

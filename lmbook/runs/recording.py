@@ -4,7 +4,7 @@ A recipe (``record_cpu(rec)`` or ``record_gpu(rec)`` in a chapter's runs module)
 a :class:`Recording`: ``rec.train(label, ...)`` for every training and ``rec.compute(label, fn)`` for
 every other costly step (samples, evaluations); it hands what the record keeps to ``rec.result`` and
 ``rec.sample``. Each finished piece is kept in the recording's work folder,
-``$LMBOOK_CACHE/records/<chapter>-<level>/`` (under :func:`lmbook.runs.zoo.cache_dir`):
+``$LMBOOK_CACHE/records/<chapter>-<level>/`` (under :func:`lmbook.runtime.cache_dir`):
 
 - ``state.json``: the recipe's hash, the finished pieces (each training's history, each computation's
   value), the minutes spent, and each session's date, commit and load average;
@@ -36,9 +36,9 @@ import torch.nn as nn
 
 from ..checkpoint import atomic_save, load_checkpoint
 from ..history import History
-from ..reference import (DIRECTORY, Record, commit, current_recipe, default_level, recipe_hash, recipe_module, save,
+from ..reference import (DIRECTORY, Record, current_recipe, default_level, recipe_hash, recipe_module, save,
                          settings_dict)
-from ..runtime import device_name, environment, get_device
+from ..runtime import cache_dir, commit, device_name, environment, get_device
 from ..train import Batches, TrainConfig, TrainingRun, estimate_loss, train
 
 CPU_THREADS = 2  # the CPU level's recipes are sized for two cores, and run on two threads
@@ -50,7 +50,6 @@ class RecordingError(RuntimeError):
 
 def work_dir(name: str, level: str, smoke: bool = False) -> Path:
     """Where the recording of chapter ``name`` at ``level`` keeps its pieces (under the zoo's cache folder)."""
-    from .zoo import cache_dir  # not at the top: the zoo imports the chapters' modules, which import this one
     return cache_dir() / "records" / f"{name}-{level}{'-smoke' * smoke}"
 
 

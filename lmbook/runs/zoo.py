@@ -3,7 +3,7 @@
 Chapters 2 to 4 train their models in front of the reader and leave them here with :func:`remember`;
 chapters 5 to 7 decode, score and compare them with :func:`trained`, which loads a remembered model or,
 when there is none (a reader who opens chapter 6 first), trains it by the same recipe, the same seed and
-the same code the chapter that owns it runs. A model is stored under the folder of :func:`cache_dir`,
+the same code the chapter that owns it runs. A model is stored under the folder of :func:`lmbook.runtime.cache_dir`,
 named by its size and a digest of its settings, so a changed recipe never loads an old model.
 
     from lmbook.runs.zoo import trained
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,11 +27,10 @@ from ..gpt import GPT, GPTConfig
 from ..history import History
 from ..mlm import Encoder
 from ..rnn import RNNLM, RNNConfig
-from ..runtime import get_device, pick, size
+from ..runtime import cache_dir, get_device, pick, size
 from ..tokenizers import Tokenizer
 from . import Settings, ch02_rnn, ch03_gpt, ch04_finetune
 
-CACHE_VARIABLE = "LMBOOK_CACHE"
 CLASSES = {cls.__name__: (cls, config) for cls, config in
            ((GPT, GPTConfig), (Encoder, GPTConfig), (RNNLM, RNNConfig))}
 
@@ -95,11 +93,6 @@ RECIPES: dict[str, Recipe] = {
     "gpt-bpe": Recipe("ch04_finetuning", ch04_finetune.RUNS, _pretrain(causal=True)),
     "encoder-bpe": Recipe("ch04_finetuning", ch04_finetune.RUNS, _pretrain(causal=False)),
 }
-
-
-def cache_dir() -> Path:
-    """Where trained models are kept: ``$LMBOOK_CACHE`` if set, else ``~/.cache/lmbook/models``."""
-    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "lmbook" / "models").expanduser()
 
 
 def _recipe(name: str) -> Recipe:
