@@ -325,7 +325,8 @@ def test_every_record_layout_reads_as_the_same_typed_figures():
     from lmbook.reference import Record, RunFigures
 
     two = Record("ch02", "cpu", {}, "h", results={"runs": {
-        "gru": {"params": 5, "val_loss": 1.5, "tokens_per_second": 9.0, "val_loss_split": 1.4, "val_loss_in_order": 1.3},
+        "gru": {"params": 5, "val_loss": 1.5, "tokens_per_second": 9.0, "val_loss_split": 1.4,
+                "val_loss_in_order": 1.3},
         "gpt": {"params": 7, "val_loss": 1.6, "tokens_per_second": 8.0}}})
     assert two.runs() == {"gru": RunFigures(5, 1.5, 9.0, 1.4, 1.3), "gpt": RunFigures(7, 1.6, 8.0)}
     assert two.runs()["gru"].held_out_loss == 1.4 and two.runs()["gpt"].held_out_loss == 1.6
