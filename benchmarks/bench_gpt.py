@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmbook.cudagraph import CapturedStep  # noqa: E402
 from lmbook.gpt import GPT  # noqa: E402
 from lmbook.runs.ch03_gpt import named_config  # noqa: E402
+from lmbook.runs.ch07_sweep import flops_per_token  # noqa: E402
 from lmbook.runtime import autocast, commit, device_name, environment, get_device  # noqa: E402
 from lmbook.optim import make_optimizer  # noqa: E402
 from lmbook.train import TrainConfig  # noqa: E402
@@ -183,12 +184,12 @@ def main(argv=None) -> dict:
             "cuda_graph": graphed,
             "ms_per_step": 1000 * timing["seconds"] / args.steps,
             "tokens_per_second": tokens_per_second,
-            "flops_per_token": flops_per_token,
-            "mfu": flops_per_token * tokens_per_second / peak if peak else None,
+            "flops_per_token": flops,
+            "mfu": flops * tokens_per_second / peak if peak else None,
         }
 
     model = GPT(config)
-    n_params, flops_per_token = model.num_params(), model.flops_per_token(T)  # same shape, same FLOPs for both
+    n_params, flops = model.num_params(), flops_per_token(model, T)  # same shape, same FLOPs for both
 
     def lmbook_forward(x, y, module=torch.compile(model, mode=args.compile_mode) if args.compile else model):
         return module(x, y)[1]

@@ -266,15 +266,6 @@ class GPT(nn.Module):
         """Parameters by the book's one convention (:func:`lmbook.interface.num_params`)."""
         return num_params(self)
 
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6·N for the weights plus 12·L·T·C for attention scores and mixing.
-
-        N leaves out the position table: a table lookup multiplies nothing (Kaplan et al., 2020, count the same way).
-        """
-        T = seq_len or self.config.block_size
-        c = self.config
-        return 6 * (self.num_params() - self.wpe.weight.numel()) + 12 * c.n_layer * T * c.n_embd
-
 
 def padded_positions_and_mask(attention_mask: torch.Tensor, start: int, T: int
                               ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -200,10 +200,13 @@ def test_kv_cache_refuses_to_overflow():
 
 
 def test_flops_per_token_formula():
+    from lmbook.runs.ch07_sweep import flops_per_token
+
     model = tiny()
     c = model.config
     non_position = model.num_params() - c.block_size * c.n_embd
-    assert model.flops_per_token(16) == 6 * non_position + 12 * c.n_layer * 16 * c.n_embd
+    assert flops_per_token(model, 16) == 6 * non_position + 12 * c.n_layer * 16 * c.n_embd
+    assert flops_per_token(model) == 6 * non_position + 12 * c.n_layer * c.block_size * c.n_embd
 
 
 def test_evaluating_restores_the_mode_even_when_the_block_fails():

@@ -22,6 +22,17 @@ from . import Settings, trainer
 from .ch03_gpt import GPTRun, make_char_gpt
 
 
+def flops_per_token(model: GPT, seq_len: int | None = None) -> int:
+    """Training FLOPs per token of a GPT: 6·N for the weights plus 12·L·T·C for attention scores and mixing
+    (the sweep's compute axis; the benchmarks' utilisation).
+
+    N leaves out the position table: a table lookup multiplies nothing (Kaplan et al., 2020, count the same way).
+    """
+    c = model.config
+    T = seq_len or c.block_size
+    return 6 * (num_params(model) - model.wpe.weight.numel()) + 12 * c.n_layer * T * c.n_embd
+
+
 # --- Which model size: the sweep -------------------------------------------------------------
 @dataclass(frozen=True)
 class SizeSweep(Settings):
@@ -66,7 +77,7 @@ def size_sweep(sweep: SizeSweep, train_data: torch.Tensor, val_data: torch.Tenso
     """Train one GPT per shape of ``sweep`` on the same data with the same steps; one dict of results per size.
 
     Each dict holds the shape, ``params`` (the book's count), ``non_embedding`` (Kaplan's N), ``tokens`` seen,
-    training ``flops`` (``GPT.flops_per_token`` times tokens), the loss over the whole validation split
+    training ``flops`` (:func:`flops_per_token` times tokens), the loss over the whole validation split
     (``val_loss``) and over as many training characters (``train_loss``), seconds and the :class:`History`
     (evaluated on random training and validation windows along the way). In a reference recipe, ``rec`` (a
     :class:`~lmbook.runs.recording.Recording`) trains each size resumably and computes its losses once.
@@ -93,7 +104,7 @@ def size_sweep(sweep: SizeSweep, train_data: torch.Tensor, val_data: torch.Tenso
             "params": num_params(model),
             "non_embedding": non_embedding_params(model),
             "tokens": tokens,
-            "flops": model.flops_per_token(run.block_size) * tokens,
+            "flops": flops_per_token(model, run.block_size) * tokens,
             **(losses() if rec is None else rec.compute(f"losses {label}", losses)),
             "seconds": history.seconds,
             "history": history,
