@@ -6,18 +6,23 @@ do, ``Rouge().compute(predictions=..., references=...)``, with no network and no
 BLEU and ROUGE delegate to the libraries ``evaluate``'s own modules wrap (``sacrebleu``,
 ``rouge_score``) and return the same keys; perplexity slides a window over each text
 (:func:`lmbook.metrics.score_text`) for a model given as an object or as a local directory.
-Each keeps its inputs in memory (``keep_in_memory=True``) unless told otherwise.
+Each keeps its inputs in memory (``keep_in_memory=True``) unless told otherwise. Inputs and settings
+are checked before ``evaluate`` stores anything, so a refused call leaves the batches added so far.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 
 import datasets
 import evaluate
 
 from . import textmetrics
+from .interface import check_int
 from .metrics import score_text
+from .textmetrics import check_bool, check_function
 
 _ONE_TEXT = datasets.Features({"predictions": datasets.Value("string")})
 _WITH_REFERENCES = [  # a list of references per prediction, or one reference
@@ -35,6 +40,7 @@ class _Metric(evaluate.Metric):
     _features: datasets.Features | list = _ONE_TEXT
 
     def __init__(self, keep_in_memory: bool = True, **kwargs):
+        check_bool("keep_in_memory", keep_in_memory)
         super().__init__(keep_in_memory=keep_in_memory, **kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
@@ -44,25 +50,74 @@ class _Metric(evaluate.Metric):
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Score ``predictions`` (and ``references``, for metrics that compare) with the settings in ``kwargs``.
         """
-        if predictions is not None:
-            if isinstance(predictions, str):
-                raise TypeError("predictions must be a list of texts, not one str: wrap it as [text].")
-            if len(predictions) == 0:
-                raise ValueError("predictions is empty: there is nothing to score.")
-        if references is not None and predictions is not None and len(references) != len(predictions):
-            raise ValueError(f"predictions and references must be as many: {len(predictions)} predictions, "
-                             f"{len(references)} references.")
+        self._check_inputs(predictions, references)
+        if predictions is not None and len(predictions) == 0:
+            raise ValueError("predictions is empty: there is nothing to score.")
+        settings = inspect.signature(self._compute).parameters
+        names = [name for name in settings if name not in ("predictions", "references")]
+        for name in kwargs:
+            if name not in names:
+                raise TypeError(f"{type(self).__name__} has no setting {name!r}; its settings are {names}.")
+        self._check_settings(**{name: kwargs.get(name, settings[name].default) for name in names})
         if "references" in self._feature_names():
             return super().compute(predictions=predictions, references=references, **kwargs)
-        if references is not None:
-            raise ValueError(f"{type(self).__name__} scores predictions alone: it takes no references.")
         return super().compute(predictions=predictions, **kwargs)
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Add a batch of ``predictions`` (and ``references``) to score at the next ``compute()``."""
+        self._check_inputs(predictions, references)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs):
+        """Add one ``prediction`` (and its ``reference``) to score at the next ``compute()``."""
+        self._check_inputs(None if prediction is None else [prediction], None if reference is None else [reference])
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
+    def _check_inputs(self, predictions, references) -> None:
+        """Refuse what ``evaluate`` would store and the metric could not score."""
+        takes_references = "references" in self._feature_names()
+        if not takes_references and references is not None:
+            raise ValueError(f"{type(self).__name__} scores predictions alone: it takes no references.")
+        if predictions is None:
+            if references is not None:
+                raise ValueError("references were given without predictions: give predictions= as well.")
+            return  # compute() of the batches added so far
+        if isinstance(predictions, str) or not hasattr(predictions, "__len__"):
+            raise TypeError(f"predictions must be a list of texts, not {type(predictions).__name__}: wrap one "
+                            "text as [text].")
+        for i, p in enumerate(predictions):
+            if not isinstance(p, str):
+                raise TypeError(f"predictions must be texts (str): prediction {i} is {p!r:.60} ({type(p).__name__}).")
+        if takes_references:
+            _check_references(predictions, references, type(self).__name__)
+
+    def _check_settings(self, **settings) -> None:
+        """Refuse a bad setting (each metric checks its own) before ``evaluate`` stores the inputs."""
 
     @staticmethod
     def _check(predictions) -> list[str]:
         if len(predictions) == 0:
             raise ValueError("no predictions were added: there is nothing to score.")
         return list(predictions)
+
+
+def _check_references(predictions, references, metric: str) -> None:
+    if references is None:
+        raise ValueError(f"{metric} needs references=: for each prediction one text, or a list of texts.")
+    if isinstance(references, str) or not hasattr(references, "__len__"):
+        raise TypeError(f"references must be a list with one entry per prediction (a text, or a list of texts), "
+                        f"not {type(references).__name__}.")
+    if len(references) != len(predictions):
+        raise ValueError(f"predictions and references must be as many: {len(predictions)} predictions, "
+                         f"{len(references)} references.")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str):
+            continue
+        if not isinstance(refs, (list, tuple)) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"the reference of prediction {i} must be a text or a list of texts, not {refs!r:.60}.")
+        if not refs:
+            raise ValueError(f"the references of prediction {i} are an empty list: give at least one reference text "
+                             "(neither sacrebleu nor rouge_score scores a prediction without one).")
 
 
 class Perplexity(_Metric):
@@ -80,14 +135,21 @@ class Perplexity(_Metric):
 
     _description = "Perplexity of a local causal language model, by the sliding-window method."
 
-    def _compute(self, predictions, model=None, tokenizer=None, context=None, stride=None, batch_size=8):
-        predictions = self._check(predictions)
+    def _check_settings(self, model, tokenizer, context, stride, batch_size) -> None:
         if model is None:
             raise ValueError("perplexity needs model=: a language model, or the path of a local model directory.")
         if isinstance(model, (str, os.PathLike)):
-            model, tokenizer = load_local_model(model, tokenizer)
-        if tokenizer is None:
+            _local_directory(model)
+        elif tokenizer is None:
             raise ValueError("perplexity needs tokenizer= to turn the texts into the model's token ids.")
+        check_int("context", context, 1, allow_none=True)
+        check_int("stride", stride, 1, allow_none=True)
+        check_int("batch_size", batch_size, 1)
+
+    def _compute(self, predictions, model=None, tokenizer=None, context=None, stride=None, batch_size=8):
+        predictions = self._check(predictions)
+        if isinstance(model, (str, os.PathLike)):
+            model, tokenizer = load_local_model(model, tokenizer)
         scores = [score_text(model, tokenizer, text, context, stride, batch_size) for text in predictions]
         pooled = sum(scores[1:], scores[0])
         return {"perplexities": [s.perplexity for s in scores],
@@ -99,14 +161,19 @@ def load_local_model(path, tokenizer=None):
     """A ``transformers`` causal LM (in eval mode) and its tokenizer from a local directory, never from the Hub."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.isdir(path):
-        raise ValueError(f"model={path!r} is not a local directory: give a model object, or the path of a directory "
-                         "written by save_pretrained (Hub model ids are not fetched).")
+    path = _local_directory(path)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
+
+
+def _local_directory(path) -> str:
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ValueError(f"model={path!r} is not a local directory: give a model object, or the path of a directory "
+                         "written by save_pretrained (Hub model ids are not fetched).")
+    return path
 
 
 class Bleu(_Metric):
@@ -122,6 +189,17 @@ class Bleu(_Metric):
     _description = "BLEU (Papineni et al., 2002) computed by sacrebleu (Post, 2018)."
     _citation = "Post, M. (2018). A Call for Clarity in Reporting BLEU Scores. WMT."
     _features = _WITH_REFERENCES
+
+    def _check_settings(self, smooth_method, smooth_value, tokenize, lowercase, use_effective_order) -> None:
+        from sacrebleu.metrics.bleu import BLEU
+
+        if smooth_method not in BLEU.SMOOTH_DEFAULTS:
+            raise ValueError(f"smooth_method must be one of {list(BLEU.SMOOTH_DEFAULTS)}, not {smooth_method!r}.")
+        textmetrics.check_smooth_value(smooth_value)
+        if tokenize is not None and tokenize not in BLEU.TOKENIZERS:
+            raise ValueError(f"tokenize must be one of sacrebleu's {list(BLEU.TOKENIZERS)}, not {tokenize!r}.")
+        check_bool("lowercase", lowercase)
+        check_bool("use_effective_order", use_effective_order)
 
     def _compute(self, predictions, references, smooth_method="exp", smooth_value=None, tokenize="13a",
                  lowercase=False, use_effective_order=False):
@@ -153,6 +231,19 @@ class Rouge(_Metric):
     _description = "ROUGE (Lin, 2004) computed by Google Research's rouge_score."
     _citation = "Lin, C.-Y. (2004). ROUGE: A Package for Automatic Evaluation of Summaries."
     _features = _WITH_REFERENCES
+
+    def _check_settings(self, rouge_types, use_aggregator, use_stemmer, tokenizer) -> None:
+        if rouge_types is not None:
+            if isinstance(rouge_types, str) or not isinstance(rouge_types, (list, tuple)) or not rouge_types:
+                raise TypeError(f"rouge_types must be a list of names such as ['rouge1', 'rougeL'], "
+                                f"not {rouge_types!r}.")
+            for name in rouge_types:
+                if not (isinstance(name, str) and re.fullmatch(r"rouge[1-9]|rougeL|rougeLsum", name)):
+                    raise ValueError(f"{name!r} is not a ROUGE type: give rouge1 to rouge9, rougeL or rougeLsum.")
+        check_bool("use_aggregator", use_aggregator)
+        check_bool("use_stemmer", use_stemmer)
+        if tokenizer is not None:
+            check_function("tokenizer", tokenizer)
 
     def _compute(self, predictions, references, rouge_types=None, use_aggregator=True, use_stemmer=False,
                  tokenizer=None):
@@ -189,10 +280,25 @@ class DistinctN(_Metric):
     _description = "distinct-n (Li et al., 2016): distinct n-grams over generated tokens."
     _citation = "Li, J. et al. (2016). A Diversity-Promoting Objective Function for Neural Conversation Models."
 
+    def _check_settings(self, n, per) -> None:
+        for k in _orders(n):
+            check_int("n", k, 1)
+        if per not in textmetrics.DENOMINATORS:
+            raise ValueError(f"per must be one of {textmetrics.DENOMINATORS}, not {per!r}.")
+
     def _compute(self, predictions, n=(1, 2), per="tokens"):
         predictions = self._check(predictions)
-        orders = (n,) if isinstance(n, int) else tuple(n)
+        orders = _orders(n)
         return {f"distinct_{k}": textmetrics.distinct_n(predictions, k, per) for k in orders}
+
+
+def _orders(n) -> tuple:
+    """``n`` (one order, or a list of them) as a tuple of orders."""
+    if isinstance(n, (list, tuple, range)):
+        if not n:
+            raise ValueError("n is an empty list: give an order such as 2, or a list of them such as [1, 2].")
+        return tuple(n)
+    return (n,)
 
 
 class SelfBleu(_Metric):
@@ -204,6 +310,9 @@ class SelfBleu(_Metric):
 
     _description = "Self-BLEU (Zhu et al., 2018), from sacrebleu's sentence BLEU."
     _citation = "Zhu, Y. et al. (2018). Texygen: A Benchmarking Platform for Text Generation Models. SIGIR."
+
+    def _check_settings(self, max_order) -> None:
+        check_int("max_order", max_order, 1)
 
     def _compute(self, predictions, max_order=4):
         from sacrebleu.metrics.bleu import BLEU
@@ -228,6 +337,10 @@ class Repetition(_Metric):
     _description = "Repetition: generations ending in a repeated phrase (Holtzman et al., 2020)."
     _citation = "Holtzman, A. et al. (2020). The Curious Case of Neural Text Degeneration. ICLR."
 
+    def _check_settings(self, min_repeats, max_phrase) -> None:
+        check_int("min_repeats", min_repeats, 2)
+        check_int("max_phrase", max_phrase, 1, allow_none=True)
+
     def _compute(self, predictions, min_repeats=3, max_phrase=None):
         predictions = self._check(predictions)
         lengths = [textmetrics.repeated_ending(textmetrics.words(p), min_repeats, max_phrase) for p in predictions]
@@ -240,6 +353,6 @@ METRICS = {"perplexity": Perplexity, "bleu": Bleu, "rouge": Rouge, "distinct_n":
 
 def load(name: str, **kwargs) -> evaluate.Metric:
     """One of :data:`METRICS` by name, like ``evaluate.load`` but offline: ``load("rouge").compute(...)``."""
-    if name not in METRICS:
+    if not isinstance(name, str) or name not in METRICS:
         raise ValueError(f"there is no metric {name!r} here; there are {sorted(METRICS)}.")
     return METRICS[name](**kwargs)

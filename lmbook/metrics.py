@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .data import SequentialBatches
 from .interface import evaluating
+from .tokenizers import bytes_of_token
 
 LN2 = math.log(2.0)  # nats in one bit
 
@@ -300,9 +301,11 @@ def score_text(
 ) -> TextNLL:
     """The NLL ``model`` gives ``text`` (by :func:`token_nlls`), with the characters and bytes it predicted.
 
-    The first token is only context, so the characters counted are those of the text
-    after it. ``tokenizer`` is any of the book's tokenizers or a ``transformers`` one
-    (``encode(text) -> ids``, ``decode(ids) -> text``). Chapter 6's scoreboard puts every
+    The first token is only context, so the bytes counted are those of the text after it,
+    and the characters those with at least one byte after it (a byte-level BPE may end its
+    first token inside a character: the rest of that character is predicted). ``tokenizer``
+    is any of the book's tokenizers or a ``transformers`` one (``encode(text) -> ids``,
+    ``decode(ids) -> text``); it must give the text back. Chapter 6's scoreboard puts every
     model on one scale with ``score_text(...).bits_per_char``.
     """
     if not isinstance(text, str):
@@ -310,13 +313,31 @@ def score_text(
     ids = list(tokenizer.encode(text))
     if len(ids) < 2:
         raise ValueError(f"the text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed.")
+    first = _first_token_bytes(tokenizer, ids, text)
     nll = token_nlls(model, ids, context, stride, batch_size)
-    first = tokenizer.decode(ids[:1])
-    if not text.startswith(first):
-        raise ValueError(f"the first token decodes to {first!r}, which does not begin the text: "
-                         "the tokenizer does not round-trip it, so the predicted characters cannot be counted.")
-    predicted = text[len(first) :]
-    return TextNLL(float(nll.double().sum()), len(nll), len(predicted), len(predicted.encode("utf-8")))
+    whole = len(first.decode("utf-8", errors="ignore"))  # the characters the first token holds entirely
+    return TextNLL(float(nll.double().sum()), len(nll), len(text) - whole, len(text.encode("utf-8")) - len(first))
+
+
+def _first_token_bytes(tokenizer, ids: list[int], text: str) -> bytes:
+    """The bytes of ``text`` that its first token stands for, once ``decode(ids) == text`` is checked.
+
+    Only the decoding of all the ids is compared with the text: the first token alone decodes to
+    U+FFFD when it ends inside a character. Its bytes come from the tokenizer where it can say
+    (:func:`lmbook.tokenizers.bytes_of_token`), else from decoding it alone.
+    """
+    decoded = tokenizer.decode(ids)
+    if decoded != text:
+        raise ValueError(f"the tokenizer does not round-trip the text: decode(encode(text)) gives {decoded[:40]!r}, "
+                         f"not {text[:40]!r}, so the characters its tokens predict cannot be counted. Use a "
+                         "tokenizer that reads this text exactly (a byte-level BPE reads any text).")
+    first = bytes_of_token(tokenizer, ids[0])
+    if first is None:
+        first = tokenizer.decode(ids[:1]).encode("utf-8")
+    if not text.encode("utf-8").startswith(first):
+        raise ValueError(f"the first token stands for {first!r}, which does not begin the text: the characters "
+                         "after it cannot be counted. Use a tokenizer whose tokens decode one by one to the text.")
+    return first
 
 
 def protocol_stride(model: nn.Module) -> int | None:

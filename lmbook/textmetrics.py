@@ -8,12 +8,14 @@ fractions in [0, 1]; ``sacrebleu`` reports BLEU multiplied by 100.
 Texts are split into tokens by the tokenizer each measure is defined with: BLEU and the
 diversity measures by WMT's ``13a`` rules (:func:`words`: punctuation apart, case kept), ROUGE
 by ``rouge_score``'s (:func:`rouge_words`: lower case, letters and digits only). Every function
-also takes texts already split into lists of tokens.
+also takes texts already split into lists of tokens. Every argument is checked for its type as well as
+its value (``n=True`` or ``n=2.0`` is refused, not read as 1 or 2).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -21,11 +23,14 @@ from dataclasses import dataclass
 from rouge_score.tokenize import tokenize as _rouge_tokenize
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
+from .interface import check_int
+
 Tokens = Sequence[Hashable]
 _TOKENIZER_13A = Tokenizer13a()
 
 SMOOTHINGS = ("none", "exp", "floor", "add-k")
 REFERENCE_LENGTHS = ("closest", "shortest")
+DENOMINATORS = ("tokens", "ngrams")  # what distinct-n divides by
 # The defaults of the two BLEUs a reader meets: sacrebleu.corpus_bleu, and evaluate.load("bleu")
 # (tensorflow/nmt's compute_bleu on 13a tokens: no smoothing, the shortest reference's length).
 SACREBLEU = {"smoothing": "exp", "reference_length": "closest"}
@@ -34,12 +39,46 @@ EVALUATE_BLEU = {"smoothing": "none", "reference_length": "shortest"}
 
 def words(text: str) -> list[str]:
     """BLEU's tokens: WMT's ``13a`` tokenization, as ``sacrebleu`` does it (punctuation split off, case kept)."""
-    return _TOKENIZER_13A(text).split()
+    return _TOKENIZER_13A(_text(text)).split()
 
 
 def rouge_words(text: str) -> list[str]:
     """ROUGE's tokens, as ``rouge_score`` makes them: lower-cased runs of ``a-z`` and ``0-9``; all else dropped."""
-    return _rouge_tokenize(text, None)
+    return _rouge_tokenize(_text(text), None)
+
+
+def _text(text) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}.")
+    return text
+
+
+def check_bool(name: str, value) -> None:
+    """Raise a ``TypeError`` unless ``value`` is ``True`` or ``False`` (chapter 6's metrics check their switches)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}.")
+
+
+def check_function(name: str, value) -> None:
+    """Raise a ``TypeError`` unless ``value`` can be called: a tokenizer, from a text to its tokens (chapter 6)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a function from a text to its list of tokens, not {value!r}.")
+
+
+def check_smooth_value(value) -> None:
+    """Refuse a BLEU smoothing constant (chapter 6) that is not ``None`` (the default) or a finite number >= 0."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"smooth_value must be a number or None, not {value!r}.")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"smooth_value must be finite and >= 0, not {value}.")
+
+
+def _token_list(tokens, name: str) -> Sequence:
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        hint = ": split the text first, e.g. with words(text)" if isinstance(tokens, str) else ""
+        raise TypeError(f"{name} must be a list of tokens, not a {type(tokens).__name__}{hint}.")
+    return tokens
 
 
 def _tokens(text, tokenize: Callable[[str], list], name: str) -> list:
@@ -60,8 +99,8 @@ def _nonempty(texts, name: str) -> list:
 
 def ngrams(tokens: Tokens, n: int) -> Counter:
     """How often each run of ``n`` consecutive tokens occurs in ``tokens``."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a whole number >= 1, not {n!r}.")
+    check_int("n", n, 1)
+    _token_list(tokens, "tokens")
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
@@ -73,10 +112,10 @@ def clipped_matches(candidate: Tokens, references: Sequence[Tokens], n: int) -> 
     single reference, so "the the the the" gets no credit for a reference's one "the" beyond
     the first.
     """
-    counts = ngrams(candidate, n)
+    counts = ngrams(_token_list(candidate, "candidate"), n)
     most = Counter()  # for each n-gram, the most times one reference has it
-    for reference in references:
-        most |= ngrams(reference, n)
+    for reference in _token_list(references, "references"):
+        most |= ngrams(_token_list(reference, "a reference"), n)
     return sum(min(c, most[g]) for g, c in counts.items()), sum(counts.values())
 
 
@@ -85,6 +124,8 @@ def brevity_penalty(candidate_length: int, reference_length: int) -> float:
 
     Precision alone would reward a short, safe candidate: this charges for what it left out.
     """
+    check_int("candidate_length", candidate_length, 0)
+    check_int("reference_length", reference_length, 0)
     if candidate_length >= reference_length:
         return 1.0
     return math.exp(1 - reference_length / candidate_length) if candidate_length > 0 else 0.0
@@ -95,6 +136,11 @@ def compared_length(candidate_length: int, reference_lengths: Sequence[int], rul
     sacrebleu's and the BLEU paper's rule) or the ``shortest`` one (evaluate's canonical ``bleu``)."""
     if rule not in REFERENCE_LENGTHS:
         raise ValueError(f"reference_length must be one of {REFERENCE_LENGTHS}, not {rule!r}.")
+    check_int("candidate_length", candidate_length, 0)
+    if isinstance(reference_lengths, str) or not isinstance(reference_lengths, Sequence):
+        raise TypeError(f"reference_lengths must be a list of integers, not {type(reference_lengths).__name__}.")
+    for r in reference_lengths:
+        check_int("a reference length", r, 0)
     if not reference_lengths:
         raise ValueError("there are no references to take a length from.")
     if rule == "shortest":
@@ -155,8 +201,10 @@ def corpus_bleu(
     candidates = _nonempty(candidates, "candidates")
     if smoothing not in SMOOTHINGS:
         raise ValueError(f"smoothing must be one of {SMOOTHINGS}, not {smoothing!r}.")
-    if not isinstance(max_order, int) or max_order < 1:
-        raise ValueError(f"max_order must be a whole number >= 1, not {max_order!r}.")
+    check_int("max_order", max_order, 1)
+    check_smooth_value(smooth_value)
+    check_bool("effective_order", effective_order)
+    check_function("tokenize", tokenize)
     refs = _references(references, len(candidates), tokenize)
     matches, totals, c_len, r_len = [0] * max_order, [0] * max_order, 0, 0
     for candidate, these in zip(candidates, refs):
@@ -219,6 +267,8 @@ def _prf(overlap: float, candidate_size: int, reference_size: int) -> PRF:
 
 def rouge_n(candidate, reference, n: int = 1, tokenize: Callable[[str], list] = rouge_words) -> PRF:
     """ROUGE-n: n-grams the candidate shares with the reference (each counted as often as both have it)."""
+    check_int("n", n, 1)
+    check_function("tokenize", tokenize)
     c = ngrams(_tokens(candidate, tokenize, "candidate"), n)
     r = ngrams(_tokens(reference, tokenize, "reference"), n)
     return _prf(sum((c & r).values()), sum(c.values()), sum(r.values()))
@@ -229,6 +279,7 @@ def lcs_length(a: Tokens, b: Tokens) -> int:
 
     Dynamic programming over one row at a time: ``row[j]`` is the LCS of ``a[:i]`` and ``b[:j]``.
     """
+    _token_list(a, "a"), _token_list(b, "b")
     row = [0] * (len(b) + 1)
     for x in a:
         diagonal = 0  # the previous row's value at j - 1
@@ -239,6 +290,7 @@ def lcs_length(a: Tokens, b: Tokens) -> int:
 
 def rouge_l(candidate, reference, tokenize: Callable[[str], list] = rouge_words) -> PRF:
     """ROUGE-L: the longest common subsequence over the candidate's and the reference's lengths."""
+    check_function("tokenize", tokenize)
     c, r = _tokens(candidate, tokenize, "candidate"), _tokens(reference, tokenize, "reference")
     if not c or not r:
         return PRF(0.0, 0.0, 0.0)
@@ -253,8 +305,10 @@ def distinct_n(texts, n: int = 2, per: str = "tokens", tokenize: Callable[[str],
     divide by the number of n-grams instead (``per="ngrams"``), which gives a larger number
     for the same texts when n > 1. 1 means no n-gram is ever repeated.
     """
-    if per not in ("tokens", "ngrams"):
+    if per not in DENOMINATORS:
         raise ValueError(f"per must be 'tokens' or 'ngrams', not {per!r}.")
+    check_int("n", n, 1)
+    check_function("tokenize", tokenize)
     seen, n_tokens, n_grams = set(), 0, 0
     for text in _nonempty(texts, "texts"):
         tokens = _tokens(text, tokenize, "a text")
@@ -263,7 +317,8 @@ def distinct_n(texts, n: int = 2, per: str = "tokens", tokenize: Callable[[str],
         n_tokens, n_grams = n_tokens + len(tokens), n_grams + sum(grams.values())
     denominator = n_tokens if per == "tokens" else n_grams
     if denominator == 0:
-        raise ValueError(f"the texts hold no {'tokens' if per == 'tokens' else f'{n}-grams'} to count.")
+        raise ValueError(f"the texts hold no {'tokens' if per == 'tokens' else f'{n}-grams'} to count: give texts "
+                         "with words in them (and, per n-gram, at least n of them).")
     return len(seen) / denominator
 
 
@@ -274,6 +329,8 @@ def self_bleu(texts, max_order: int = 4, tokenize: Callable[[str], list] = words
     with ``sacrebleu``'s sentence defaults (exp smoothing, effective order) unless ``options``
     say otherwise.
     """
+    check_int("max_order", max_order, 1)
+    check_function("tokenize", tokenize)
     texts = [_tokens(t, tokenize, "a text") for t in _nonempty(texts, "texts")]
     if len(texts) < 2:
         raise ValueError(f"self-BLEU compares texts with each other: give at least 2, not {len(texts)}.")
@@ -288,9 +345,9 @@ def repeated_ending(tokens: Tokens, min_repeats: int = 3, max_phrase: int | None
     "a b c a b c a b c" ends in ``a b c`` three times (3); a loop cut off mid-phrase counts
     too ("... c a b c a b c a b" ends in ``c a b`` three times).
     """
-    if not isinstance(min_repeats, int) or min_repeats < 2:
-        raise ValueError(f"min_repeats must be a whole number >= 2, not {min_repeats!r}.")
-    tokens = list(tokens)
+    check_int("min_repeats", min_repeats, 2)
+    check_int("max_phrase", max_phrase, 1, allow_none=True)
+    tokens = list(_token_list(tokens, "tokens"))
     longest = len(tokens) // min_repeats
     for length in range(1, min(longest, max_phrase or longest) + 1):
         tail = tokens[len(tokens) - length :]
@@ -308,5 +365,8 @@ def repetition_rate(texts, min_repeats: int = 3, max_phrase: int | None = None,
     it as a percentage.
     """
     texts = _nonempty(texts, "texts")
+    check_int("min_repeats", min_repeats, 2)
+    check_int("max_phrase", max_phrase, 1, allow_none=True)
+    check_function("tokenize", tokenize)
     ends = [repeated_ending(_tokens(t, tokenize, "a text"), min_repeats, max_phrase) for t in texts]
     return sum(e > 0 for e in ends) / len(ends)

@@ -3,19 +3,24 @@
 :class:`CharTokenizer` gives one id per character (chapter 3). :class:`BPETokenizer` is
 GPT-2's byte-level BPE written out to read (chapter 1); :class:`FastBPETokenizer` is the
 same through the Rust library ``tokenizers``, for ``transformers`` (chapter 4). Both BPEs
-work on UTF-8 bytes, so they round-trip any text, seen in training or not.
+work on UTF-8 bytes, so they round-trip any text, seen in training or not. ``encode`` takes one
+text (a ``str``); ``decode`` takes one sequence of ids: a list, a tuple, a 1-D NumPy array or a
+1-D tensor (a row of what a model generated, say).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import regex
 import tokenizers as hf
+
+from .interface import check_int
 
 # GPT-2's pre-tokenisation: BPE never merges across these chunks, so a word and the
 # space before it can become one token, but a word and the punctuation after it cannot.
@@ -32,7 +37,11 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode(self, ids: list[int]) -> str:
-        """The text of ``ids``."""
+        """The text of ``ids`` (a list, tuple, 1-D array or 1-D tensor of ids)."""
+        raise NotImplementedError
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes (UTF-8) that token ``id`` stands for."""
         raise NotImplementedError
 
     @property
@@ -58,12 +67,53 @@ class Tokenizer:
             raise ValueError(f"{path} holds a tokenizer of kind {kind!r}, not one that {cls.__name__} reads")
         return _KINDS[kind]._from_state(state)
 
-    def _check_ids(self, ids: list[int]) -> None:
+    def _ids(self, ids) -> list[int]:
+        """``ids`` as a list of ints in ``range(vocab_size)``, or a clear error."""
+        ids = _as_ids(ids)
         if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
             raise ValueError(f"ids must lie in range({self.vocab_size}); got {min(ids)} to {max(ids)}")
+        return ids
+
+    def _id(self, id) -> int:
+        check_int("id", id, 0)
+        if id >= self.vocab_size:
+            raise ValueError(f"id must lie in range({self.vocab_size}), the vocabulary; got {id}")
+        return int(id)
+
+
+def _as_ids(ids) -> list[int]:
+    """A list, tuple or range of integer ids, or a 1-D NumPy array or tensor of them, as a list of ints."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"decode takes token ids, not a {type(ids).__name__}: encode(text) gives the ids of a text.")
+    if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # a NumPy array or a tensor
+        if ids.ndim != 1:
+            raise ValueError(f"decode takes one sequence of ids (1-D), not an array of shape {tuple(ids.shape)}: "
+                             "decode each row, e.g. [tokenizer.decode(row) for row in ids].")
+        ids = ids.tolist()
+    elif not isinstance(ids, (list, tuple, range)):
+        hint = f": give one id as a list, [{ids!r}]" if isinstance(ids, int) else ""
+        raise TypeError(f"decode takes a list, tuple, 1-D array or 1-D tensor of token ids, not "
+                        f"{type(ids).__name__}{hint}.")
+    return [i if type(i) is int else _as_id(i) for i in ids]
+
+
+def _as_id(i) -> int:
+    if not isinstance(i, bool):
+        try:
+            return operator.index(i)  # a NumPy integer, a one-element integer tensor
+        except TypeError:
+            pass
+    raise TypeError(f"token ids must be integers, not {i!r} ({type(i).__name__}).")
+
+
+def _check_text(text, name: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, not {type(text).__name__}: encode one text at a time.")
 
 
 def _check_training(text: str, vocab_size: int) -> None:
+    _check_text(text, "text")
+    check_int("vocab_size", vocab_size)
     if vocab_size < 256:
         raise ValueError(f"vocab_size must be at least 256, the number of bytes; got {vocab_size}")
     if not text:
@@ -91,6 +141,8 @@ class CharTokenizer(Tokenizer):
     kind = "char"
 
     def __init__(self, chars: list[str]) -> None:
+        if not isinstance(chars, (list, tuple, str)) or not all(isinstance(c, str) for c in chars):
+            raise TypeError(f"the vocabulary must be a list of distinct single characters, not {chars!r:.80}")
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise ValueError("the vocabulary must be a list of distinct single characters")
         self.chars = list(chars)
@@ -99,12 +151,14 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def train(cls, text: str) -> CharTokenizer:
         """The tokenizer whose vocabulary is the characters of ``text``, sorted."""
+        _check_text(text, "text")
         if not text:
             raise ValueError("the training text is empty: there are no characters to learn")
         return cls(sorted(set(text)))
 
     def encode(self, text: str) -> list[int]:
         """The id of each character; unknown characters raise :class:`UnknownCharacterError`."""
+        _check_text(text, "the text to encode")
         try:
             return [self._id_of[c] for c in text]
         except KeyError:
@@ -112,8 +166,11 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         """The characters of ``ids``, joined."""
-        self._check_ids(ids)
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.chars[i] for i in self._ids(ids))
+
+    def token_bytes(self, id: int) -> bytes:
+        """The UTF-8 bytes of the character ``id``."""
+        return self.chars[self._id(id)].encode("utf-8")
 
     @property
     def vocab_size(self) -> int:
@@ -147,6 +204,12 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
 
     def __init__(self, merges: list[tuple[int, int]], pattern: str = GPT2_PATTERN) -> None:
+        _check_text(pattern, "pattern")
+        if not isinstance(merges, (list, tuple)) or any(not isinstance(m, (list, tuple)) or len(m) != 2
+                                                          for m in merges):
+            raise TypeError(f"merges must be a list of pairs of ids (a, b), not {merges!r:.80}")
+        for i in [i for merge in merges for i in merge]:
+            check_int("a merged id", i, 0)
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.pattern = pattern
         self._regex = regex.compile(pattern)
@@ -167,6 +230,7 @@ class BPETokenizer(Tokenizer):
         Training stops early, with fewer merges, once no pair occurs twice.
         """
         _check_training(text, vocab_size)
+        _check_text(pattern, "pattern")
         # Each distinct chunk is worked on once and counted as often as it occurs.
         chunk_counts = Counter(regex.findall(pattern, text))
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
@@ -209,6 +273,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Split ``text`` with the pattern, then merge the UTF-8 bytes of each chunk."""
+        _check_text(text, "the text to encode")
         ids: list[int] = []
         for chunk in self._regex.findall(text):
             if chunk not in self._cache:
@@ -221,12 +286,11 @@ class BPETokenizer(Tokenizer):
 
         Only ids that ``encode`` did not produce (a model's samples, say) can hit that.
         """
-        self._check_ids(ids)
-        return b"".join(self._vocab[i] for i in ids).decode("utf-8", errors="replace")
+        return b"".join(self._vocab[i] for i in self._ids(ids)).decode("utf-8", errors="replace")
 
     def token_bytes(self, id: int) -> bytes:
         """The bytes that token ``id`` stands for."""
-        return self._vocab[id]
+        return self._vocab[self._id(id)]
 
     @property
     def vocab_size(self) -> int:
@@ -251,6 +315,19 @@ def _byte_of_char() -> dict[str, int]:
 _BYTE_OF_CHAR = _byte_of_char()
 
 
+def bytes_of_token(tokenizer, id: int) -> bytes | None:
+    """The bytes token ``id`` stands for: for the book's tokenizers, and for a ``transformers`` tokenizer with
+    GPT-2's byte-level decoder, read through its byte alphabet; ``None`` for others (chapter 6 counts bytes with it).
+    """
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.token_bytes(id)
+    if isinstance(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None), hf.decoders.ByteLevel):
+        token = tokenizer.convert_ids_to_tokens(id)
+        if isinstance(token, str) and all(c in _BYTE_OF_CHAR for c in token):
+            return bytes(_BYTE_OF_CHAR[c] for c in token)
+    return None
+
+
 class FastBPETokenizer(Tokenizer):
     """Byte-level BPE trained and run by ``tokenizers`` (Rust), with GPT-2's pre-tokenisation.
 
@@ -261,6 +338,9 @@ class FastBPETokenizer(Tokenizer):
     kind = "fast-bpe"
 
     def __init__(self, tokenizer: hf.Tokenizer) -> None:
+        if not isinstance(tokenizer, hf.Tokenizer):
+            raise TypeError(f"tokenizer must be a tokenizers.Tokenizer, not {type(tokenizer).__name__}: "
+                            "use FastBPETokenizer.train or FastBPETokenizer.load.")
         self.backend = tokenizer  # the library's tokenizer
 
     @classmethod
@@ -279,16 +359,16 @@ class FastBPETokenizer(Tokenizer):
         return cls(tokenizer)
 
     def encode(self, text: str) -> list[int]:
+        _check_text(text, "the text to encode")
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         """The text of ``ids``; invalid UTF-8 (never from ``encode``) becomes U+FFFD."""
-        self._check_ids(ids)
-        return self.backend.decode(ids, skip_special_tokens=False)
+        return self.backend.decode(self._ids(ids), skip_special_tokens=False)
 
     def token_bytes(self, id: int) -> bytes:
         """The bytes that token ``id`` stands for."""
-        return bytes(_BYTE_OF_CHAR[c] for c in self.backend.id_to_token(id))
+        return bytes(_BYTE_OF_CHAR[c] for c in self.backend.id_to_token(self._id(id)))
 
     @property
     def merges(self) -> list[tuple[int, int]]:

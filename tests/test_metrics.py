@@ -244,3 +244,61 @@ def test_the_books_protocol_reads_a_gpt_at_a_quarter_context_stride_and_an_rnn_i
     assert held_out_score(rnn, chars, text).nats == pytest.approx(score_text(rnn, chars, text).nats)
     small = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=3, n_layer=1, n_head=1, n_embd=8))
     assert protocol_stride(small) == 1
+
+
+def nll_written_out(model, ids) -> float:
+    """The summed NLL of every token after the first, from one forward pass over the whole text."""
+    logits = model(torch.tensor([ids]))[0][0].double()  # (T, V)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -sum(log_probs[j, ids[j + 1]].item() for j in range(len(ids) - 1))
+
+
+# A byte-level BPE whose first token ends inside a character: "语" (3 bytes) and the first byte of "言".
+# Its merges on "语言语言...": (a8 80), (ad e8), (af, ad e8), (e8, af ad e8).
+SPLIT = "语言" * 12
+
+
+@pytest.mark.parametrize(
+    "train, text, first_bytes, chars",
+    [
+        # an English BPE reads Chinese byte by byte: the first token is the first byte of "语" (3 bytes);
+        # the other two bytes of "语" are predicted, so every character counts
+        ("To be, or not to be, that is the question. " * 20, "语言模型给每一段文字一个概率。" * 3, b"\xe8", 45),
+        ("To be, or not to be, that is the question. " * 20, "\U0001f600 To be, or not to be, that is the question.",
+         b"\xf0", 44),  # an emoji of 4 bytes, the first of them the first token
+        ("语言" * 50, SPLIT, "语".encode() + b"\xe8", len(SPLIT) - 1),  # "语" wholly in the first token
+    ],
+    ids=["chinese", "emoji", "a character and a part"],
+)
+def test_score_text_reads_text_whose_first_token_splits_a_character(train, text, first_bytes, chars):
+    from lmbook.tokenizers import BPETokenizer
+
+    bpe = BPETokenizer.train(train, 260)
+    ids = bpe.encode(text)
+    assert bpe.token_bytes(ids[0]) == first_bytes and bpe.decode(ids[:1]).endswith("\ufffd")  # a split character
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    score = score_text(model, bpe, text, context=len(ids) - 1)
+    assert score.tokens == len(ids) - 1
+    assert score.chars == chars
+    assert score.bytes == len(text.encode("utf-8")) - len(first_bytes)
+    assert score.nats == pytest.approx(nll_written_out(model, ids), rel=1e-5)
+    assert score.bits_per_byte == pytest.approx(nll_written_out(model, ids) / LN2 / score.bytes, rel=1e-5)
+
+
+class Lossy:
+    """A tokenizer that loses what it cannot spell: encode drops the 'q's."""
+
+    def encode(self, text):
+        return [ord(c) % 64 for c in text if c != "q"]
+
+    def decode(self, ids):
+        return "".join(chr(i + 64) for i in ids)
+
+
+def test_score_text_refuses_a_tokenizer_that_does_not_round_trip_the_text():
+    text = "@ABCDEFGHIJKLMNOPQRSTUVWXYZ" * 3  # chr(64..90): Lossy round-trips these but drops 'q'
+    model = tiny_gpt()
+    assert score_text(model, Lossy(), text).chars == len(text) - 1
+    with pytest.raises(ValueError, match="does not round-trip"):
+        score_text(model, Lossy(), text + "q" * 3)  # its first token begins the text all the same

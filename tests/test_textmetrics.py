@@ -229,3 +229,76 @@ def test_repeated_endings():
     assert repetition_rate(["I am I am I am.", "I am I am I am", "fresh words"]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="min_repeats"):
         repeated_ending(["a"], min_repeats=1)
+
+
+# --- Every argument checks its type ------------------------------------------------------
+TEXTS = ["a b a b", "a b c"]
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: distinct_n(TEXTS, n=True), TypeError, "n must be an integer"),  # was distinct-1
+        (lambda: distinct_n(TEXTS, n=2.0), TypeError, "n must be an integer"),
+        (lambda: distinct_n(TEXTS, n=None), TypeError, "n must be an integer"),
+        (lambda: distinct_n(TEXTS, n=0), ValueError, "n must be >= 1"),
+        (lambda: distinct_n(TEXTS, per=None), ValueError, "per"),
+        (lambda: distinct_n(TEXTS, tokenize="13a"), TypeError, "tokenize must be a function"),
+        (lambda: distinct_n("a b a b", 1), TypeError, "list of texts"),
+        (lambda: ngrams(["a", "b"], True), TypeError, "n must be an integer"),
+        (lambda: ngrams("a b", 1), TypeError, "tokens must be a list of tokens, not a str"),
+        (lambda: clipped_matches(["a"], [["a"]], 1.0), TypeError, "n must be an integer"),
+        (lambda: clipped_matches("a b", [["a"]], 1), TypeError, "not a str"),
+        (lambda: clipped_matches(["a"], ["a b"], 1), TypeError, "not a str"),
+        (lambda: brevity_penalty(True, 3), TypeError, "candidate_length must be an integer"),
+        (lambda: brevity_penalty(2.5, 3), TypeError, "candidate_length must be an integer"),
+        (lambda: brevity_penalty(2, None), TypeError, "reference_length must be an integer"),
+        (lambda: brevity_penalty(-1, 3), ValueError, "candidate_length must be >= 0"),
+        (lambda: compared_length(5.0, [4, 6]), TypeError, "candidate_length must be an integer"),
+        (lambda: compared_length(5, [4, 6.0]), TypeError, "reference length must be an integer"),
+        (lambda: compared_length(5, 4), TypeError, "reference_lengths must be a list"),
+        (lambda: corpus_bleu(["a b"], ["a b"], max_order=True), TypeError, "max_order must be an integer"),
+        (lambda: corpus_bleu(["a b"], ["a b"], max_order=4.0), TypeError, "max_order must be an integer"),
+        (lambda: corpus_bleu(["a b"], ["a b"], smooth_value="0.1", smoothing="floor"), TypeError, "smooth_value"),
+        (lambda: corpus_bleu(["a b"], ["a b"], smooth_value=True, smoothing="floor"), TypeError, "smooth_value"),
+        (lambda: corpus_bleu(["a b"], ["a b"], smooth_value=-1.0, smoothing="floor"), ValueError, "smooth_value"),
+        (lambda: corpus_bleu(["a b"], ["a b"], smooth_value=math.nan, smoothing="floor"), ValueError, "smooth_value"),
+        (lambda: corpus_bleu(["a b"], ["a b"], effective_order="yes"), TypeError, "effective_order must be"),
+        (lambda: corpus_bleu(["a b"], ["a b"], tokenize=None), TypeError, "tokenize must be a function"),
+        (lambda: corpus_bleu(["a b"], "a b"), TypeError, "list of texts"),
+        (lambda: corpus_bleu(["a b"], None), TypeError, "list of texts"),
+        (lambda: sentence_bleu(3, ["a b"]), TypeError, "str or a list of tokens"),
+        (lambda: sentence_bleu("a b", ["a b"], max_order=1.5), TypeError, "max_order"),
+        (lambda: rouge_n("a b", "a b", n=True), TypeError, "n must be an integer"),
+        (lambda: rouge_n("a b", "a b", tokenize=3), TypeError, "tokenize must be a function"),
+        (lambda: rouge_n(None, "a b"), TypeError, "candidate must be a str"),
+        (lambda: rouge_l("a b", 3), TypeError, "reference must be a str"),
+        (lambda: rouge_l("a b", "a b", tokenize="x"), TypeError, "tokenize must be a function"),
+        (lambda: lcs_length("abc", ["a"]), TypeError, "not a str"),
+        (lambda: lcs_length(["a"], None), TypeError, "list of tokens"),
+        (lambda: self_bleu(TEXTS, max_order=True), TypeError, "max_order must be an integer"),
+        (lambda: self_bleu(TEXTS, max_order=0), ValueError, "max_order"),
+        (lambda: repeated_ending(["a"] * 6, min_repeats=True), TypeError, "min_repeats must be an integer"),
+        (lambda: repeated_ending(["a"] * 6, min_repeats=3.0), TypeError, "min_repeats must be an integer"),
+        (lambda: repeated_ending(["a"] * 6, max_phrase=True), TypeError, "max_phrase must be an integer or None"),
+        (lambda: repeated_ending(["a"] * 6, max_phrase=2.0), TypeError, "max_phrase must be an integer or None"),
+        (lambda: repeated_ending(["a"] * 6, max_phrase=0), ValueError, "max_phrase must be >= 1"),
+        (lambda: repeated_ending("a a a", 3), TypeError, "not a str"),
+        (lambda: repetition_rate(TEXTS, min_repeats=None), TypeError, "min_repeats must be an integer"),
+        (lambda: repetition_rate(TEXTS, tokenize=None), TypeError, "tokenize must be a function"),
+        (lambda: words(None), TypeError, "text must be a str"),
+        (lambda: words(["a", "b"]), TypeError, "text must be a str"),
+        (lambda: rouge_words(3), TypeError, "text must be a str"),
+    ],
+)
+def test_every_argument_checks_its_type(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_numpy_integers_are_integers():
+    import numpy as np
+
+    assert distinct_n(TEXTS, np.int64(2)) == distinct_n(TEXTS, 2)
+    assert brevity_penalty(np.int32(5), 10) == brevity_penalty(5, 10)
+    assert repeated_ending(["a", "b"] * 3, np.int64(3), np.int64(2)) == 2

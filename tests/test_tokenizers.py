@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -300,3 +302,100 @@ def test_load_refuses_another_kind(tmp_path: Path) -> None:
     CharTokenizer.train("abc").save(path)
     with pytest.raises(ValueError, match="char"):
         BPETokenizer.load(path)
+
+
+# --- What encode, decode and train accept ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_char() -> CharTokenizer:
+    return CharTokenizer.train(SMALL_TEXT)
+
+
+TOKENIZER_FIXTURES = ["small_char", "small_bpe", "small_fast"]
+
+
+@pytest.mark.parametrize("name", TOKENIZER_FIXTURES)
+def test_decode_takes_ids_as_a_list_a_tuple_an_array_or_a_1d_tensor(name: str, request: pytest.FixtureRequest) -> None:
+    tokenizer = request.getfixturevalue(name)
+    text = SMALL_TEXT[:80]
+    ids = tokenizer.encode(text)
+    forms = [torch.tensor(ids), torch.tensor(ids, dtype=torch.int32), tuple(ids), np.array(ids),
+             np.array(ids, dtype=np.int16), [np.int64(i) for i in ids], list(torch.tensor(ids))]
+    for form in forms:
+        assert tokenizer.decode(form) == text, type(form)
+    assert tokenizer.decode(torch.tensor(ids)[5:9]) == tokenizer.decode(ids[5:9])  # a slice of a generated row
+    assert tokenizer.decode(torch.tensor([], dtype=torch.long)) == tokenizer.decode([]) == ""
+
+
+@pytest.mark.parametrize("name", TOKENIZER_FIXTURES)
+@pytest.mark.parametrize(
+    "ids, error, match",
+    [
+        (torch.tensor([[1, 2], [3, 4]]), ValueError, r"1-D.*\(2, 2\)"),
+        (np.array([[1, 2]]), ValueError, r"1-D.*\(1, 2\)"),
+        (torch.tensor(3), ValueError, "1-D"),
+        (torch.tensor([1.0, 2.0]), TypeError, "integer"),
+        (np.array([1.0, 2.0]), TypeError, "integer"),
+        ([1.0, 2.0], TypeError, "integer"),
+        ([1, 2.5], TypeError, "integer"),
+        ([True, False], TypeError, "integer"),
+        (torch.tensor([True, False]), TypeError, "integer"),
+        ([1, None], TypeError, "integer"),
+        ("hello", TypeError, "not a str"),
+        (b"hello", TypeError, "bytes"),
+        (5, TypeError, r"\[5\]"),
+        (None, TypeError, "NoneType"),
+    ],
+)
+def test_decode_refuses_what_is_not_one_sequence_of_ids(name, ids, error, match, request) -> None:
+    with pytest.raises(error, match=match):
+        request.getfixturevalue(name).decode(ids)
+
+
+@pytest.mark.parametrize("name", TOKENIZER_FIXTURES)
+@pytest.mark.parametrize("text", [["The", " fox"], ("T",), b"The fox", None, 3, torch.tensor([1, 2])])
+def test_encode_takes_one_str(name, text, request) -> None:
+    with pytest.raises(TypeError, match="a str"):
+        request.getfixturevalue(name).encode(text)
+
+
+@pytest.mark.parametrize("cls", [BPETokenizer, FastBPETokenizer])
+@pytest.mark.parametrize("vocab_size", [True, 300.0, "300", None])
+def test_vocab_size_must_be_an_integer(cls, vocab_size) -> None:
+    with pytest.raises(TypeError, match="vocab_size must be an integer"):
+        cls.train(SMALL_TEXT, vocab_size)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: BPETokenizer.train(None, 300), TypeError, "text must be a str"),
+        (lambda: BPETokenizer.train(["some", "text"], 300), TypeError, "text must be a str"),
+        (lambda: FastBPETokenizer.train(b"some text", 300), TypeError, "text must be a str"),
+        (lambda: CharTokenizer.train(["a", "b"]), TypeError, "text must be a str"),
+        (lambda: BPETokenizer.train(SMALL_TEXT, 300, pattern=None), TypeError, "pattern must be a str"),
+        (lambda: BPETokenizer([(97.0, 98)]), TypeError, "integer"),
+        (lambda: BPETokenizer([(True, 98)]), TypeError, "integer"),
+        (lambda: BPETokenizer([(97, 98, 99)]), TypeError, "pairs"),
+        (lambda: BPETokenizer(None), TypeError, "pairs"),
+        (lambda: BPETokenizer([(-1, 98)]), ValueError, ">= 0"),
+        (lambda: CharTokenizer(None), TypeError, "list of distinct single characters"),
+        (lambda: CharTokenizer([1, 2]), TypeError, "list of distinct single characters"),
+    ],
+)
+def test_training_and_construction_check_their_arguments(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("name", TOKENIZER_FIXTURES)
+def test_token_bytes_takes_one_id(name, request) -> None:
+    tokenizer = request.getfixturevalue(name)
+    tokens = tokenizer.encode("The fox")
+    assert b"".join(tokenizer.token_bytes(t) for t in tokens) == b"The fox"
+    assert tokenizer.token_bytes(np.int64(tokens[0])) == tokenizer.token_bytes(tokens[0])
+    for bad, error in ((True, TypeError), (1.0, TypeError), (None, TypeError), (-1, ValueError),
+                       (tokenizer.vocab_size, ValueError)):
+        with pytest.raises(error, match="id"):
+            tokenizer.token_bytes(bad)
