@@ -25,6 +25,7 @@ import numbers
 import re
 import textwrap
 from collections.abc import Mapping
+from html import escape
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -189,10 +190,21 @@ def prose(template: str) -> Prose:
 
 
 # --- verdicts: the words a sentence needs, computed from the run ------------------------
-def _markdown_text(text: str):
+def md(text: str):
+    """``text`` as Markdown, for the prose's ``{name}`` placeholders (:func:`prose`): names of models and
+    settings, and sentences computed from a run."""
     from IPython.display import Markdown  # the chapters run in IPython
 
     return Markdown(text)
+
+
+def html_table(header: list[str], rows: list[list]):
+    """Rows of a table as HTML, for a cell's output (the book renders an output's Markdown without tables)."""
+    from IPython.display import HTML
+
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def than(value: float, reference: float, below: str = "lower", above: str = "higher", tolerance: float = 0.0):
@@ -204,8 +216,8 @@ def than(value: float, reference: float, below: str = "lower", above: str = "hig
     if tolerance < 0:
         raise ValueError(f"tolerance must be at least 0, not {tolerance}.")
     if abs(value - reference) <= tolerance:
-        return _markdown_text("about the same")
-    return _markdown_text(below if value < reference else above)
+        return md("about the same")
+    return md(below if value < reference else above)
 
 
 def and_list(items) -> str:
@@ -226,7 +238,7 @@ def ordering(values: Mapping[str, float], fmt: str = ".3f", highest_first: bool 
     for (_, before), (name, value) in itertools.pairwise(items):
         sign = "=" if f"{value:{fmt}}" == f"{before:{fmt}}" else (">" if highest_first else "<")
         text += f" {sign} {name} ({value:{fmt}})"
-    return _markdown_text(text)
+    return md(text)
 
 
 def trend(values: Mapping[object, float], name: str = ""):
@@ -238,15 +250,15 @@ def trend(values: Mapping[object, float], name: str = ""):
     xs, ys = list(values), list(values.values())
     steps = [b - a for a, b in itertools.pairwise(ys)]
     if all(s == 0 for s in steps):
-        return _markdown_text("stays the same")
+        return md("stays the same")
     if all(s < 0 for s in steps):
-        return _markdown_text("falls at every step")
+        return md("falls at every step")
     if all(s > 0 for s in steps):
-        return _markdown_text("rises at every step")
+        return md("rises at every step")
     for turn in range(1, len(steps)):
         first, then = steps[:turn], steps[turn:]
         if all(s <= 0 for s in first) and all(s >= 0 for s in then):
-            return _markdown_text(f"falls until {name}{xs[turn]}, then rises")
+            return md(f"falls until {name}{xs[turn]}, then rises")
         if all(s >= 0 for s in first) and all(s <= 0 for s in then):
-            return _markdown_text(f"rises until {name}{xs[turn]}, then falls")
-    return _markdown_text("goes up and down")
+            return md(f"rises until {name}{xs[turn]}, then falls")
+    return md("goes up and down")

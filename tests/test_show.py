@@ -134,3 +134,12 @@ def test_ordering_ranks_whatever_the_run_gave():
 ])
 def test_trend_describes_the_shape_of_a_series(values, words):
     assert trend(values, "n = ").data == words
+
+
+def test_html_table_escapes_its_cells_and_md_is_markdown():
+    from lmbook.show import html_table, md
+
+    table = html_table(["model", "bits"], [["<GPT>", 1.5], ["a & b", 2]])
+    assert table.data == ("<table><thead><tr><th>model</th><th>bits</th></tr></thead><tbody>"
+                          "<tr><td>&lt;GPT&gt;</td><td>1.5</td></tr><tr><td>a &amp; b</td><td>2</td></tr></tbody></table>")
+    assert md("**x**")._repr_markdown_() == "**x**"

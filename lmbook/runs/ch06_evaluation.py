@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from html import escape
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,7 +22,7 @@ from ..data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_sp
 from ..interface import context_length, num_params
 from ..metrics import LN2, TextNLL, held_out_score, score_text, sliding_windows, token_nlls
 from ..ngram import NGramLM
-from ..show import than
+from ..show import html_table, md, than
 from . import Settings
 from .zoo import trained
 
@@ -74,14 +73,6 @@ REFERENCE_LOSS = {
 def texts(run: EvaluationRun) -> tuple[str, str]:
     """``(train, held_out)``: the training split and the held-out text every model is scored on."""
     return train_val_split(load_shakespeare())[0], held_out_text(run.heldout_chars)
-
-
-def md(text: str):
-    """``text`` as Markdown, for the prose's ``{name}`` placeholders (:func:`lmbook.show.prose`)
-    (the names of models and settings)."""
-    from IPython.display import Markdown
-
-    return Markdown(text)
 
 
 # --- The scoreboard ---------------------------------------------------------------------
@@ -159,15 +150,6 @@ def scoreboard(run: EvaluationRun, names=tuple(NEURAL), device=None) -> list[dic
                                                             for n in names]
 
 
-def table(header: list[str], rows: list[list]):
-    """Rows of a table as HTML, for a cell's output (the book renders an output's Markdown without tables)."""
-    from IPython.display import HTML
-
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-
 def scoreboard_table(rows: list[dict]):
     """The scoreboard as a table, best held-out bits per character first."""
     header = ["model", "tokens", "parameters", "held-out bits/char", "training-text bits/char",
@@ -178,7 +160,7 @@ def scoreboard_table(rows: list[dict]):
         cells.append([r["model"], r["tokens"], f"{r['params']:,}", f"{r['held_out'].bits_per_char:.3f}",
                       f"{r['train'].bits_per_char:.3f}", f"{r['held_out'].perplexity:.2f}", f"{r['seconds']:.1f} s",
                       f"{r['tokens_per_second']:,.0f}", ref])
-    return table(header, cells)
+    return html_table(header, cells)
 
 
 def tokenizer_facts(char_row: dict, bpe_row: dict) -> dict:

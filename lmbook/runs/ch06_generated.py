@@ -19,8 +19,8 @@ from .. import textmetrics
 from ..generate import generate
 from ..interface import context_length
 from ..metrics import TextNLL, protocol_stride, token_nlls
-from ..show import than, trend
-from .ch06_evaluation import BATCH, EvaluationRun, md, table
+from ..show import html_table, md, than, trend
+from .ch06_evaluation import BATCH, EvaluationRun
 
 
 # --- Continuations scored against the truth -------------------------------------------------
@@ -124,7 +124,7 @@ def sentence_bleu_zeros(outputs: list[str], truths: list[str]) -> dict[str, int]
 def scores_table(scores: dict[str, dict]):
     """The candidates' scores as a table (BLEU on sacrebleu's 0-100 scale)."""
     header = ["continuation", "BLEU (sacrebleu)", "BLEU (evaluate's canonical)", "ROUGE-1 F", "ROUGE-L F"]
-    return table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}", f"{s['rouge1']:.3f}",
+    return html_table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}", f"{s['rouge1']:.3f}",
                             f"{s['rougeL']:.3f}"] for kind, s in scores.items()])
 
 
@@ -206,7 +206,7 @@ def plot_diversity(sweep: dict[str, dict], axes=None):
 def diversity_table(sweep: dict[str, dict]):
     """The sweep as a table, one row a decoding setting and the held-out text last."""
     header = ["decoding", "perplexity of its own text", "distinct-1", "distinct-2", "self-BLEU", "ends in a loop"]
-    return table(header, [[name, f"{m['perplexity']:.2f}", f"{m['distinct_1']:.3f}", f"{m['distinct_2']:.3f}",
+    return html_table(header, [[name, f"{m['perplexity']:.2f}", f"{m['distinct_1']:.3f}", f"{m['distinct_2']:.3f}",
                            f"{m['self_bleu']:.3f}", f"{m['repetition']:.0%}"] for name, m in sweep.items()])
 
 
