@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import SequentialBatches
-from .interface import evaluating
+from .interface import context_length, device_of, evaluating
 from .tokenizers import bytes_of_token
 
 LN2 = math.log(2.0)  # nats in one bit
@@ -90,7 +90,7 @@ def split_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size
     streams, as by :class:`~lmbook.data.SequentialBatches`, read block by block with the state carried,
     so each token but the first few of a stream is predicted from everything before it in its stream.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     if carry_state:
         batches = SequentialBatches(data, block_size, batch_size, device)
         state, total = model.make_cache(batch_size), 0.0
@@ -179,22 +179,6 @@ class TextNLL:
         return out
 
 
-def context_of(model: nn.Module) -> int | None:
-    """The most tokens ``model`` reads at once; ``None`` when it has no limit (a recurrent model).
-
-    The book's models say it as ``model.context_length``; a ``transformers`` model as
-    ``config.n_positions`` (GPT-2) or ``config.max_position_embeddings``.
-    """
-    if hasattr(model, "context_length"):
-        return model.context_length
-    config = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Next-token logits (B, T, V) for ``idx`` (B, T), from a book model or a ``transformers`` causal LM."""
     out = model(idx)
@@ -264,11 +248,11 @@ def token_nlls(
         raise ValueError(f"ids must be one text, a 1-D sequence of token ids, not of shape {tuple(ids.shape)}.")
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise TypeError(f"ids must hold integer token ids, not {ids.dtype}.")
-    context, stride = _check_window(len(ids), context, stride, context_of(model))
+    context, stride = _check_window(len(ids), context, stride, context_length(model))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive whole number, not {batch_size!r}.")
     ids = ids.long()
-    device = next(model.parameters()).device
+    device = device_of(model)
     spans = sliding_windows(len(ids) - 1, context, stride)
     out = torch.empty(len(ids) - 1)
     with evaluating(model):
@@ -342,7 +326,7 @@ def _first_token_bytes(tokenizer, ids: list[int], text: str) -> bytes:
 
 def protocol_stride(model: nn.Module) -> int | None:
     """The stride of the book's protocol: a quarter of ``model``'s context (``None``: no limit, one window)."""
-    context = context_of(model)
+    context = context_length(model)
     return None if context is None else max(1, context // 4)
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from lmbook.gpt import GPT, GPTConfig
+from lmbook.interface import context_length
 from lmbook.metrics import (
     LN2,
     TextNLL,
     bits_per_byte,
     bits_per_char,
-    context_of,
     held_out_score,
     nats_to_bits,
     perplexity,
@@ -179,7 +179,7 @@ def test_models_without_a_context_limit_read_the_whole_text_at_once():
     torch.manual_seed(0)
     model = RNNLM(RNNConfig(vocab_size=65, n_embd=16, n_hidden=32, n_layer=1, cell="lstm")).eval()
     ids = torch.randint(0, 65, (101,))
-    assert context_of(model) is None
+    assert context_length(model) is None
     nll = token_nlls(model, ids)
     assert nll.mean().item() == pytest.approx(model(ids[None, :-1], ids[None, 1:])[1].item(), rel=1e-5)
     with pytest.raises(ValueError, match="stride"):

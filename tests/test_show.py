@@ -141,5 +141,6 @@ def test_html_table_escapes_its_cells_and_md_is_markdown():
 
     table = html_table(["model", "bits"], [["<GPT>", 1.5], ["a & b", 2]])
     assert table.data == ("<table><thead><tr><th>model</th><th>bits</th></tr></thead><tbody>"
-                          "<tr><td>&lt;GPT&gt;</td><td>1.5</td></tr><tr><td>a &amp; b</td><td>2</td></tr></tbody></table>")
+                          "<tr><td>&lt;GPT&gt;</td><td>1.5</td></tr>"
+                          "<tr><td>a &amp; b</td><td>2</td></tr></tbody></table>")
     assert md("**x**")._repr_markdown_() == "**x**"

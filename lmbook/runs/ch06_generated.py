@@ -124,8 +124,8 @@ def sentence_bleu_zeros(outputs: list[str], truths: list[str]) -> dict[str, int]
 def scores_table(scores: dict[str, dict]):
     """The candidates' scores as a table (BLEU on sacrebleu's 0-100 scale)."""
     header = ["continuation", "BLEU (sacrebleu)", "BLEU (evaluate's canonical)", "ROUGE-1 F", "ROUGE-L F"]
-    return html_table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}", f"{s['rouge1']:.3f}",
-                            f"{s['rougeL']:.3f}"] for kind, s in scores.items()])
+    return html_table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}",
+                                f"{s['rouge1']:.3f}", f"{s['rougeL']:.3f}"] for kind, s in scores.items()])
 
 
 def misleading_facts(scores: dict[str, dict]) -> dict:
