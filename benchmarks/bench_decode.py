@@ -1,6 +1,6 @@
 """Decoding speed of lmbook's generate against transformers' generate, on the same weights in the same process.
 
-Each shape gets random weights (seed 0), converted with ``lmbook.hf.to_hf``. Both decode greedily
+Each shape gets random weights (seed 0), converted with ``lmbook.models.hf.to_hf``. Both decode greedily
 from the same random prompt for ``--new-tokens`` tokens (no end token, so every row runs to the
 end) with their key/value caches; the ids are checked equal. The two run alternately, ``--repeats``
 times after one warm-up each, and the script prints the median and best tokens/s of each (new
@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.generate import generate  # noqa: E402
-from lmbook.gpt import GPT  # noqa: E402
-from lmbook.hf import to_hf  # noqa: E402
+from lmbook.decoding.generate import generate  # noqa: E402
+from lmbook.models.gpt import GPT  # noqa: E402
+from lmbook.models.hf import to_hf  # noqa: E402
 from lmbook.interface import num_params  # noqa: E402
-from lmbook.runs.ch03_gpt import named_config  # noqa: E402
+from lmbook.runs.common import named_config  # noqa: E402
 from lmbook.runtime import commit, environment, get_device  # noqa: E402
 
 SHAPES = ("shakespeare-char", "gpt2")  # chapter 3's full character GPT, and GPT-2 124M's shape

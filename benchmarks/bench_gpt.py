@@ -26,13 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.cudagraph import CapturedStep  # noqa: E402
-from lmbook.gpt import GPT  # noqa: E402
-from lmbook.runs.ch03_gpt import named_config  # noqa: E402
+from lmbook.training.cudagraph import CapturedStep  # noqa: E402
+from lmbook.models.gpt import GPT  # noqa: E402
+from lmbook.runs.common import named_config  # noqa: E402
 from lmbook.runs.ch07_sweep import flops_per_token  # noqa: E402
 from lmbook.runtime import autocast, commit, device_name, environment, get_device  # noqa: E402
-from lmbook.optim import make_optimizer  # noqa: E402
-from lmbook.train import TrainConfig  # noqa: E402
+from lmbook.training.optim import make_optimizer  # noqa: E402
+from lmbook.training.train import TrainConfig  # noqa: E402
 
 # Peak dense bf16 tensor-core rates in FLOP/s, from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "RTX 4090": 165e12}
@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
         torch.cuda.empty_cache()
 
     if not args.no_hf:
-        from lmbook.hf import to_hf
+        from lmbook.models.hf import to_hf
 
         torch.manual_seed(0)
         hf = to_hf(GPT(config))

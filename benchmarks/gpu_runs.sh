@@ -72,7 +72,7 @@ references)
     names=("$@")
     [ ${#names[@]} -gt 0 ] || names=(ch03 ch02 ch04 ch07)
     for name in "${names[@]}"; do
-        step 580 "$python" -m lmbook.reference record "$name" --level gpu --directory "$out"
+        step 580 "$python" -m lmbook.runs.reference record "$name" --level gpu --directory "$out"
     done
     ;;
 *)

@@ -42,12 +42,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.data import RandomBatches, shakespeare_chars  # noqa: E402
-from lmbook.gpt import GPT  # noqa: E402
-from lmbook.metrics import split_loss  # noqa: E402
-from lmbook.runs.ch03_gpt import named_config  # noqa: E402
+from lmbook.text.data import RandomBatches, shakespeare_chars  # noqa: E402
+from lmbook.models.gpt import GPT  # noqa: E402
+from lmbook.evaluation.metrics import split_loss  # noqa: E402
+from lmbook.runs.common import named_config  # noqa: E402
 from lmbook.runtime import commit, environment, get_device  # noqa: E402
-from lmbook.train import TrainConfig, estimate_loss, train  # noqa: E402
+from lmbook.training.train import TrainConfig, estimate_loss, train  # noqa: E402
 
 
 def since_start() -> float:

@@ -33,9 +33,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmbook.runs.ch03_gpt import RUNS, make_char_gpt, train_char_gpt  # noqa: E402
-from lmbook.metrics import split_loss  # noqa: E402
-from lmbook.data import shakespeare_chars  # noqa: E402
+from lmbook.runs.ch03_gpt import RUNS
+from lmbook.runs.common import make_char_gpt, train_char_gpt  # noqa: E402
+from lmbook.evaluation.metrics import split_loss  # noqa: E402
+from lmbook.text.data import shakespeare_chars  # noqa: E402
 from lmbook.runtime import commit, environment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speedrun-char-cpu"

@@ -2,12 +2,12 @@
 
 :class:`LanguageModel` is the interface that the GPT and its variants, the recurrent models, the
 masked-language-model encoder (which refuses a cache: it reads its whole input at once) and, through
-:class:`lmbook.ngram.NGramModel`, the count-based models meet:
+:class:`lmbook.models.ngram.NGramModel`, the count-based models meet:
 
 - ``model(idx, targets=None, cache=None) -> (logits, loss)``: token ids (B, T) give next-token logits
   (B, T, vocab) and, with targets, the mean cross-entropy over the targets that are not -1;
 - ``model.make_cache()`` and ``model(idx, cache=cache)``: incremental reading, for decoding
-  (:func:`lmbook.generate.generate` is the one generation entry point); the :class:`Cache` counts the
+  (:func:`lmbook.decoding.generate.generate` is the one generation entry point); the :class:`Cache` counts the
   positions it holds, follows beam search's surviving rows (``reorder``) and, where it can, forgets its
   last positions (``rollback``, for speculative decoding);
 - ``model.context_length``: the most tokens the model can see at once (``None``: no limit), and
@@ -18,7 +18,7 @@ masked-language-model encoder (which refuses a cache: it reads its whole input a
 Decoding, metrics and widgets use only this interface; ``tests/test_interface.py`` runs every model of
 the book through one conformance suite.
 
-:func:`lmbook.metrics.split_loss` is the one loss over a whole split, and :func:`num_params` the one way
+:func:`lmbook.evaluation.metrics.split_loss` is the one loss over a whole split, and :func:`num_params` the one way
 parameters are counted in every table of the book. :func:`evaluating` puts a model in evaluation mode
 for a block of code and restores its mode afterwards, even when the block fails.
 """
@@ -77,7 +77,7 @@ def check_model(model) -> None:
     if missing or not callable(model):
         raise TypeError(f"{type(model).__name__} is not a language model of the book: it lacks "
                         f"{', '.join(missing) or '__call__'} (see lmbook.interface.LanguageModel). A count-based "
-                        "model is wrapped by lmbook.ngram.NGramModel; a transformers model by lmbook.hf.")
+                        "model is wrapped by lmbook.models.ngram.NGramModel; a transformers model by lmbook.models.hf.")
 
 
 def context_length(model) -> int | None:

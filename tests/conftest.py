@@ -67,7 +67,7 @@ def no_network():
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     """The corpus from the cache folder only: the tests never download it; without it they skip."""
-    from lmbook.data import TINY_SHAKESPEARE, load_shakespeare
+    from lmbook.text.data import TINY_SHAKESPEARE, load_shakespeare
     from lmbook.runtime import DATA_VARIABLE, data_dir
 
     if not (data_dir() / TINY_SHAKESPEARE.filename).exists():

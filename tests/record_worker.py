@@ -7,9 +7,9 @@ import time
 
 import torch
 
-from lmbook.data import RandomBatches
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.train import TrainConfig, estimate_loss
+from lmbook.text.data import RandomBatches
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.train import TrainConfig, estimate_loss
 
 RECIPE_VERSION = "test 1"
 REFERENCE = {"cpu": {"steps": 60, "delay": 0.01}}  # each batch waits `delay` seconds: a kill lands mid-training

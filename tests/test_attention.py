@@ -1,4 +1,4 @@
-"""Attention written out (lmbook.attention) against PyTorch's fused kernel and the GPT's own layers."""
+"""Attention written out (lmbook.models.attention) against PyTorch's fused kernel and the GPT's own layers."""
 
 import math
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmbook.attention import (
+from lmbook.models.attention import (
     attention, attention_cost, attention_maps, causal_mask, merge_heads, order_test, self_attention,
     softmax_saturation, split_heads,
 )
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.mlm import Encoder
-from lmbook.variants import PostLNGPT, SinusoidalGPT, TokenIdPositionGPT, gpt_class, sinusoidal_table
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.mlm import Encoder
+from lmbook.models.variants import PostLNGPT, SinusoidalGPT, TokenIdPositionGPT, gpt_class, sinusoidal_table
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -140,7 +140,7 @@ def test_post_ln_block_normalises_the_residual_stream():
 @pytest.mark.parametrize("variant", [dict(position="sinusoidal"), dict(position="token-id"), dict(norm="post"),
                                      dict(causal=False)])
 def test_variants_other_than_gpt2s_are_refused_for_conversion(variant):
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     to_hf(gpt_class()(GPTConfig.preset("tiny")))
     with pytest.raises(ValueError, match="GPT-2 has no twin"):
@@ -179,10 +179,10 @@ def test_attention_cost_grows_quadratically_in_memory(monkeypatch):
     import itertools
     from types import SimpleNamespace
 
-    import lmbook.attention
+    import lmbook.models.attention
 
     clock = itertools.cycle([0.0, 0.5, 1.0, 1.25])  # timed calls of 0.5 and 0.25 seconds in turn
-    monkeypatch.setattr(lmbook.attention, "time", SimpleNamespace(perf_counter=clock.__next__))
+    monkeypatch.setattr(lmbook.models.attention, "time", SimpleNamespace(perf_counter=clock.__next__))
     cost = attention_cost(lengths=(32, 64), batch=1, n_head=2, head_size=8, repeats=2, device="cpu")
     written = cost["written out"]["bytes"]
     assert written == [2 * 2 * 32 * 32 * 4, 2 * 2 * 64 * 64 * 4]  # scores and weights, float32, B=1, nh=2
@@ -190,7 +190,8 @@ def test_attention_cost_grows_quadratically_in_memory(monkeypatch):
 
 
 def test_the_chapters_runs_build_models_and_training_configs():
-    from lmbook.runs.ch03_gpt import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS, make_char_gpt
+    from lmbook.runs.ch03_gpt import NORM_RUNS, POSITION_RUNS, RUNS, VARIANTS
+    from lmbook.runs.common import make_char_gpt
 
     for runs in (RUNS, POSITION_RUNS, NORM_RUNS):
         for run in runs.values():

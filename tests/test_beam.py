@@ -1,4 +1,4 @@
-"""lmbook.beam against an exhaustive search: with as many beams as there are partial sequences, beam search must
+"""Beam search against an exhaustive search: with as many beams as there are partial sequences, beam search must
 return the best hypotheses of all, ranked by ``sum log p / new_tokens ** length_penalty``, with their scores."""
 
 import itertools
@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmbook.beam import beam_search
-from lmbook.decoding import GenerationConfig
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.rnn import RNNLM, RNNConfig
+from lmbook.decoding.beam import beam_search
+from lmbook.decoding.shared import GenerationConfig
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.rnn import RNNLM, RNNConfig
 
 V, NEW = 3, 3  # three ids, three new tokens: 3 ** 2 = 9 partial sequences before the last step
 BEAMS = V ** (NEW - 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lmbook import reference
+from lmbook.runs import reference
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -112,7 +112,7 @@ def test_every_gpu_command_parses(part, tmp_path, monkeypatch):
     for argv in commands:
         if argv[:2] == ["-m", "pytest"]:
             assert "gpu" in argv
-        elif argv[:2] == ["-m", "lmbook.reference"]:
+        elif argv[:2] == ["-m", "lmbook.runs.reference"]:
             args = parse_only(reference.main, argv[2:], monkeypatch)
             assert args.command == "record" and args.chapter in reference.RECIPES and args.level == "gpu"
         else:

@@ -1,4 +1,4 @@
-"""lmbook.bias: counts on a small hand-made text, Wilson's interval, Zhao et al.'s amplification worked by hand."""
+"""Bias probes: counts on a small hand-made text, Wilson's interval, Zhao et al.'s amplification worked by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lmbook.bias import (
+from lmbook.evaluation.bias import (
     PRONOUNS,
     Association,
     amplification,
@@ -16,7 +16,7 @@ from lmbook.bias import (
     merge,
     wilson_interval,
 )
-from lmbook.embeddings import words
+from lmbook.models.embeddings import words
 
 # he: 4 mentions (he, his, He, him); she: 3 (she, her, She). Followers counted by hand below.
 TEXT = "He is brave and his sword is sharp. She is fair; her eyes are bright. He was bold, she was kind, and I saw him."

@@ -121,7 +121,7 @@ def corpus_or_exit() -> None:
     the one message that says what to do, instead of the same error once per notebook.
 
     It runs in a child process: this process refuses the network (tests/conftest.py), the notebooks do not."""
-    check = ("import sys\nfrom lmbook.data import DataUnavailableError, load_shakespeare\n"
+    check = ("import sys\nfrom lmbook.text.data import DataUnavailableError, load_shakespeare\n"
              "try:\n    load_shakespeare()\nexcept DataUnavailableError as err:\n    sys.exit(str(err))")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,

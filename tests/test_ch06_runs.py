@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from lmbook import textmetrics
-from lmbook.history import History
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.metrics import LN2, TextNLL, score_text, token_nlls
-from lmbook.ngram import NGramLM
+from lmbook.evaluation import textmetrics
+from lmbook.training.history import History
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.evaluation.metrics import LN2, TextNLL, score_text, token_nlls
+from lmbook.models.ngram import NGramLM
 from lmbook.runs import ch06_evaluation as ch06
 from lmbook.runs import ch06_generated as generated
-from lmbook.show import report
-from lmbook.tokenizers import CharTokenizer
+from lmbook.display.show import report
+from lmbook.text.tokenizers import CharTokenizer
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n") * 6
@@ -150,7 +150,7 @@ def test_a_crossing_is_found_between_evaluations_or_extrapolated_and_said_so():
 
 
 def test_the_crossover_sentences_follow_the_record():
-    from lmbook.reference import Record
+    from lmbook.runs.reference import Record
 
     def curve(bits):
         return History(eval_steps=list(range(4)), eval_loss={"val": [b * LN2 for b in bits]},
@@ -168,8 +168,8 @@ def test_the_crossover_sentences_follow_the_record():
 
 
 def test_the_ngram_is_scored_on_the_windows_the_record_evaluated(shakespeare):
-    from lmbook.data import shakespeare_chars
-    from lmbook.reference import Record
+    from lmbook.text.data import shakespeare_chars
+    from lmbook.runs.reference import Record
 
     record = Record("ch03", "cpu", {"eval_block": 8, "eval_batch": 3, "eval_iters": 2, "eval_seed": 5}, "hash")
     windows = ch06.record_windows(record)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lmbook.gpt import GPT
+from lmbook.models.gpt import GPT
 from lmbook.interface import num_params
 from lmbook.runs.ch07_questions import (
     EMBEDDING_RUNS,
@@ -20,7 +20,7 @@ from lmbook.runs.ch07_questions import (
     sample_words,
 )
 from lmbook.runs.ch07_sweep import SWEEP, non_embedding_params, size_sweep
-from lmbook.tokenizers import CharTokenizer
+from lmbook.text.tokenizers import CharTokenizer
 
 
 @pytest.mark.parametrize("size", ["full", "fast"])
@@ -92,11 +92,11 @@ def test_the_timeline_is_in_order_and_cites_the_bibliography():
 def test_recorded_rows_read_each_chapters_record(monkeypatch):
     import json
 
-    from lmbook.history import History
+    from lmbook.training.history import History
     from lmbook.runs import ch04_finetune
     from lmbook.runs import ch07_questions as ch07
 
-    from lmbook.reference import Record
+    from lmbook.runs.reference import Record
 
     environment = {"device": "NVIDIA H100"}
     recipe = json.loads(json.dumps(ch04_finetune.RUNS["fast"].to_dict()))  # as lmbook/references/*.json holds it

@@ -1,9 +1,9 @@
 """The chapters as readers meet them: every number in the prose comes from code, every chapter has its shape,
 and every reader (the book, Jupyter, Colab) sees the same text.
 
-*Truth.* A digit in the prose (a Markdown cell, or the template of a :func:`lmbook.show.prose` cell) must sit in
+*Truth.* A digit in the prose (a Markdown cell, or the template of a :func:`lmbook.display.show.prose` cell) must sit in
 math, in code, in a citation, in a ``{placeholder}`` (a number computed by the chapter's code and kept by
-:func:`lmbook.show.report`), or match one of the few ``ALLOWED`` patterns below, each with its reason.
+:func:`lmbook.display.show.report`), or match one of the few ``ALLOWED`` patterns below, each with its reason.
 Verdicts (orderings, winners, directions) are not digits; they are computed words, quoted the same way.
 
 *Everywhere the same.* Jupyter and Colab render Markdown, not MyST: a glue or cite role, a directive or a
@@ -13,7 +13,7 @@ text (``Vaswani et al. (2017)``) that names an entry of ``references.bib``, whic
 
 *Shape.* Every chapter opens with a title and what the reader will learn, ends with a summary and
 exercises, and hides each solution in an HTML ``<details>`` block (closed in the book, in Jupyter and in
-Colab alike). Package code is shown by :func:`lmbook.show.show_source` from the installed package, not
+Colab alike). Package code is shown by :func:`lmbook.display.show.show_source` from the installed package, not
 by ``literalinclude``, which only the book's build understands.
 
 *Colab.* The setup cell installs the package from the branch that the launch buttons open the notebooks
@@ -31,7 +31,7 @@ import pytest
 from test_book import CONFIG, EXEC, NOTEBOOKS, ROOT, SETUP_CELL, notebook_id
 
 import lmbook
-from lmbook.show import PLACEHOLDER  # a result quoted by prose(): {val_loss:.2f}
+from lmbook.display.show import PLACEHOLDER  # a result quoted by prose(): {val_loss:.2f}
 
 # Digits allowed outside math, code, citations and glue roles, each with its reason.
 ALLOWED = [
@@ -127,8 +127,8 @@ def test_numbers_in_the_prose_come_from_code(path):
     found = [(i, n) for i, cell in enumerate(markdown_cells(path)) for n in typed_numbers(cell)]
     assert not found, (
         f"{path.relative_to(ROOT)}: numbers typed in the prose (prose cell: words around each). Quote them from "
-        "the code that computes or sets them (lmbook.show.report, then {name} in a prose() cell), put a formula "
-        "in math, or, for a name, "
+        "the code that computes or sets them (lmbook.display.show.report, then {name} in a prose() cell), put a "
+        "formula in math, or, for a name, "
         "extend ALLOWED in tests/test_chapters.py with a reason:\n" + "\n".join(f"  [{i}] ...{n}..." for i, n in found)
     )
 
@@ -139,7 +139,7 @@ def test_results_reach_the_prose_through_report_and_prose(path):
     bare = [i for i, source in enumerate(code_cells(path)) if re.search(r"(?<![\w.])glue\(|\bmyst_nb\b", source)]
     assert not bare, (
         f"{path.relative_to(ROOT)}: code cells {bare} use myst-nb's glue; keep results with "
-        "lmbook.show.report({...}) and quote them in a prose() cell"
+        "lmbook.display.show.report({...}) and quote them in a prose() cell"
     )
 
 
@@ -302,7 +302,7 @@ def test_no_construct_that_only_the_book_build_understands(path):
     problems = []
     for i, cell in enumerate(markdown_cells(path)):
         if re.search(r"\{literalinclude\}", cell):
-            problems.append(f"[{i}] literalinclude: show the code with lmbook.show.show_source in a code cell")
+            problems.append(f"[{i}] literalinclude: show the code with lmbook.display.show.show_source in a code cell")
         if re.search(r":::\{(?:admonition|dropdown)\}|:class: dropdown", cell):
             problems.append(f"[{i}] a MyST dropdown: write the solution in <details><summary>Solution</summary>")
     assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)

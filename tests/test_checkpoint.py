@@ -1,4 +1,4 @@
-"""lmbook.checkpoint: a damaged checkpoint is refused, never resumed from, and a bad path is refused before step 0."""
+"""Checkpoints: a damaged checkpoint is refused, never resumed from, and a bad path is refused before step 0."""
 
 import io
 import os
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmbook.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from lmbook.data import RandomBatches
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.train import TrainConfig, train
+from lmbook.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from lmbook.text.data import RandomBatches
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.train import TrainConfig, train
 
 DATA = (torch.arange(3000) * 7) % 65
 

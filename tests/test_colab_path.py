@@ -11,7 +11,7 @@ from test_chapters import what_a_plain_reader_sees
 
 @pytest.mark.book
 def test_notebooks_run_the_colab_way(capsys):
-    from lmbook.data import TINY_SHAKESPEARE
+    from lmbook.text.data import TINY_SHAKESPEARE
     from lmbook.runtime import DATA_VARIABLE, data_dir
 
     if not (ROOT / ".git").exists():

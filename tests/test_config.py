@@ -6,9 +6,9 @@ from dataclasses import FrozenInstanceError, dataclass
 import pytest
 
 from lmbook.config import Presets
-from lmbook.gpt import GPT, GPTConfig
+from lmbook.models.gpt import GPT, GPTConfig
 from lmbook.interface import num_params
-from lmbook.rnn import RNNLM, RNNConfig
+from lmbook.models.rnn import RNNLM, RNNConfig
 
 
 @dataclass
@@ -81,7 +81,7 @@ def test_the_model_presets_build_the_documented_models():
 
 
 def test_every_chapter_s_settings_are_frozen_presets_that_train():
-    from lmbook.runs import RunSettings, Settings
+    from lmbook.runs.common import RunSettings, Settings
     from lmbook.runs.ch02_rnn import RUNS as CH02
     from lmbook.runs.ch03_gpt import RUNS as CH03
 

@@ -1,11 +1,11 @@
-"""lmbook.data: the verified, cached corpus and the batches drawn from it."""
+"""lmbook.text.data: the verified, cached corpus and the batches drawn from it."""
 
 import hashlib
 
 import pytest
 import torch
 
-from lmbook.data import (
+from lmbook.text.data import (
     TINY_SHAKESPEARE,
     ChecksumError,
     DataUnavailableError,
@@ -79,7 +79,7 @@ def test_a_damaged_file_that_cannot_be_moved_is_reported(tmp_path, monkeypatch):
     def refuse(*args):
         raise PermissionError("read-only folder")
 
-    monkeypatch.setattr("lmbook.data.os.replace", refuse)
+    monkeypatch.setattr("lmbook.text.data.os.replace", refuse)
     with pytest.raises(ChecksumError, match="cannot be moved aside .*read-only"):
         load_shakespeare(tmp_path)
 
@@ -98,14 +98,15 @@ def test_a_missing_corpus_fails_once_with_one_message_and_no_socket_traceback(tm
     import traceback
 
     monkeypatch.setenv("LMBOOK_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr("lmbook.data.TINY_SHAKESPEARE", RemoteFile(
+    monkeypatch.setattr("lmbook.text.data.TINY_SHAKESPEARE", RemoteFile(
         TINY_SHAKESPEARE.filename, "http://127.0.0.1:9/input.txt", TINY_SHAKESPEARE.sha256))
     with pytest.raises(DataUnavailableError) as err:
         load_shakespeare()
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no "During handling ..." chain
     shown = "".join(traceback.format_exception(err.value))
     assert shown.count("Traceback") == 1 and "urllib" not in shown and "During handling" not in shown
-    assert shown.count("\nlmbook.data.DataUnavailableError: ") == 1 and "LMBOOK_DATA" in shown and "curl -L -o" in shown
+    assert shown.count("\nlmbook.text.data.DataUnavailableError: ") == 1
+    assert "LMBOOK_DATA" in shown and "curl -L -o" in shown
 
 
 def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):

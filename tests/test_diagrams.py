@@ -1,11 +1,11 @@
-"""lmbook.diagrams: each figure says what the model it is drawn from has, and beam search's tree is the search."""
+"""Diagrams: each figure says what the model it is drawn from has, and beam search's tree is the search."""
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from lmbook.attention import attention, causal_mask
-from lmbook.diagrams import (
+from lmbook.models.attention import attention, causal_mask
+from lmbook.display.diagrams import (
     attention_matrices,
     beam_search_tree,
     draw_beam_tree,
@@ -14,13 +14,13 @@ from lmbook.diagrams import (
     rnn_parts,
     rnn_unrolled,
 )
-from lmbook.finetune import SequenceClassifier
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.mlm import Encoder
-from lmbook.rnn import RNNLM, RNNConfig
-from lmbook.tokenizers import CharTokenizer
-from lmbook.variants import PostLNGPT
+from lmbook.training.finetune import SequenceClassifier
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.mlm import Encoder
+from lmbook.models.rnn import RNNLM, RNNConfig
+from lmbook.text.tokenizers import CharTokenizer
+from lmbook.models.variants import PostLNGPT
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.checkpoint import load_checkpoint
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.checkpoint import load_checkpoint
 from lmbook.runtime import world
-from lmbook.train import TrainConfig, train
+from lmbook.training.train import TrainConfig, train
 
 DATA = (torch.arange(4000) * 7 + torch.arange(4000) // 97) % 65
 STEPS, B, T = 4, 4, 16

@@ -1,4 +1,4 @@
-"""lmbook.embeddings: SGNS gradients against autograd, a skip-gram loss that falls, PPMI and SVD against the
+"""lmbook.models.embeddings: SGNS gradients against autograd, a skip-gram loss that falls, PPMI and SVD against the
 written-out formulas, neighbours against a brute-force search, and the errors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lmbook.embeddings import (
+from lmbook.models.embeddings import (
     UNK,
     SkipGram,
     SkipGramBatches,
@@ -26,7 +26,7 @@ from lmbook.embeddings import (
     svd_embeddings,
     words,
 )
-from lmbook.train import TrainConfig, train
+from lmbook.training.train import TrainConfig, train
 
 
 def two_topics(n_sentences: int = 400, seed: int = 0) -> list[str]:

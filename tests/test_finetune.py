@@ -1,4 +1,4 @@
-"""lmbook.finetune: examples encoded, the classification head, and chapter 4's pipeline at a tiny size."""
+"""lmbook.training.finetune: examples encoded, the classification head, and chapter 4's pipeline at a tiny size."""
 
 import dataclasses
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from lmbook.finetune import (
+from lmbook.training.finetune import (
     ExampleBatches,
     SequenceClassifier,
     accuracy,
@@ -14,8 +14,8 @@ from lmbook.finetune import (
     freeze_backbone,
     labelled_subset,
 )
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.mlm import Encoder
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.mlm import Encoder
 
 class Chars:
     """A stand-in tokenizer: one id per byte."""
@@ -79,7 +79,7 @@ def test_gradients_reach_the_backbone_only_in_full_fine_tuning():
 
 
 def test_classifier_learns_with_the_training_loop():
-    from lmbook.train import TrainConfig, train
+    from lmbook.training.train import TrainConfig, train
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(1, 20, (120, 8), generator=generator)

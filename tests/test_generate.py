@@ -1,4 +1,4 @@
-"""lmbook.generate: the one generation entry point, its settings, its cache and its errors.
+"""lmbook.decoding.generate: the one generation entry point, its settings, its cache and its errors.
 
 Agreement with transformers' generate on the same weights is in test_generate_parity.py.
 """
@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from lmbook.decoding import GenerationConfig, Reader
-from lmbook.generate import complete, generate, sample_next, stream
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.rnn import RNNLM, RNNConfig
-from lmbook.tokenizers import CharTokenizer
+from lmbook.decoding.shared import GenerationConfig, Reader
+from lmbook.decoding.generate import complete, generate, sample_next, stream
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.rnn import RNNLM, RNNConfig
+from lmbook.text.tokenizers import CharTokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -285,7 +285,7 @@ def test_long_outputs_grow_past_their_first_room_unchanged(model):
 
 
 def test_no_repeat_ngram_counts_no_ngram_that_covers_padding():
-    from lmbook.decoding import no_repeat_ngram
+    from lmbook.decoding.shared import no_repeat_ngram
 
     scores = torch.zeros(1, 9)
     padded = no_repeat_ngram(scores, torch.tensor([[0, 0, 7, 0]]), 2, torch.tensor([[0, 0, 1, 1]]))
@@ -306,7 +306,7 @@ def test_the_config_is_frozen_and_keywords_override_it(model):
     assert not GenerationConfig(max_new_tokens=1, num_beams=2).sampling
 
 
-# --- The weights' layout while a CPU decodes (lmbook.decoding.weights_in_out) ----------------------
+# --- The weights' layout while a CPU decodes (lmbook.decoding.shared.weights_in_out) ----------------------
 def test_decoding_leaves_every_weight_as_it_found_it():
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
@@ -346,7 +346,7 @@ def test_decoding_in_between_does_not_change_training():
 
 
 def test_layout_is_restored_after_an_error_and_left_alone_in_inference_mode():
-    from lmbook.decoding import weights_in_out
+    from lmbook.decoding.shared import weights_in_out
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
@@ -363,16 +363,16 @@ def test_layout_is_restored_after_an_error_and_left_alone_in_inference_mode():
 
 
 def test_several_rows_keep_the_layout_as_it_is(monkeypatch):
-    import lmbook.decoding
-    import lmbook.generate
+    import lmbook.decoding.shared
+    import lmbook.decoding.generate
 
     seen = []
 
     def spy(model, rows=1):
         seen.append(rows)
-        return lmbook.decoding.weights_in_out(model, rows)
+        return lmbook.decoding.shared.weights_in_out(model, rows)
 
-    monkeypatch.setattr(lmbook.generate, "weights_in_out", spy)
+    monkeypatch.setattr(lmbook.decoding.generate, "weights_in_out", spy)
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
     generate(model, torch.tensor([[1, 2], [3, 4]]), 3, do_sample=False)
@@ -380,5 +380,5 @@ def test_several_rows_keep_the_layout_as_it_is(monkeypatch):
     generate(model, torch.tensor([1, 2]), 3, num_return_sequences=2, seed=0)
     generate(model, torch.tensor([1, 2]), 3, do_sample=False)
     assert seen == [2, 3, 2, 1]
-    with lmbook.decoding.weights_in_out(model, rows=2):
+    with lmbook.decoding.shared.weights_in_out(model, rows=2):
         assert model.h[0].attn.c_attn.weight.is_contiguous()

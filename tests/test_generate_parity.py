@@ -1,6 +1,6 @@
 """lmbook's decoding against transformers' ``generate`` and logits processors, on the same weights.
 
-A GPT of odd sizes (vocabulary 67, head size 16, 3 layers) is converted with ``lmbook.hf.to_hf``.
+A GPT of odd sizes (vocabulary 67, head size 16, 3 layers) is converted with ``lmbook.models.hf.to_hf``.
 Its logits agree with ``GPT2LMHeadModel``'s to about 1e-7, not bit for bit, so greedy and beam
 search agree on ids (no near ties at these seeds) and beam scores agree to float rounding.
 Seeded sampling draws the same ids where the random draws line up: both draw one
@@ -24,11 +24,11 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from lmbook.decoding import no_repeat_ngram, repetition_penalty, top_k_filter, top_p_filter
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.hf import to_hf
-from lmbook.tokenizers import CharTokenizer
+from lmbook.decoding.shared import no_repeat_ngram, repetition_penalty, top_k_filter, top_p_filter
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.hf import to_hf
+from lmbook.text.tokenizers import CharTokenizer
 
 V = 67
 
@@ -181,7 +181,7 @@ def test_top_p_equals_transformers_with_ties(p):
 
 
 def test_temperature_then_top_k_then_top_p_equals_transformers_chain():
-    from lmbook.decoding import GenerationConfig, process_scores
+    from lmbook.decoding.shared import GenerationConfig, process_scores
 
     logits = tied_logits(seed=2) + torch.randn(64, V, generator=torch.Generator().manual_seed(3))
     ids = torch.randint(0, V, (64, 12), generator=torch.Generator().manual_seed(4))

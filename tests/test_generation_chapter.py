@@ -1,4 +1,4 @@
-"""Chapter 5's experiments (lmbook.runs.ch05_generation) and figures (lmbook.decoding_viz), on a tiny GPT."""
+"""Chapter 5's experiments (lmbook.runs.ch05_generation) and figures (lmbook.display.decoding_viz), on a tiny GPT."""
 
 import math
 
@@ -6,13 +6,13 @@ import matplotlib
 import pytest
 import torch
 
-from lmbook.decoding import GenerationConfig, process_scores
-from lmbook.decoding_viz import plot_cache_speed, plot_filters, tokens_html
-from lmbook.generate import stream
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.metrics import token_nlls
+from lmbook.decoding.shared import GenerationConfig, process_scores
+from lmbook.display.decoding_viz import plot_cache_speed, plot_filters, tokens_html
+from lmbook.decoding.generate import stream
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.evaluation.metrics import token_nlls
 from lmbook.runs import ch05_generation as ch05
-from lmbook.tokenizers import CharTokenizer
+from lmbook.text.tokenizers import CharTokenizer
 
 matplotlib.use("Agg")
 RUN = ch05.RUNS["fast"].replace(n_prompts=3, prompt_length=6, new_tokens=12, num_beams=2, cache_layers=1,
@@ -100,7 +100,7 @@ def test_the_figures_draw(model, tokenizer):
 
 
 def test_speculative_speed_reports_passes_and_checks_the_text(model, monkeypatch):
-    from lmbook.speculative import lookup_draft
+    from lmbook.decoding.speculative import lookup_draft
 
     fake_clock(monkeypatch, 0.0, 0.5)  # each way decodes the three prompts in half a second
     prompts = torch.randint(0, 65, (3, 6), generator=torch.Generator().manual_seed(0))

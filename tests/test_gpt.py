@@ -1,13 +1,13 @@
-"""The GPT of lmbook.gpt: shapes, causality, initial loss, learning, and the KV cache."""
+"""The GPT of lmbook.models.gpt: shapes, causality, initial loss, learning, and the KV cache."""
 
 import math
 
 import pytest
 import torch
 
-from lmbook.gpt import GPT, PRESETS, GPTConfig
+from lmbook.models.gpt import GPT, PRESETS, GPTConfig
 from lmbook.interface import evaluating, num_params
-from lmbook.mlm import Encoder
+from lmbook.models.mlm import Encoder
 
 
 def tiny(**overrides) -> GPT:
@@ -74,7 +74,7 @@ def test_the_forward_pass_is_gpt2_written_out():
 
 
 def test_the_blocks_are_torch_s_own_layers_and_transformers_gpt2():
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     model = tiny().eval()
     idx = torch.randint(0, 65, (2, 12))
@@ -233,7 +233,7 @@ def test_ids_that_are_not_a_batch_of_integers_are_refused():
 
 @pytest.mark.parametrize("bad", [65, -1, 1000])
 def test_ids_outside_the_vocabulary_are_refused_by_both_kinds_of_model(bad):
-    from lmbook.rnn import RNNLM, RNNConfig
+    from lmbook.models.rnn import RNNLM, RNNConfig
 
     torch.manual_seed(0)
     for model in (tiny(), RNNLM(RNNConfig.preset("tiny"))):

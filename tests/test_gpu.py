@@ -6,11 +6,11 @@ Marked ``gpu``: skipped on machines without CUDA (CI has none).
 import pytest
 import torch
 
-from lmbook.data import RandomBatches
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.optim import make_optimizer
-from lmbook.train import TrainConfig, train
+from lmbook.text.data import RandomBatches
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.optim import make_optimizer
+from lmbook.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.gpu
 DATA = (torch.arange(20000) * 7 + torch.arange(20000) // 97) % 65
@@ -29,8 +29,8 @@ def test_bf16_training_learns_on_cuda(compile):
 
 @pytest.mark.parametrize("kind", ["random", "mlm", "examples"])
 def test_batches_on_cuda_are_the_cpu_batches(kind):
-    from lmbook.finetune import ExampleBatches
-    from lmbook.mlm import MLMBatches
+    from lmbook.training.finetune import ExampleBatches
+    from lmbook.models.mlm import MLMBatches
 
     examples = torch.where(torch.arange(64)[None] < torch.arange(1, 41)[:, None], DATA[:64], -1)  # (40, 64), padded
     make = {
@@ -105,7 +105,7 @@ def test_cuda_graph_resumes_from_a_checkpoint(tmp_path, first):
 
 
 def test_cuda_graph_refuses_a_new_batch_shape():
-    from lmbook.cudagraph import CapturedStep
+    from lmbook.training.cudagraph import CapturedStep
 
     model = GPT(GPTConfig.preset("tiny")).cuda()
     optimizer = make_optimizer(model, TrainConfig(cuda_graph=True), torch.device("cuda"))

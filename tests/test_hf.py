@@ -1,4 +1,4 @@
-"""lmbook.hf: our GPT and transformers' GPT2LMHeadModel compute the same thing, both ways round."""
+"""lmbook.models.hf: our GPT and transformers' GPT2LMHeadModel compute the same thing, both ways round."""
 
 import os
 
@@ -15,8 +15,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
-from lmbook.gpt import GPT, GPTConfig  # noqa: E402
-from lmbook.hf import TokenBlocks, from_hf, load_gpt2, make_trainer, to_hf, to_hf_config, training_losses  # noqa: E402
+from lmbook.models.gpt import GPT, GPTConfig  # noqa: E402
+from lmbook.models.hf import (  # noqa: E402
+    TokenBlocks, from_hf, load_gpt2, make_trainer, to_hf, to_hf_config, training_losses)
 
 CONFIG = GPTConfig(vocab_size=97, block_size=24, n_layer=3, n_head=4, n_embd=48, dropout=0.0)
 
@@ -203,7 +204,7 @@ def test_load_gpt2_without_a_network_says_so_at_once_in_one_line(offline_hub, mo
 def test_hub_reachable_tries_the_endpoint_once(monkeypatch):
     import socket
 
-    from lmbook.hf import hub_reachable
+    from lmbook.models.hf import hub_reachable
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
@@ -223,7 +224,7 @@ def test_load_gpt2_missing_directory(tmp_path):
 def test_trainer_round_trip_gives_the_same_logits(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    from lmbook.tokenizers import FastBPETokenizer
+    from lmbook.text.tokenizers import FastBPETokenizer
 
     text = "To be, or not to be, that is the question. Whether 'tis nobler in the mind to suffer. " * 20
     tokenizer = FastBPETokenizer.train(text, 300)
@@ -268,7 +269,7 @@ def test_token_blocks():
 
 
 def test_only_gpt2s_architecture_converts():
-    from lmbook.mlm import Encoder
+    from lmbook.models.mlm import Encoder
 
     with pytest.raises(ValueError, match="GPT-2 has no twin for a Encoder"):
         to_hf(Encoder(CONFIG))

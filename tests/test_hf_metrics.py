@@ -1,4 +1,4 @@
-"""Tests for lmbook.hf_metrics: evaluate metrics that run with the network cut and no Hub cache, and give
+"""Tests for lmbook.evaluation.hf_metrics: evaluate metrics that run with the network cut and no Hub cache, and give
 the numbers of the libraries they wrap (sacrebleu, rouge_score) and of lmbook's written-out measures."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from lmbook import hf_metrics, textmetrics
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.metrics import score_text
-from lmbook.tokenizers import CharTokenizer, FastBPETokenizer
+from lmbook.evaluation import hf_metrics, textmetrics
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.evaluation.metrics import score_text
+from lmbook.text.tokenizers import CharTokenizer, FastBPETokenizer
 
 PREDICTIONS = ["The cat sat on the mat by the door.", "It was the best of times, it was the worst."]
 REFERENCES = [["The cat was sitting on the mat near the door.", "A cat sat on the mat."],
@@ -122,7 +122,7 @@ def test_perplexity_slides_a_window_over_each_text(tmp_path):
 
 def test_perplexity_of_a_local_transformers_model(tmp_path):
     """A model saved by save_pretrained is read from its folder, never from the Hub."""
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     bpe = FastBPETokenizer.train(TEXT, 300)
     torch.manual_seed(0)
@@ -261,7 +261,7 @@ CHINESE = "语言模型给每一段文字一个概率。" * 3  # 45 characters, 
 
 def test_perplexity_of_chinese_text_under_a_byte_level_bpe(tmp_path):
     """An English BPE reads Chinese byte by byte: its first token, byte e8, is a third of a character."""
-    from lmbook.tokenizers import BPETokenizer
+    from lmbook.text.tokenizers import BPETokenizer
 
     bpe = BPETokenizer.train(TEXT, 270)
     ids = bpe.encode(CHINESE)
@@ -280,7 +280,7 @@ def test_perplexity_of_chinese_text_under_a_byte_level_bpe(tmp_path):
 def test_perplexity_of_chinese_text_under_a_local_transformers_model(tmp_path):
     """The same through a folder written by save_pretrained: transformers' tokenizer decodes byte e8 alone to U+FFFD
     too, and the first token's bytes are read from its byte-level alphabet."""
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     bpe = FastBPETokenizer.train(TEXT, 300)
     torch.manual_seed(0)

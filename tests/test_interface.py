@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
 from lmbook.interface import Cache, LanguageModel, check_model
-from lmbook.lora import apply_lora
-from lmbook.mlm import Encoder
-from lmbook.ngram import NGramLM, NGramModel
-from lmbook.rnn import RNNLM, RNNConfig
-from lmbook.tokenizers import CharTokenizer
-from lmbook.variants import gpt_class
+from lmbook.models.lora import apply_lora
+from lmbook.models.mlm import Encoder
+from lmbook.models.ngram import NGramLM, NGramModel
+from lmbook.models.rnn import RNNLM, RNNConfig
+from lmbook.text.tokenizers import CharTokenizer
+from lmbook.models.variants import gpt_class
 
 V = 23
 TEXT = "the cat sat on the mat; a bat and a rat ate the hat.\n" * 3

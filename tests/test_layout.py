@@ -10,10 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lmbook"
-# What a concept module may not import: the training loop and what is built on it.
-ABOVE_CONCEPTS = {"train", "optim", "cudagraph", "checkpoint", "runs", "reference"}
-# The modules above the concepts (they may import anything below them).
-UPPER = {"train", "optim", "cudagraph", "checkpoint", "history", "reference", "__init__"}
+# The package's groups, lowest first: each imports only its own group and those before it. "base" is the
+# modules at the top (runtime, config, interface); evaluation is written against the model interface alone.
+LAYERS = ("base", "text", "evaluation", "models", "training", "decoding", "display", "runs")
 MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_LINE = 80, 400, 120
 
 
@@ -21,38 +20,64 @@ def modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def concept_modules() -> list[Path]:
-    return [p for p in modules() if p.parent == PACKAGE and p.stem not in UPPER]
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imported_lmbook_modules(path: Path, package: Path = PACKAGE) -> set[str]:
-    """The first component under ``lmbook`` of every module ``path`` imports (relative or absolute)."""
+    """The full name of every lmbook module (or name in one) that ``path`` imports, relative or absolute."""
+    here = module_name(path, package).split(".")
+    if path.stem != "__init__":
+        here = here[:-1]  # the package the module is in
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            name = node.module or ""
-            if node.level == 1 and path.parent == package:
-                parts = name.split(".") if name else [alias.name for alias in node.names]
-                found.add(parts[0])
-            elif name.startswith("lmbook."):
-                found.add(name.split(".")[1])
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            if name == "lmbook" or name.startswith("lmbook."):
+                found |= {f"{name}.{a.name}" for a in node.names} if not node.module else {name}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("lmbook.")}
+            found |= {a.name for a in node.names if a.name.startswith("lmbook.")}
     return found
 
 
-@pytest.mark.parametrize("path", concept_modules(), ids=lambda p: p.stem)
-def test_concept_modules_import_neither_the_training_loop_nor_the_runs(path):
-    wrong = imported_lmbook_modules(path) & ABOVE_CONCEPTS
-    assert not wrong, f"lmbook/{path.name} is a concept module but imports {sorted(wrong)}: move such code to runs/"
+def layer_of(name: str) -> str:
+    """The group of a module's full name: ``lmbook.models.gpt`` is in models, ``lmbook.runtime`` in base."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_each_group_imports_only_the_groups_below_it(path):
+    own = LAYERS.index(layer_of(module_name(path)))
+    above = sorted(n for n in imported_lmbook_modules(path) if LAYERS.index(layer_of(n)) > own)
+    assert not above, (f"{module_name(path)} ({LAYERS[own]}) imports {above}, from groups above its own: "
+                       f"the order is {' < '.join(LAYERS)}")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "runs").glob("*.py")), ids=lambda p: p.stem)
+def test_no_chapter_module_imports_another(path):
+    """What chapters share is in lmbook.runs.common; trained models of earlier chapters come through the zoo."""
+    if not (path.stem.startswith("ch") or path.stem == "quickstart"):
+        return
+    chapters = {n for n in imported_lmbook_modules(path)
+                if n.startswith("lmbook.runs.") and n.split(".")[2].startswith(("ch", "quickstart"))}
+    assert not chapters, f"{path.stem} imports {sorted(chapters)}: move what they share to lmbook.runs.common"
 
 
 def test_the_layout_check_sees_every_form_of_import(tmp_path):
     package = tmp_path / "lmbook"
-    package.mkdir()
-    (package / "concept.py").write_text("import torch\nfrom .train import train\nfrom . import runs\n"
-                                        "from lmbook.reference import load\nimport lmbook.gpt\n")
-    assert imported_lmbook_modules(package / "concept.py", package) == {"train", "runs", "reference", "gpt"}
+    (package / "models").mkdir(parents=True)
+    (package / "models" / "concept.py").write_text(
+        "import torch\nfrom ..training.train import train\nfrom .. import runs\nfrom . import gpt\n"
+        "from lmbook.runs.reference import load\nimport lmbook.display.viz\n")
+    assert imported_lmbook_modules(package / "models" / "concept.py", package) == {
+        "lmbook.training.train", "lmbook.runs", "lmbook.models.gpt", "lmbook.runs.reference", "lmbook.display.viz"}
+    assert [layer_of(n) for n in ("lmbook.runs", "lmbook.models.gpt", "lmbook.interface")] == ["runs", "models", "base"]
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: p.relative_to(PACKAGE).as_posix())

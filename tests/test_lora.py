@@ -1,4 +1,4 @@
-"""lmbook.lora: a zero update at first, only the adapters train, and merging changes nothing."""
+"""lmbook.models.lora: a zero update at first, only the adapters train, and merging changes nothing."""
 
 import io
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.lora import LoRALinear, apply_lora, count_parameters, merge_lora
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.lora import LoRALinear, apply_lora, count_parameters, merge_lora
 
 
 def tiny_gpt(seed=0) -> GPT:
@@ -175,7 +175,7 @@ def test_adapting_twice_or_a_tied_layer_is_refused():
 
 
 def test_an_adapted_model_does_not_convert_until_merged():
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))

@@ -1,4 +1,4 @@
-"""Tests for lmbook.metrics: perplexity and bits per character against their formulas; the sliding-window
+"""Tests for lmbook.evaluation.metrics: perplexity and bits per character against their formulas; the sliding-window
 method against one forward pass per token and against transformers on the same weights."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lmbook.gpt import GPT, GPTConfig
+from lmbook.models.gpt import GPT, GPTConfig
 from lmbook.interface import context_length
-from lmbook.metrics import (
+from lmbook.evaluation.metrics import (
     LN2,
     TextNLL,
     bits_per_byte,
@@ -142,7 +142,7 @@ def test_each_token_is_scored_with_its_window_context():
 
 def test_sliding_window_matches_transformers_on_converted_weights():
     """The same text scored by the GPT and by its GPT2LMHeadModel twin, and by transformers' own loss."""
-    from lmbook.hf import to_hf
+    from lmbook.models.hf import to_hf
 
     model, ids = tiny_gpt(3), torch.randint(0, 65, (101,), generator=torch.Generator().manual_seed(3))
     hf_model = to_hf(model).eval()
@@ -174,7 +174,7 @@ def test_sliding_window_matches_transformers_on_converted_weights():
 
 
 def test_models_without_a_context_limit_read_the_whole_text_at_once():
-    from lmbook.rnn import RNNLM, RNNConfig
+    from lmbook.models.rnn import RNNLM, RNNConfig
 
     torch.manual_seed(0)
     model = RNNLM(RNNConfig(vocab_size=65, n_embd=16, n_hidden=32, n_layer=1, cell="lstm")).eval()
@@ -187,7 +187,7 @@ def test_models_without_a_context_limit_read_the_whole_text_at_once():
 
 
 def test_score_text_counts_the_characters_it_predicted():
-    from lmbook.tokenizers import CharTokenizer, FastBPETokenizer
+    from lmbook.text.tokenizers import CharTokenizer, FastBPETokenizer
 
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 4
     chars = CharTokenizer.train(text)
@@ -230,8 +230,8 @@ def test_float_ids_are_refused():
 
 
 def test_the_books_protocol_reads_a_gpt_at_a_quarter_context_stride_and_an_rnn_in_one_pass():
-    from lmbook.rnn import RNNLM, RNNConfig
-    from lmbook.tokenizers import CharTokenizer
+    from lmbook.models.rnn import RNNLM, RNNConfig
+    from lmbook.text.tokenizers import CharTokenizer
 
     text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 3
     chars = CharTokenizer.train(text)
@@ -271,7 +271,7 @@ SPLIT = "语言" * 12
     ids=["chinese", "emoji", "a character and a part"],
 )
 def test_score_text_reads_text_whose_first_token_splits_a_character(train, text, first_bytes, chars):
-    from lmbook.tokenizers import BPETokenizer
+    from lmbook.text.tokenizers import BPETokenizer
 
     bpe = BPETokenizer.train(train, 260)
     ids = bpe.encode(text)

@@ -1,11 +1,11 @@
-"""lmbook.mlm: BERT's masking rates, next-sentence pairs, and filling a blank with either kind of model."""
+"""lmbook.models.mlm: BERT's masking rates, next-sentence pairs, and filling a blank with either kind of model."""
 
 import pytest
 import torch
 
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.mlm import Encoder, Masking, MLMBatches, fill_blank, mask_tokens, nsp_pairs
-from lmbook.tokenizers import CharTokenizer
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.mlm import Encoder, Masking, MLMBatches, fill_blank, mask_tokens, nsp_pairs
+from lmbook.text.tokenizers import CharTokenizer
 
 MASK, N_RANDOM = 1000, 1000
 

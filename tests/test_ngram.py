@@ -1,4 +1,4 @@
-"""Tests for lmbook.ngram: proper distributions, hand-computed probabilities, perplexity, sampling, errors."""
+"""Tests for lmbook.models.ngram: proper distributions, hand-computed probabilities, perplexity, sampling, errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from lmbook.metrics import bits_per_char, perplexity
-from lmbook.ngram import BOS, EOS, UNK, NGramConfig, NGramLM, count_ngrams, join_words, split_words
+from lmbook.evaluation.metrics import bits_per_char, perplexity
+from lmbook.models.ngram import BOS, EOS, UNK, NGramConfig, NGramLM, count_ngrams, join_words
+from lmbook.text.words import split_words
 
 # a b a c a b, padded for a bigram model: <s> a b a c a b </s>
 TINY = list("abacab")

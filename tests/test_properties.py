@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import lmbook
-from lmbook.data import RandomBatches, SequentialBatches, train_val_split
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.metrics import bits_per_char, perplexity
-from lmbook.rnn import RNNLM, RNNConfig
-from lmbook.tokenizers import BPETokenizer, CharTokenizer, FastBPETokenizer, UnknownCharacterError
-from lmbook.train import TrainConfig
+from lmbook.text.data import RandomBatches, SequentialBatches, train_val_split
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.evaluation.metrics import bits_per_char, perplexity
+from lmbook.models.rnn import RNNLM, RNNConfig
+from lmbook.text.tokenizers import BPETokenizer, CharTokenizer, FastBPETokenizer, UnknownCharacterError
+from lmbook.training.train import TrainConfig
 
 DOCUMENTED = (ValueError, TypeError, KeyError)
 PACKAGE = Path(lmbook.__file__).resolve().parent
@@ -219,7 +219,7 @@ def test_splits_keep_every_item_or_are_refused(text, fraction):
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 3), st.integers(0, 5), st.sampled_from([torch.long, torch.float32]))
 def test_training_on_odd_batches_learns_or_says_what_is_wrong(rows, length, dtype):
-    from lmbook.train import train
+    from lmbook.training.train import train
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", block_size=8))
@@ -262,7 +262,7 @@ def test_a_list_of_ids_and_a_tensor_of_them_decode_alike(prompt, new):
 @given(st.integers(1, 3), st.sampled_from([(1, 8), (2, 8), (3, 12), (4, 16)]), st.integers(5, 80),
        st.integers(2, 24), st.booleans())
 def test_conversion_to_transformers_and_back_keeps_the_logits(n_layer, heads_and_width, vocab, block, bias):
-    from lmbook.hf import from_hf, to_hf
+    from lmbook.models.hf import from_hf, to_hf
 
     n_head, n_embd = heads_and_width
     torch.manual_seed(0)
@@ -291,14 +291,14 @@ def test_perplexity_and_bits_are_sensible_or_refused(nll, n_chars):
 
 # --- (a) An argument that takes a list refuses a bare string, or reads it as a list of one ----------------
 def _lora_names(targets):
-    from lmbook.lora import apply_lora
+    from lmbook.models.lora import apply_lora
 
     torch.manual_seed(0)
     return apply_lora(GPT(GPTConfig.preset("tiny")), targets)
 
 
 def _textmetric(name):
-    from lmbook import textmetrics
+    from lmbook.evaluation import textmetrics
 
     return {"distinct_n": lambda texts: textmetrics.distinct_n(texts, n=1),
             "self_bleu": lambda texts: textmetrics.self_bleu(texts),
@@ -307,7 +307,7 @@ def _textmetric(name):
 
 
 def _metric(name):
-    from lmbook import hf_metrics
+    from lmbook.evaluation import hf_metrics
 
     metric = hf_metrics.load(name)
     if name in ("bleu", "rouge"):
@@ -403,39 +403,39 @@ def _generate(**changes):
 
 
 def _speculate(model=TINY, **changes):
-    from lmbook.speculative import lookup_draft, speculative_greedy
+    from lmbook.decoding.speculative import lookup_draft, speculative_greedy
 
     options = {"idx": [1, 2, 1, 2], "max_new_tokens": 3, "k": 2, **changes}
     return speculative_greedy(model, draft=lookup_draft(), **options)
 
 
 def _lookup(max_ngram):
-    from lmbook.speculative import lookup_draft
+    from lmbook.decoding.speculative import lookup_draft
 
     return lookup_draft(max_ngram)([1, 2, 3, 1, 2], 2)
 
 
 def _textmetrics():
-    from lmbook import textmetrics
+    from lmbook.evaluation import textmetrics
 
     return textmetrics
 
 
 def _metric_n(n):
-    from lmbook import hf_metrics
+    from lmbook.evaluation import hf_metrics
 
     return hf_metrics.load("distinct_n").compute(predictions=["a b a c"], n=n)
 
 
 def _score(**options):
-    from lmbook.metrics import score_text
+    from lmbook.evaluation.metrics import score_text
 
     model = GPT(GPTConfig.preset("tiny", vocab_size=BPE.vocab_size, block_size=8))
     return score_text(model, BPE, CORPUS, **options)
 
 
 def _lora(model=None, **options):
-    from lmbook.lora import apply_lora
+    from lmbook.models.lora import apply_lora
 
     return apply_lora(model if model is not None else GPT(GPTConfig.preset("tiny")), **options)
 
@@ -583,7 +583,7 @@ TRAINING_BUGS = {
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=TRAINING_BUGS.get(c, ())) for c in TRAINING_CASES])
 def test_a_refused_training_run_leaves_the_model_as_it_was(case, tmp_path, monkeypatch):
-    from lmbook.train import train
+    from lmbook.training.train import train
 
     batches, changes, evals = TRAINING_CASES[case]
     batches = batches or (lambda: (torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)))
@@ -647,7 +647,7 @@ SCORER = GPT(GPTConfig.preset("tiny", vocab_size=BPE.vocab_size, block_size=40))
 @example("😀 to be")
 @example("中文的句子")
 def test_score_text_counts_what_a_byte_level_bpe_predicts(text):
-    from lmbook.metrics import score_text
+    from lmbook.evaluation.metrics import score_text
 
     ids = BPE.encode(text)
     assume(2 <= len(ids) <= 41)

@@ -1,4 +1,4 @@
-"""lmbook.reference and lmbook.runs.recording: typed records read in one place, recipes hashed, recordings that
+"""lmbook.runs.reference and lmbook.runs.recording: typed records read in one place, recipes hashed, recordings that
 resume after a kill as if never stopped."""
 
 import fnmatch
@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lmbook import reference  # noqa: E402
-from lmbook.history import History  # noqa: E402
-from lmbook.reference import Record, RecordError  # noqa: E402
+from lmbook.runs import reference  # noqa: E402
+from lmbook.training.history import History  # noqa: E402
+from lmbook.runs.reference import Record, RecordError  # noqa: E402
 from lmbook.runs import recording  # noqa: E402
 from lmbook.runs.recording import Recording, RecordingError  # noqa: E402
 
@@ -119,14 +119,14 @@ def test_every_shipped_record_was_made_by_todays_recipe():
         assert (shipped.name, shipped.level) == (name, level), path.name
         assert shipped.recipe_hash == reference.current_recipe(name, level)[1], (
             f"{path.name} was recorded with another recipe than the code's today: record it again with "
-            f"python -m lmbook.reference record {name} --level {level}, or restore the recipe")
+            f"python -m lmbook.runs.reference record {name} --level {level}, or restore the recipe")
 
 
 def run_settings(value):
     """Every set of training settings inside a recipe's settings (a dict of them, or settings holding others)."""
     from dataclasses import fields, is_dataclass
 
-    from lmbook.runs import RunSettings
+    from lmbook.runs.common import RunSettings
 
     if isinstance(value, RunSettings):
         yield value
@@ -241,7 +241,7 @@ def test_a_recording_killed_mid_training_resumes_to_the_same_record(tmp_path, ca
     assert (work / "first.final.pt").exists() and not (work / "first.pt").exists()
     step = torch.load(work / "second.pt", weights_only=True)["step"]
     assert 0 < step < 60
-    from lmbook.train import TrainingRun
+    from lmbook.training.train import TrainingRun
 
     steps, one_step = [], TrainingRun.step
     monkeypatch.setattr(TrainingRun, "step", lambda self, lr: steps.append(lr) or one_step(self, lr))
@@ -285,7 +285,8 @@ def test_chapter_3s_cpu_recipe_runs_end_to_end_at_its_tiny_size(tmp_path, shakes
     assert "bits_per_char_in_order" in rec.results["runs"]["lstm"]
     assert rec.environment["threads"] == 1 and rec.environment["sessions"] == 1
     # what chapters 3 and 7 quote of it, and the figure
-    from lmbook.runs.ch03_gpt import equal_time_facts, plot_equal_time
+    from lmbook.runs.ch03_gpt import equal_time_facts
+    from lmbook.runs.common import plot_equal_time
 
     facts = equal_time_facts(rec)
     runs = rec.results["runs"]
@@ -305,7 +306,7 @@ def test_the_full_size_recipes_run_at_their_tiny_size_and_rerun_from_what_they_k
     """The GPU recipes end to end at their tiny size (samples and whole-split losses stubbed: they take the time),
     then again from the finished work folder: nothing trains twice and the record is the same."""
     from lmbook.runs import ch02_rnn, ch03_gpt, ch04_finetune
-    from lmbook.train import TrainingRun
+    from lmbook.training.train import TrainingRun
 
     for module in (ch02_rnn, ch03_gpt, ch04_finetune):
         monkeypatch.setattr(module, "complete", lambda model, tokenizer, prompt, *args, **kwargs: prompt + "...")
@@ -322,7 +323,7 @@ def test_the_full_size_recipes_run_at_their_tiny_size_and_rerun_from_what_they_k
 
 
 def test_every_record_layout_reads_as_the_same_typed_figures():
-    from lmbook.reference import Record, RunFigures
+    from lmbook.runs.reference import Record, RunFigures
 
     two = Record("ch02", "cpu", {}, "h", results={"runs": {
         "gru": {"params": 5, "val_loss": 1.5, "tokens_per_second": 9.0, "val_loss_split": 1.4,

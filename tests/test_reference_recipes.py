@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from lmbook import reference  # noqa: E402
-from lmbook.history import History  # noqa: E402
-from lmbook.reference import Record  # noqa: E402
+from lmbook.runs import reference  # noqa: E402
+from lmbook.training.history import History  # noqa: E402
+from lmbook.runs.reference import Record  # noqa: E402
 from lmbook.runs import recording  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def test_chapter_2s_recipe_records_the_cells_and_the_unclipped_rnn(tmp_path, sha
     assert facts["reference_steps"] == len(clipped.steps) and rec.describe() in facts["reference_verdict"].data
     assert f"{facts['reference_unclipped_bpc']:.3f} bits per character" in facts["reference_verdict"].data
     assert "No reference run is recorded" in reference_facts(None)["reference_verdict"].data
-    from lmbook.show import report
+    from lmbook.display.show import report
 
     report(facts)  # every name is one the prose can use
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmbook.checkpoint import CheckpointError, load_checkpoint
-from lmbook.data import RandomBatches
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.tokenizers import CharTokenizer
-from lmbook.train import TrainConfig, train
-from lmbook.variants import PostLNGPT
+from lmbook.training.checkpoint import CheckpointError, load_checkpoint
+from lmbook.text.data import RandomBatches
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.text.tokenizers import CharTokenizer
+from lmbook.training.train import TrainConfig, train
+from lmbook.models.variants import PostLNGPT
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -104,8 +104,8 @@ def test_every_training_setting_is_checked_where_it_enters(field, value):
 
 def test_a_recurrent_model_resumes_from_the_state_it_carried(tmp_path):
     """An RNN carries its hidden state from batch to batch: a checkpoint keeps it, so a resume continues exactly."""
-    from lmbook.data import SequentialBatches
-    from lmbook.rnn import RNNConfig, RNNLM
+    from lmbook.text.data import SequentialBatches
+    from lmbook.models.rnn import RNNConfig, RNNLM
 
     def run(steps: int, path=None, resume: bool = False) -> RNNLM:
         torch.manual_seed(0)

@@ -1,13 +1,14 @@
-"""lmbook.rnn and SequentialBatches: the written-out RNN, LSTM/GRU language models, truncated BPTT."""
+"""lmbook.models.rnn and SequentialBatches: the written-out RNN, LSTM/GRU language models, truncated BPTT."""
 
 import pytest
 import torch
 
-from lmbook.data import RandomBatches, SequentialBatches
-from lmbook.generate import generate
-from lmbook.metrics import split_loss
-from lmbook.rnn import CELLS, RNNLM, RNNConfig, SimpleRNN, input_gradient_norms, scale_recurrent_weights
-from lmbook.runs.ch02_rnn import RUNS, make_char_model, train_char_model
+from lmbook.text.data import RandomBatches, SequentialBatches
+from lmbook.decoding.generate import generate
+from lmbook.evaluation.metrics import split_loss
+from lmbook.models.rnn import CELLS, RNNLM, RNNConfig, SimpleRNN, input_gradient_norms, scale_recurrent_weights
+from lmbook.runs.ch02_rnn import RUNS
+from lmbook.runs.common import make_char_model, train_char_model
 
 DATA = (torch.arange(4000) * 7 + torch.arange(4000) // 97) % 65  # learnable: mostly "next = this + 7"
 

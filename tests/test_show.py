@@ -1,4 +1,4 @@
-"""lmbook.show: the package's source as a cell output; results kept by report and quoted by prose."""
+"""lmbook.display.show: the package's source as a cell output; results kept by report and quoted by prose."""
 
 import inspect
 import textwrap
@@ -7,27 +7,28 @@ import pytest
 import torch
 from IPython.display import Markdown
 
-from lmbook import show
-from lmbook.optim import lr_at
-from lmbook.show import and_list, fill, ordering, prose, report, show_source, source_markdown, source_of, than, trend
-from lmbook.train import TrainingRun
+from lmbook.display import show
+from lmbook.training.optim import lr_at
+from lmbook.display.show import (and_list, fill, ordering, prose, report, show_source, source_markdown, source_of, than,
+                                 trend)
+from lmbook.training.train import TrainingRun
 
 
 def test_the_source_is_the_installed_packages_own():
     where, code = source_of(TrainingRun.eager_step)
-    assert where == "lmbook/train.py: TrainingRun.eager_step"
+    assert where == "lmbook/training/train.py: TrainingRun.eager_step"
     assert code.startswith("def eager_step(")
     assert code == textwrap.dedent(inspect.getsource(TrainingRun.eager_step)).rstrip()
     markdown = source_markdown(lr_at)
-    assert markdown.startswith("`lr_at` in `lmbook/optim.py`:\n\n```python\ndef lr_at(")
+    assert markdown.startswith("`lr_at` in `lmbook/training/optim.py`:\n\n```python\ndef lr_at(")
     assert markdown.rstrip().endswith("```") and inspect.getsource(lr_at).strip() in markdown
 
 
 def test_show_source_renders_markdown_and_plain_text():
     shown = show_source(lr_at, TrainingRun.eager_step)
     markdown = shown._repr_markdown_()
-    assert markdown.count("```python") == 2 and "lmbook/train.py" in markdown
-    assert repr(shown).startswith("# lmbook/optim.py: lr_at\ndef lr_at(")
+    assert markdown.count("```python") == 2 and "lmbook/training/train.py" in markdown
+    assert repr(shown).startswith("# lmbook/training/optim.py: lr_at\ndef lr_at(")
 
 
 def test_a_fence_longer_than_any_backticks_inside():
@@ -137,7 +138,7 @@ def test_trend_describes_the_shape_of_a_series(values, words):
 
 
 def test_html_table_escapes_its_cells_and_md_is_markdown():
-    from lmbook.show import html_table, md
+    from lmbook.display.show import html_table, md
 
     table = html_table(["model", "bits"], [["<GPT>", 1.5], ["a & b", 2]])
     assert table.data == ("<table><thead><tr><th>model</th><th>bits</th></tr></thead><tbody>"

@@ -1,16 +1,16 @@
-"""lmbook.speculative: the model's greedy text whatever the draft proposes, fewer passes with a good draft."""
+"""lmbook.decoding.speculative: the model's greedy text whatever the draft proposes, fewer passes with a good draft."""
 
 import math
 
 import pytest
 import torch
 
-from lmbook.generate import generate
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.ngram import NGramLM
-from lmbook.rnn import RNNLM, RNNConfig
-from lmbook.speculative import lookup_draft, ngram_draft, speculative_greedy
-from lmbook.tokenizers import CharTokenizer
+from lmbook.decoding.generate import generate
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.ngram import NGramLM
+from lmbook.models.rnn import RNNLM, RNNConfig
+from lmbook.decoding.speculative import lookup_draft, ngram_draft, speculative_greedy
+from lmbook.text.tokenizers import CharTokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")

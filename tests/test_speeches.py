@@ -1,10 +1,10 @@
-"""lmbook.speeches: the corpus cut into speeches, held-out speeches, and the labelled tasks."""
+"""lmbook.text.speeches: the corpus cut into speeches, held-out speeches, and the labelled tasks."""
 
 import random
 
 import pytest
 
-from lmbook.speeches import order_examples, shuffle_words, speaker_share, speeches, split_corpus
+from lmbook.text.speeches import order_examples, shuffle_words, speaker_share, speeches, split_corpus
 
 TEXT = "\n\n".join(
     f"{name}:\n{line} number {i}\nand a second line {i}"

@@ -1,4 +1,4 @@
-"""Tests for lmbook.textmetrics: BLEU and ROUGE written out, checked piece by piece against sacrebleu and
+"""Tests for lmbook.evaluation.textmetrics: BLEU and ROUGE written out, checked piece by piece against sacrebleu and
 rouge_score on the same inputs; distinct-n, self-BLEU and repetition against counts done by hand."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 from sacrebleu.metrics.bleu import BLEU
 
-from lmbook.textmetrics import (
+from lmbook.evaluation.textmetrics import (
     EVALUATE_BLEU,
     brevity_penalty,
     clipped_matches,

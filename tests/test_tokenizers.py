@@ -1,4 +1,4 @@
-"""Tests for lmbook.tokenizers: round trips, errors, what BPE learns, save and load."""
+"""Tests for lmbook.text.tokenizers: round trips, errors, what BPE learns, save and load."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmbook.tokenizers import (
+from lmbook.text.tokenizers import (
     GPT2_PATTERN,
     BPETokenizer,
     CharTokenizer,

@@ -1,16 +1,16 @@
-"""The training loop of lmbook.train: schedule, exact resume, atomic checkpoints, clear failures."""
+"""The training loop of lmbook.training.train: schedule, exact resume, atomic checkpoints, clear failures."""
 
 import math
 
 import pytest
 import torch
 
-from lmbook.data import RandomBatches
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from lmbook.history import History
-from lmbook.optim import lr_at, make_optimizer
-from lmbook.train import NonFiniteLossError, TrainConfig, train
+from lmbook.text.data import RandomBatches
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from lmbook.training.history import History
+from lmbook.training.optim import lr_at, make_optimizer
+from lmbook.training.train import NonFiniteLossError, TrainConfig, train
 
 DATA = (torch.arange(5000) * 7 + torch.arange(5000) // 97) % 65  # learnable: mostly "next = this + 7"
 
@@ -61,7 +61,7 @@ def test_cuda_graph_settings_are_refused_before_any_step():
 
 
 def test_captured_step_refuses_a_cpu_model():
-    from lmbook.cudagraph import CapturedStep
+    from lmbook.training.cudagraph import CapturedStep
 
     net = model()
     optimizer = torch.optim.AdamW(net.parameters())
@@ -219,7 +219,7 @@ def test_early_stopping_stops_after_patience_evaluations():
 
 
 def test_restore_best_puts_back_the_weights_of_the_lowest_loss():
-    from lmbook.train import estimate_loss
+    from lmbook.training.train import estimate_loss
 
     drift = RandomBatches(DRIFT, block_size=16, batch_size=4, seed=5)
     state = drift.state_dict()
@@ -240,7 +240,7 @@ def test_early_stopping_needs_its_split():
 
 
 def test_arguments_of_the_wrong_kind_are_refused_before_any_step():
-    from lmbook.train import estimate_loss
+    from lmbook.training.train import estimate_loss
 
     drawn, source = [], batches()
 

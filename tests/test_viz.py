@@ -1,4 +1,4 @@
-"""lmbook.viz draws the data it is given: the plotted arrays, labels and images are checked, not only that a figure
+"""viz draws the data it is given: the plotted arrays, labels and images are checked, not only that a figure
 exists."""
 
 import matplotlib
@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lmbook.history import History  # noqa: E402
-from lmbook.viz import (  # noqa: E402
+from lmbook.training.history import History  # noqa: E402
+from lmbook.display.viz import (  # noqa: E402
     compare_histories,
     plot_attention,
     plot_attention_cost,

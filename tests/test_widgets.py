@@ -1,4 +1,4 @@
-"""The attention explorer of lmbook.widgets builds, reacts to its controls and refuses nothing it should accept.
+"""The attention explorer of lmbook.display.widgets builds, reacts to its controls and refuses nothing it should accept.
 
 ipywidgets is one of the package's requirements: without it these tests fail (they never skip)."""
 
@@ -10,17 +10,18 @@ import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lmbook.gpt import GPT, GPTConfig  # noqa: E402
-from lmbook.tokenizers import CharTokenizer  # noqa: E402
+from lmbook.models.gpt import GPT, GPTConfig  # noqa: E402
+from lmbook.text.tokenizers import CharTokenizer  # noqa: E402
 
 
 def test_explorer_offers_every_layer_and_head_and_redraws_for_new_text(monkeypatch):
-    import lmbook.widgets
-    from lmbook.attention import attention_maps
-    from lmbook.widgets import attention_explorer
+    import lmbook.display.widgets
+    from lmbook.models.attention import attention_maps
+    from lmbook.display.widgets import attention_explorer
 
     drawn = []  # (weights, tokens, title) of every figure the explorer draws
-    monkeypatch.setattr(lmbook.widgets, "plot_attention", lambda w, tokens, title: drawn.append((w, tokens, title)))
+    monkeypatch.setattr(lmbook.display.widgets, "plot_attention",
+                        lambda w, tokens, title: drawn.append((w, tokens, title)))
     tokenizer = CharTokenizer.train("ROMEO: What light through yonder window breaks? " * 2)
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, n_layer=3, block_size=16))
@@ -69,8 +70,8 @@ def small_gpt():
 
 
 def test_playground_streams_what_generate_and_stream_give(small_gpt):
-    from lmbook.generate import generate, stream
-    from lmbook.widgets import generation_playground
+    from lmbook.decoding.generate import generate, stream
+    from lmbook.display.widgets import generation_playground
 
     model, tokenizer = small_gpt
     box = generation_playground(model, tokenizer, prompt="ROMEO:", max_new_tokens=20, strategy="sampling",
@@ -106,7 +107,7 @@ def test_playground_streams_what_generate_and_stream_give(small_gpt):
 
 
 def test_playground_reports_bad_prompts_and_keeps_the_last_text(small_gpt):
-    from lmbook.widgets import generation_playground
+    from lmbook.display.widgets import generation_playground
 
     model, tokenizer = small_gpt
     box = generation_playground(model, tokenizer, prompt="JULIET:", max_new_tokens=5, strategy="greedy")

@@ -33,7 +33,7 @@ def test_a_model_is_trained_once_then_loaded_equal(tiny_zoo):
 
 def test_the_recipe_is_what_the_chapter_runs(tiny_zoo):
     """The zoo's model is the one chapter 3's own two calls make, weight for weight."""
-    from lmbook.data import shakespeare_chars
+    from lmbook.text.data import shakespeare_chars
 
     tokenizer, train_data, val_data = shakespeare_chars()
     model = ch03_gpt.make_char_gpt(TINY, tokenizer.vocab_size, "cpu")

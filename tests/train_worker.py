@@ -5,9 +5,9 @@ import sys
 
 import torch
 
-from lmbook.data import RandomBatches
-from lmbook.gpt import GPT, GPTConfig
-from lmbook.train import TrainConfig, train
+from lmbook.text.data import RandomBatches
+from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.training.train import TrainConfig, train
 
 STEPS = 150
 DATA = (torch.arange(5000) * 7 + torch.arange(5000) // 97) % 65

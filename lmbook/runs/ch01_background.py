@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Settings
+from .common import Settings
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,23 @@
 """Chapter 2's runs: RNN, LSTM and GRU language models on the characters of Tiny Shakespeare.
 
-Training reads the corpus in order (:class:`~lmbook.data.SequentialBatches`) and each model carries its
+Training reads the corpus in order (:class:`~lmbook.text.data.SequentialBatches`) and each model carries its
 state from batch to batch: truncated backpropagation through time, ``bptt`` characters at a time.
-:func:`record_gpu` is the chapter's reference recipe at both levels (``python -m lmbook.reference record ch02``).
+:func:`record_gpu` is the chapter's reference recipe at both levels (``python -m lmbook.runs.reference record ch02``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
-from ..data import RandomBatches, SequentialBatches, shakespeare_chars
-from ..generate import complete
-from ..history import History
-from ..metrics import split_loss
-from ..rnn import CELLS, NAMES, RNNLM, RNNConfig, input_gradient_norms, scale_recurrent_weights
-from ..runtime import get_device
-from . import RunSettings, trainer
+from ..text.data import RandomBatches, shakespeare_chars
+from ..decoding.generate import complete
+from ..training.history import History
+from ..evaluation.metrics import split_loss
+from ..models.rnn import CELLS, NAMES, RNNLM, input_gradient_norms, scale_recurrent_weights
+from .common import CharRun, IN_ORDER, make_char_model, train_char_model
 
 
-@dataclass(frozen=True)
-class CharRun(RunSettings):
-    """The sizes of the chapter's character-level runs: model shape, batches, training."""
-
-    n_layer: int
-    n_embd: int
-    n_hidden: int
-    dropout: float
-    bptt: int  # truncation length of backpropagation through time: the characters of one batch row
-    min_lr: float
-    grad_clip: float | None = 1.0
-
-    def model_config(self, cell: str, vocab_size: int) -> RNNConfig:
-        return RNNConfig(vocab_size, cell, self.n_layer, self.n_embd, self.n_hidden, self.dropout)
-
-    def train_settings(self) -> dict:
-        return {**super().train_settings(), "min_lr": self.min_lr, "grad_clip": self.grad_clip}
 
 
 RUNS = {
@@ -49,35 +30,7 @@ RUNS = {
 }
 TEMPERATURES = (0.5, 0.8, 1.0)
 PROBE = dict(block_size=100, batch_size=64, seed=0)  # the validation windows the gradient picture reads
-IN_ORDER = dict(block_size=250, batch_size=16, carry_state=True)  # how the table reads the split in order
 
-
-def make_char_model(cell: str, run: CharRun, vocab_size: int, device=None, seed: int = 0) -> RNNLM:
-    """A fresh :class:`~lmbook.rnn.RNNLM` with ``cell`` at the sizes of ``run``, initialised from ``seed``."""
-    torch.manual_seed(seed)
-    return RNNLM(run.model_config(cell, vocab_size)).to(device or get_device())
-
-
-def train_char_model(model: RNNLM, run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor,
-                     seed: int = 0, eval_batches: dict | None = None, rec=None, label: str | None = None,
-                     **changes) -> History:
-    """Train ``model`` in place at the sizes of ``run`` with :func:`lmbook.train.train`; returns its history.
-
-    Training reads :class:`~lmbook.data.SequentialBatches` and the model carries its state
-    from batch to batch; evaluation reads random windows from a zero state, as for the GPT
-    (``eval_batches`` replaces them). ``changes`` override fields of the :class:`~lmbook.train.TrainConfig`
-    (``grad_clip=None``, say). In a reference recipe, ``rec`` (a :class:`~lmbook.runs.recording.Recording`)
-    trains it under ``label`` (the cell's name by default), resumably.
-    """
-    device = next(model.parameters()).device
-    batches = SequentialBatches(train_data, run.bptt, run.batch_size, device)
-    eval_batches = eval_batches or {
-        "train": RandomBatches(train_data, run.bptt, run.batch_size, device, seed=seed + 1),
-        "val": RandomBatches(val_data, run.bptt, run.batch_size, device, seed=seed + 2),
-    }
-    model.reset_state()
-    config = run.train_config(**{"desc": NAMES[model.config.cell], "seed": seed, **changes})
-    return trainer(rec, label or model.config.cell)(model, batches, config, eval_batches)
 
 
 def train_cells(run: CharRun, train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int,
@@ -133,7 +86,7 @@ def record_gpu(rec) -> None:
     """Chapter 2's reference experiment: the three cells trained on Tiny Shakespeare for the same steps, the plain
     RNN once more without gradient clipping, then the gradient picture and samples of each.
 
-    Recorded by ``python -m lmbook.reference record ch02 --level gpu`` (the full size) or ``--level cpu`` (two
+    Recorded by ``python -m lmbook.runs.reference record ch02 --level gpu`` (the full size) or ``--level cpu`` (two
     CPU cores) into ``lmbook/references/ch02-<level>.json``.
     """
     run, device = rec.settings, rec.device
@@ -166,7 +119,7 @@ record_cpu = record_gpu  # one recipe, two sizes
 
 
 def reference_facts(record) -> dict:
-    """What chapter 2 says of its reference record (``lmbook.reference.load("ch02")``, or ``None``): each run's
+    """What chapter 2 says of its reference record (``lmbook.runs.reference.load("ch02")``, or ``None``): each run's
     held-out bits per character over the whole validation split (windows of ``bptt`` characters from a blank
     state, and in order with the state carried), whether gating beat the plain RNN on the same steps, and what
     clipping changed for the plain RNN; ``reference_verdict`` says it in sentences."""
@@ -174,11 +127,12 @@ def reference_facts(record) -> dict:
 
     from IPython.display import Markdown
 
-    from ..show import ordering
+    from ..display.show import ordering
 
     if record is None:
         return {"reference_verdict": Markdown(
-            "No reference run is recorded in this copy of the book: `python -m lmbook.reference record ch02` makes "
+            "No reference run is recorded in this copy of the book: "
+            "`python -m lmbook.runs.reference record ch02` makes "
             "one (about 25 minutes on two CPU cores).")}
     runs, bits = record.results["runs"], lambda nats: nats / math.log(2)
     split = {label: bits(r.get("val_loss_split", r["val_loss"])) for label, r in runs.items()}

@@ -2,7 +2,7 @@
 
 ``RUNS`` is the chapter's GPT (its full size is the recipe of the best speed run in
 ``benchmarks/NOTES.md``); ``POSITION_RUNS`` compare position tables and ``NORM_RUNS`` pre- against
-post-LN, each at both sizes. The reference recipes (``python -m lmbook.reference record ch03``):
+post-LN, each at both sizes. The reference recipes (``python -m lmbook.runs.reference record ch03``):
 :func:`record_gpu`, the full-size GPT, and :func:`record_cpu`, the GPT against chapter 2's LSTM and GRU
 at equal training time on two CPU cores (chapters 3 and 7 read it).
 """
@@ -15,54 +15,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..attention import attention_cost
-from ..data import RandomBatches, SequentialBatches, shakespeare_chars
-from ..generate import complete
-from ..gpt import GPT, GPTConfig
-from ..history import History
-from ..metrics import split_loss
-from ..rnn import RNNLM
-from ..runtime import get_device
-from ..variants import gpt_class
-from . import RunSettings, Settings, trainer
-from .ch02_rnn import IN_ORDER, CharRun, make_char_model
+from ..models.attention import attention_cost
+from ..text.data import RandomBatches, SequentialBatches, shakespeare_chars
+from ..decoding.generate import complete
+from ..training.history import History
+from ..evaluation.metrics import split_loss
+from ..models.rnn import RNNLM
+from .common import EQUAL_TIME_NAMES, equal_time_windows, GPT_RUNS, GPTRun, make_char_gpt, Settings, train_char_gpt
+from .common import IN_ORDER, CharRun, make_char_model
 from .recording import measure_speed, steps_within
 
 
-@dataclass(frozen=True)
-class GPTRun(RunSettings):
-    """The sizes of a character-level GPT run: model shape, batches, training."""
-
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    dropout: float
-    min_lr: float
-    schedule: str
-    weight_decay: float
-    beta2: float
-
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=self.dropout)
-
-    def train_settings(self) -> dict:
-        return {**super().train_settings(), "min_lr": self.min_lr, "schedule": self.schedule,
-                "weight_decay": self.weight_decay, "betas": (0.9, self.beta2)}
 
 
-RUNS = {
-    # on a GPU, under a minute on an H100: the schedule of the best speed runs (benchmarks/NOTES.md, run p),
-    # decaying to zero where longer runs start to overfit
-    "full": GPTRun(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=128, max_steps=1100,
-                   lr=2e-3, min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.3, beta2=0.99,
-                   eval_interval=100, eval_iters=20),
-    # two CPU cores, under a minute (benchmarks/speedrun_char_cpu.py times it and benchmarks/NOTES.md says why)
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=32, dropout=0.0, batch_size=32, max_steps=1000,
-                   lr=1e-2, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
-                   eval_interval=100, eval_iters=4),
-}
+RUNS = GPT_RUNS  # the chapter's GPT at each size (lmbook.runs.common, which others read it from)
 # small runs that compare position tables: seconds each on a CPU (one layer at the fast size,
 # where a model without position information is exactly blind to the order of its context)
 POSITION_RUNS = {
@@ -80,44 +46,17 @@ NORM_RUNS = {
     "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, block_size=64, batch_size=16, max_steps=300, lr=1e-2,
                                  warmup_steps=30, eval_interval=25, eval_iters=2),
 }
-VARIANTS = {  # the model choices the chapter compares, each against the default (lmbook.variants.gpt_class)
+VARIANTS = {  # the model choices the chapter compares, each against the default (lmbook.models.variants.gpt_class)
     "positions": {"learned": {}, "sinusoidal": {"position": "sinusoidal"},
                   "indexed by token id (mistake)": {"position": "token-id"}},
     "norm": {"pre-LN": {}, "post-LN": {"norm": "post"}},
 }
 
 
-def named_config(name: str, **overrides) -> GPTConfig:
-    """A GPT shape by name, for the benchmarks: ``"shakespeare-char"`` is this chapter's full GPT (vocabulary 65),
-    any other name a :class:`~lmbook.gpt.GPTConfig` preset."""
-    if name == "shakespeare-char":
-        return RUNS["full"].model_config(65).replace(**overrides)
-    return GPTConfig.preset(name, **overrides)
-
-
-def make_char_gpt(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **variant) -> GPT:
-    """A fresh GPT at the sizes of ``run``, initialised from ``seed``; ``variant`` goes to :func:`gpt_class`."""
-    torch.manual_seed(seed)
-    return gpt_class(**variant)(run.model_config(vocab_size)).to(device or get_device())
-
-
-def train_char_gpt(model: GPT, run: GPTRun, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
-                   eval_batches: dict | None = None, rec=None, label: str = "gpt", **changes) -> History:
-    """Train ``model`` in place at the sizes of ``run`` on random windows; ``changes`` go to the training config.
-
-    ``eval_batches`` replaces the held-out windows it evaluates on; in a reference recipe, ``rec`` (a
-    :class:`~lmbook.runs.recording.Recording`) trains it under ``label``, resumably.
-    """
-    device = next(model.parameters()).device
-    batches = RandomBatches(train_data, run.block_size, run.batch_size, device, seed=seed)
-    eval_batches = eval_batches or {"val": RandomBatches(val_data, run.block_size, 64, device, seed=seed + 1)}
-    return trainer(rec, label)(model, batches, run.train_config(**{"seed": seed, **changes}), eval_batches)
-
-
 def record_gpu(rec) -> None:
     """Chapter 3's full-size experiment: the character-level GPT trained, sampled and measured.
 
-    Recorded by ``python -m lmbook.reference record ch03 --level gpu`` into ``lmbook/references/ch03-gpu.json``.
+    Recorded by ``python -m lmbook.runs.reference record ch03 --level gpu`` into ``lmbook/references/ch03-gpu.json``.
     """
     run, cost, device = rec.settings["gpt"], rec.settings["attention_cost"], rec.device
     tokenizer, train_data, val_data = shakespeare_chars()
@@ -187,13 +126,6 @@ SMOKE = {  # the same recipes in seconds, for the tests
 }
 
 
-def equal_time_windows(eval_block: int, eval_batch: int, eval_seed: int, val_data: torch.Tensor,
-                       device=None) -> RandomBatches:
-    """The held-out windows of the equal-time recipe (:func:`record_cpu`), drawn the same way for every model and
-    every evaluation; chapter 6 reads them again to score an n-gram on exactly these windows."""
-    return RandomBatches(val_data, eval_block, eval_batch, device or "cpu", seed=eval_seed)
-
-
 def record_cpu(rec) -> None:
     """Chapter 3's CPU reference: the GPT, the LSTM and the GRU at equal training time (chapters 3 and 7).
 
@@ -258,9 +190,6 @@ def _summary(model, history: History, val_data: torch.Tensor, block: int) -> dic
     return summary
 
 
-EQUAL_TIME_NAMES = {"gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}
-
-
 def equal_time_facts(record) -> dict:
     """What chapters 3 and 7 say of the equal-time record (``load("ch03", level="cpu")``, or ``None``): each
     model's held-out bits per character over the whole validation split after its training time, their order,
@@ -268,11 +197,11 @@ def equal_time_facts(record) -> dict:
     recorded)."""
     from IPython.display import Markdown
 
-    from ..show import and_list, ordering
+    from ..display.show import and_list, ordering
 
     if record is None:
         return {"equal_time_verdict": Markdown(
-            "No equal-time run is recorded in this copy of the book: `python -m lmbook.reference record ch03 "
+            "No equal-time run is recorded in this copy of the book: `python -m lmbook.runs.reference record ch03 "
             "--level cpu` makes one, in about half an hour on two cores.")}
     runs = record.results["runs"]
     bits = {EQUAL_TIME_NAMES.get(label, label): r["bits_per_char"] for label, r in runs.items()}
@@ -308,27 +237,8 @@ def equal_time_facts(record) -> dict:
     return facts
 
 
-def plot_equal_time(record, ax=None):
-    """Held-out bits per character against seconds of training, one curve per model of chapter 3's CPU record
-    (``lmbook.reference.load("ch03", level="cpu")``): the GPT, the LSTM and the GRU at equal training time."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    names = {"gpt": "GPT", "lstm": "LSTM", "gru": "GRU"}
-    for label, history in record.histories.items():
-        bits = [loss / math.log(2) for loss in history.eval_loss["val"]]
-        ax.plot(history.eval_seconds, bits, marker="o", ms=3, label=names.get(label, label))
-    ax.set_xlabel("seconds of training (two CPU cores)")
-    ax.set_ylabel("held-out bits per character")
-    ax.set_title(record.describe(), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
-
-
 def reference_gpt(record) -> tuple[str, str]:
-    """Chapter 3's GPT in one of its records (``lmbook.reference.load_all("ch03")``): a line of its figures and
+    """Chapter 3's GPT in one of its records (``lmbook.runs.reference.load_all("ch03")``): a line of its figures and
     its sample at temperature 0.8. The GPU record holds the full-size GPT alone; the CPU record, the GPT of the
     equal-time run (:func:`record_cpu`)."""
     if record.level == "gpu":

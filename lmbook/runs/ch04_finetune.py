@@ -1,7 +1,7 @@
 """Chapter 4's runs: pretraining a GPT, then fine-tuning it, on Tiny Shakespeare.
 
-The corpus and its labelled tasks come from :mod:`lmbook.speeches`; the classifier and its batches from
-:mod:`lmbook.finetune`. :func:`prepare` cuts the corpus and trains the BPE tokenizer, :func:`pretrain`
+The corpus and its labelled tasks come from :mod:`lmbook.text.speeches`; the classifier and its batches from
+:mod:`lmbook.training.finetune`. :func:`prepare` cuts the corpus and trains the BPE tokenizer, :func:`pretrain`
 trains a GPT (or a masked-language-model encoder), :func:`adapt` continues training on one speaker,
 :func:`regularisation_runs` overfit a small training set four ways, :func:`label_sweep` and
 :func:`compare_methods` fine-tune on the labelled task. :func:`record_gpu` is the full-size reference recipe;
@@ -15,57 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import RandomBatches, as_ids, load_shakespeare
-from ..finetune import ExampleBatches, SequenceClassifier, accuracy, encode_examples, freeze_backbone, labelled_subset
-from ..generate import complete
-from ..gpt import GPT, GPTConfig
-from ..history import History
-from ..lora import apply_lora, count_parameters
-from ..mlm import Encoder, MLMBatches
+from ..text.data import RandomBatches, as_ids, load_shakespeare
+from ..training.finetune import (ExampleBatches, SequenceClassifier, accuracy, encode_examples, freeze_backbone,
+                                 labelled_subset)
+from ..decoding.generate import complete
+from ..models.gpt import GPT
+from ..training.history import History
+from ..models.lora import apply_lora, count_parameters
+from ..models.mlm import Encoder, MLMBatches
 from ..runtime import get_device
-from ..speeches import ORDER_CLASSES, Corpus, order_examples, speaker_examples, split_corpus
-from ..tokenizers import FastBPETokenizer
-from . import RunSettings, trainer
+from ..text.speeches import ORDER_CLASSES, Corpus, order_examples, speaker_examples, split_corpus
+from ..text.tokenizers import FastBPETokenizer
+from .common import ChapterRun, trainer
 
 
-@dataclass(frozen=True)
-class ChapterRun(RunSettings):
-    """The sizes of chapter 4's runs: tokenizer, model, pretraining (``max_steps``) and each fine-tuning."""
-
-    vocab_size: int  # BPE tokens (the MLM encoder has one more: the mask)
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    mlm_steps: int  # the masked language model's pretraining
-    adapt_steps: int  # domain adaptation: continued training on one speaker
-    adapt_lr: float
-    classify_steps: int
-    classify_lr: float  # full fine-tuning
-    probe_lr: float  # a linear probe: only the head trains
-    lora_lr: float
-    per_class: tuple = (4, 16, 64, None)  # labelled examples per class (None: all)
-    n_speakers: int = 4
-    adapt_speaker: str = "ROMEO"
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
-    small_tokens: int = 20_000  # the small training set of the overfitting runs
-    overfit_batch_size: int = 16
-    overfit_steps: int = 400
-    overfit_lr: float = 3e-3
-    dropout: float = 0.2  # compared against none in the overfitting runs
-    weight_decay: float = 1.0  # compared against none in the overfitting runs
-    patience: int = 2
-    hf_steps: int = 20
-    sample_tokens: int = 200
-    sweep_seeds: tuple = (0,)  # the label sweep's seeds (of the labelled subset and the classifier's head)
-
-    def gpt_config(self, vocab_size: int, dropout: float = 0.0) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=dropout)
-
-    def train_settings(self) -> dict:
-        return {**super().train_settings(), "min_lr": self.lr / 10}
 
 
 RUNS = {
@@ -273,7 +236,7 @@ def record_gpu(rec) -> None:
     """Chapter 4's reference experiment: pretraining (a GPT, and an encoder by masked language modelling), domain
     adaptation, the overfitting runs and the labelled task, its label sweep repeated over ``sweep_seeds``.
 
-    Recorded by ``python -m lmbook.reference record ch04 --level gpu`` (the full size) or ``--level cpu`` (two
+    Recorded by ``python -m lmbook.runs.reference record ch04 --level gpu`` (the full size) or ``--level cpu`` (two
     CPU cores) into ``lmbook/references/ch04-<level>.json``.
     """
     run, device = rec.settings, rec.device
@@ -313,17 +276,18 @@ def _spread(values: list[float]) -> str:
 
 
 def reference_facts(record) -> dict:
-    """What chapter 4 says of its reference record (``lmbook.reference.load("ch04")``, or ``None``): whether the
+    """What chapter 4 says of its reference record (``lmbook.runs.reference.load("ch04")``, or ``None``): whether the
     masked language model left its plateau (its held-out loss against the tokens' unigram entropy), and the label
     sweep over seeds: accuracy from pretrained and from random weights, with the range over seeds, and where the
     ranges do not overlap. ``ch04_reference_verdict`` says it in sentences."""
     from IPython.display import Markdown
 
-    from ..show import and_list
+    from ..display.show import and_list
 
     if record is None:
         return {"ch04_reference_verdict": Markdown(
-            "No reference run is recorded in this copy of the book: `python -m lmbook.reference record ch04` makes "
+            "No reference run is recorded in this copy of the book: "
+            "`python -m lmbook.runs.reference record ch04` makes "
             "one (under half an hour on two CPU cores).")}
     r, mlm = record.results, record.histories["mlm"]
     entropy, mlm_loss = r["unigram_entropy"], mlm.eval_loss["val"][-1]

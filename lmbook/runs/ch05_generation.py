@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..decoding import GenerationConfig, process_scores, top_k_filter, top_p_filter
-from ..generate import generate
-from ..gpt import GPT, GPTConfig
+from ..decoding.shared import GenerationConfig, process_scores, top_k_filter, top_p_filter
+from ..decoding.generate import generate
+from ..models.gpt import GPT, GPTConfig
 from ..interface import context_length, evaluating
-from ..metrics import perplexity, token_nlls
-from ..speculative import Draft, speculative_greedy
-from ..textmetrics import distinct_n, repetition_rate, words
-from . import Settings
+from ..evaluation.metrics import perplexity, token_nlls
+from ..decoding.speculative import Draft, speculative_greedy
+from ..evaluation.textmetrics import distinct_n, repetition_rate, words
+from .common import Settings
 
 
 @dataclass(frozen=True)

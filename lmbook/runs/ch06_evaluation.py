@@ -11,38 +11,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .. import reference
-from ..data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_split
+from . import reference
+from ..text.data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_split
 from ..interface import context_length, num_params
-from ..metrics import LN2, TextNLL, held_out_score, score_text, sliding_windows, token_nlls
-from ..ngram import NGramLM
-from ..show import html_table, md, than
-from . import Settings
+from ..evaluation.metrics import LN2, TextNLL, held_out_score, score_text, sliding_windows, token_nlls
+from ..models.ngram import NGramLM
+from ..display.show import html_table, md, than
+from .common import BATCH, EvaluationRun
 from .zoo import trained
 
 
-@dataclass(frozen=True)
-class EvaluationRun(Settings):
-    """How much text the chapter scores and generates, at one size."""
-
-    heldout_chars: int  # the scoreboard reads this many characters of the held-out split (0: all of it)
-    ngram_orders: tuple[int, ...]  # character n-grams on the scoreboard, each with both smoothings
-    add_k: float  # add-k smoothing's k (1: Laplace)
-    stride_chars: int  # characters of held-out text the stride sweep reads
-    strides: tuple[int, ...]  # strides of the sweep (the character GPT's context first)
-    n_prompts: int  # held-out prompts continued and scored against their true continuation
-    prompt_chars: int
-    continuation_chars: int
-    temperatures: tuple[float, ...]  # the diversity sweep: sampling temperatures (0: greedy) ...
-    top_ps: tuple[float, ...]  # ... and top-p values at temperature 1
-    sample_chars: int  # characters generated per prompt in the diversity sweep
-    seed: int = 0
 
 
 RUNS = {
@@ -59,9 +42,9 @@ RUNS = {
 NEURAL = {  # the zoo's language models and the names the chapter gives them
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt-char": "GPT, characters", "gpt-bpe": "GPT, BPE",
 }
-BATCH = 64  # windows scored at once: the book's models are small (GPT-2's would want fewer)
+
 # where each model's reference run is recorded, its held-out loss in nats per character there (read from the
-# lmbook.reference.Record), and how that figure read the held-out split
+# lmbook.runs.reference.Record), and how that figure read the held-out split
 REFERENCE_LOSS = {
     "rnn": ("ch02", lambda r: r.runs()["rnn"].in_order_loss, "in order, the state carried"),
     "lstm": ("ch02", lambda r: r.runs()["lstm"].in_order_loss, "in order, the state carried"),
@@ -79,7 +62,7 @@ def texts(run: EvaluationRun) -> tuple[str, str]:
 def ngram_score(model: NGramLM, text: str) -> TextNLL:
     """An n-gram model's NLL of ``text`` scored like the neural models': every character after the first.
 
-    :meth:`~lmbook.ngram.NGramLM.log_probs` also predicts the first character (after the begin
+    :meth:`~lmbook.models.ngram.NGramLM.log_probs` also predicts the first character (after the begin
     padding) and the end token; both are left out, so all models predict the same characters.
     """
     nats = -math.fsum(model.log_probs(list(text))[1:-1])
@@ -116,7 +99,7 @@ def reference_bits_per_char(name: str) -> tuple[float | None, str]:
     chapter, read, how = REFERENCE_LOSS[name]
     record = reference.load(chapter)
     if record is None:
-        return None, f"no reference run recorded (python -m lmbook.reference record {chapter})"
+        return None, f"no reference run recorded (python -m lmbook.runs.reference record {chapter})"
     return read(record) / LN2, f"{reference.describe(record)} The whole held-out split, read {how}."
 
 
@@ -139,7 +122,7 @@ def _token_kind(tokenizer) -> str:
 def scoreboard(run: EvaluationRun, names=tuple(NEURAL), device=None) -> list[dict]:
     """Every language model of the book on the same held-out text: n-grams first, then the zoo's models.
 
-    Each row holds the model's :class:`~lmbook.metrics.TextNLL` on the held-out text and on as many
+    Each row holds the model's :class:`~lmbook.evaluation.metrics.TextNLL` on the held-out text and on as many
     characters of its training text (the gap between them is overfitting, seen by evaluation), its
     parameters, its training time and speed (as recorded when it was trained), and its full-size
     reference where one is recorded.
@@ -272,10 +255,11 @@ def stride_facts(sweep: dict[int, dict], profile: torch.Tensor) -> dict:
 
 # --- The crossover: when the neural models pass the 5-gram (chapter 3's equal-time record) ---------------
 def record_windows(record) -> list[str]:
-    """The held-out windows chapter 3's equal-time record (``lmbook.reference.load("ch03", level="cpu")``) evaluated
-    every model on, at every evaluation, as texts of ``eval_block + 1`` characters: the first is context only."""
-    from ..data import shakespeare_chars
-    from .ch03_gpt import equal_time_windows
+    """The held-out windows chapter 3's equal-time record (``lmbook.runs.reference.load("ch03", level="cpu")``)
+    evaluated every model on, at every evaluation, as texts of ``eval_block + 1`` characters: the first is context
+    only."""
+    from ..text.data import shakespeare_chars
+    from .common import equal_time_windows
 
     s = record.recipe
     tokenizer, _, val_data = shakespeare_chars()
@@ -320,12 +304,12 @@ def extrapolated_crossing(seconds: list[float], bits: list[float], line: float) 
 def crossover_facts(record, line: float | None, name: str) -> dict:
     """When each model of chapter 3's equal-time record passes ``line`` (the n-gram ``name``'s bits per character
     on the same windows): ``crossover_verdict`` says it per model, measured, or else extrapolated and said so."""
-    from .ch03_gpt import EQUAL_TIME_NAMES
+    from .common import EQUAL_TIME_NAMES
 
     if record is None:
         return {"crossover_verdict": md(
             "No equal-time run is recorded in this copy of the book, so no crossover can be measured: "
-            "`python -m lmbook.reference record ch03 --level cpu` records one.")}
+            "`python -m lmbook.runs.reference record ch03 --level cpu` records one.")}
     sentences, facts = [], {"crossover_line": line, "crossover_ngram": md(name)}
     for label, history in record.histories.items():
         bits = [loss / LN2 for loss in history.eval_loss["val"]]
@@ -348,7 +332,7 @@ def crossover_facts(record, line: float | None, name: str) -> dict:
 def plot_crossover(record, line: float, name: str, ax=None):
     """Chapter 3's equal-time curves (held-out bits per character against seconds of training) with the n-gram
     ``name`` as a line at ``line``, and a mark where each curve passes it."""
-    from .ch03_gpt import plot_equal_time
+    from .common import plot_equal_time
 
     ax = plot_equal_time(record, ax=ax)
     ax.axhline(line, color="gray", ls="--", lw=1, label=f"{name}, same windows")

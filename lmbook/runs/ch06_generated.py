@@ -15,12 +15,12 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import torch
 
-from .. import textmetrics
-from ..generate import generate
+from ..evaluation import textmetrics
+from ..decoding.generate import generate
 from ..interface import context_length
-from ..metrics import TextNLL, protocol_stride, token_nlls
-from ..show import html_table, md, than, trend
-from .ch06_evaluation import BATCH, EvaluationRun
+from ..evaluation.metrics import TextNLL, protocol_stride, token_nlls
+from ..display.show import html_table, md, than, trend
+from .common import BATCH, EvaluationRun
 
 
 # --- Continuations scored against the truth -------------------------------------------------
@@ -51,7 +51,7 @@ def cut_prompts(text: str, n: int, prompt_chars: int, continuation_chars: int) -
 
 
 def continue_prompts(model, tokenizer, prompts: list[str], new_tokens: int, seed: int = 0, **settings) -> list[str]:
-    """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.generate.generate`; returns the
+    """Continue each prompt by ``new_tokens`` tokens with :func:`lmbook.decoding.generate.generate`; returns the
     continuations alone. A prompt longer than the model's context is cut to its last ``context`` tokens
     (all the model could read of it); prompts of one length in tokens are continued as one batch."""
     context = context_length(model)

@@ -3,7 +3,7 @@
 The sweep of GPT sizes is :mod:`lmbook.runs.ch07_sweep`. ``EMBEDDING_RUNS`` holds Word2Vec's and
 the count-based model's settings and ``WORD_GPT_RUNS`` a small GPT on the same words, whose input table
 the chapter compares with both (:func:`word_corpus`, :func:`train_word2vec`, :func:`count_embeddings`,
-:func:`train_word_gpt`). ``BIAS_RUNS`` says how much text to sample for :mod:`lmbook.bias`
+:func:`train_word_gpt`). ``BIAS_RUNS`` says how much text to sample for :mod:`lmbook.evaluation.bias`
 (:func:`sample_words`). ``TIMELINE`` and ``SCALING_LAWS`` are published numbers, each with its source in
 ``references.bib``. :func:`recorded_rows` and :func:`zoo_rows` read what the earlier chapters measured
 (their recorded full-size runs and the reader's trained models) into one table, :func:`comparison_table`.
@@ -16,19 +16,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import reference
-from ..data import held_out_text, load_shakespeare, train_val_split
-from ..embeddings import SkipGram, SkipGramBatches, Vocabulary, cooccurrence, ppmi, svd_embeddings, words
-from ..generate import generate
-from ..gpt import GPT
-from ..history import History
+from . import reference
+from ..text.data import held_out_text, load_shakespeare, train_val_split
+from ..models.embeddings import SkipGram, SkipGramBatches, Vocabulary, cooccurrence, ppmi, svd_embeddings, words
+from ..decoding.generate import generate
+from ..models.gpt import GPT
+from ..training.history import History
 from ..interface import num_params
-from ..metrics import held_out_score
-from ..mlm import Encoder
+from ..evaluation.metrics import held_out_score
+from ..models.mlm import Encoder
 from ..runtime import get_device, size
-from ..train import train
-from . import RunSettings, Settings, ch04_finetune
-from .ch03_gpt import GPTRun, make_char_gpt, train_char_gpt
+from ..training.train import train
+from .common import ChapterRun, RunSettings, Settings
+from .common import GPTRun, make_char_gpt, train_char_gpt
 from .zoo import Trained
 
 
@@ -77,7 +77,8 @@ class WordCorpus:
 
 
 def word_corpus(min_count: int = 5, val_fraction: float = 0.1) -> WordCorpus:
-    """The corpus's words (:func:`lmbook.embeddings.words`), split as the characters are, and their vocabulary."""
+    """The corpus's words (:func:`lmbook.models.embeddings.words`), split as the characters are, and their
+    vocabulary."""
     train_words, val_words = train_val_split(words(load_shakespeare()), val_fraction)
     vocab = Vocabulary.build(train_words, min_count)
     return WordCorpus(vocab, train_words, vocab.encode(train_words), vocab.encode(val_words))
@@ -227,7 +228,7 @@ def recorded_rows() -> list[dict]:
             rows.append(_row(CELL_NAMES[label], "causal", "character", "ch03_attention", RECORDED[level], r.params,
                              r.held_out_loss, r.tokens_per_second, gpt.environment["device"]))
     for level, finetune in reference.load_all("ch04").items():
-        run = ch04_finetune.ChapterRun(**{**finetune.recipe, "per_class": tuple(finetune.recipe["per_class"]),
+        run = ChapterRun(**{**finetune.recipe, "per_class": tuple(finetune.recipe["per_class"]),
                                           "sweep_seeds": tuple(finetune.recipe.get("sweep_seeds", (0,)))})
         for label, (name, objective, unit, chapter) in (("gpt", ZOO_ROWS["gpt-bpe"]), ("mlm", ZOO_ROWS["encoder-bpe"])):
             history = finetune.histories[label]
@@ -242,8 +243,8 @@ def recorded_rows() -> list[dict]:
 def zoo_rows(models: dict[str, Trained], device: str, text: str | None = None) -> list[dict]:
     """Rows for the reader's own trained models (:mod:`lmbook.runs.zoo`), at the size this book runs at.
 
-    A causal model is scored by the book's protocol (:func:`lmbook.metrics.held_out_score`) on ``text``
-    (default :func:`lmbook.data.held_out_text`), so its figure is chapter 6's; the masked model keeps the
+    A causal model is scored by the book's protocol (:func:`lmbook.evaluation.metrics.held_out_score`) on ``text``
+    (default :func:`lmbook.text.data.held_out_text`), so its figure is chapter 6's; the masked model keeps the
     masked-token loss of its last evaluation, which is not a per-character figure."""
     text = held_out_text() if text is None else text
     rows = []

@@ -2,7 +2,7 @@
 
 ``SWEEP`` trains GPTs of at least five sizes, spanning more than 30 times in parameters, on the same characters
 for the same number of steps (:func:`size_sweep`); :func:`power_law` fits the falling stretch of the losses.
-``REFERENCE`` and :func:`record_cpu` record the sweep at a larger budget (``python -m lmbook.reference record
+``REFERENCE`` and :func:`record_cpu` record the sweep at a larger budget (``python -m lmbook.runs.reference record
 ch07``), which the chapter plots with its fit (:func:`plot_reference_sweep`, :func:`reference_sweep_facts`).
 """
 
@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import RandomBatches
-from ..gpt import GPT
+from ..text.data import RandomBatches
+from ..models.gpt import GPT
 from ..interface import num_params
-from ..metrics import split_loss
+from ..evaluation.metrics import split_loss
 from ..runtime import get_device
-from . import Settings, trainer
-from .ch03_gpt import GPTRun, make_char_gpt
+from .common import Settings, trainer
+from .common import GPTRun, make_char_gpt
 
 
 def flops_per_token(model: GPT, seq_len: int | None = None) -> int:
@@ -124,14 +124,14 @@ def power_law(params: list[float], losses: list[float]) -> dict | None:
 
 
 def reference_sweep_facts(record) -> dict:
-    """What chapter 7 says of its reference sweep (``lmbook.reference.load("ch07")``, or ``None``): the sizes,
+    """What chapter 7 says of its reference sweep (``lmbook.runs.reference.load("ch07")``, or ``None``): the sizes,
     the budget, the best size, the fitted exponent and ``reference_sweep_verdict``, the sentences."""
     from IPython.display import Markdown
 
     if record is None:
         return {"reference_sweep_verdict": Markdown(
-            "No reference sweep is recorded in this copy of the book: `python -m lmbook.reference record ch07` makes "
-            "one (under half an hour on two CPU cores).")}
+            "No reference sweep is recorded in this copy of the book: "
+            "`python -m lmbook.runs.reference record ch07` makes one (under half an hour on two CPU cores).")}
     sizes = record.results["sizes"]
     params, val = [r["params"] for r in sizes], [r["val_loss"] for r in sizes]
     best = min(range(len(val)), key=val.__getitem__)
@@ -193,10 +193,10 @@ SMOKE = {"gpu": _TINY, "cpu": _TINY}  # the same recipes in seconds, for the tes
 def record_gpu(rec) -> None:
     """Chapter 7's reference: the size sweep at a larger budget, each size's curves and whole-split losses.
 
-    Recorded by ``python -m lmbook.reference record ch07 --level cpu`` (two CPU cores) or ``--level gpu`` (the
+    Recorded by ``python -m lmbook.runs.reference record ch07 --level cpu`` (two CPU cores) or ``--level gpu`` (the
     full size) into ``lmbook/references/ch07-<level>.json``; the chapter fits its power law to the points.
     """
-    from ..data import shakespeare_chars
+    from ..text.data import shakespeare_chars
 
     tokenizer, train_data, val_data = shakespeare_chars()
     sizes = size_sweep(rec.settings, train_data, val_data, tokenizer.vocab_size, rec.device, rec=rec)

@@ -6,8 +6,8 @@ and shallower than chapter 3's, with a cosine schedule, and reads 16 windows of 
 
 from __future__ import annotations
 
-from .ch03_gpt import RUNS as GPT_RUNS
-from .ch03_gpt import GPTRun
+from .common import GPT_RUNS
+from .common import GPTRun
 
 RUNS = {
     "full": GPT_RUNS["full"],

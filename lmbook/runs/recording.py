@@ -1,4 +1,4 @@
-"""Recording a chapter's reference run so that it survives being killed (used by :mod:`lmbook.reference`).
+"""Recording a chapter's reference run so that it survives being killed (used by :mod:`lmbook.runs.reference`).
 
 A recipe (``record_cpu(rec)`` or ``record_gpu(rec)`` in a chapter's runs module) does its work through
 a :class:`Recording`: ``rec.train(label, ...)`` for every training and ``rec.compute(label, fn)`` for
@@ -34,12 +34,12 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_save, load_checkpoint
-from ..history import History
-from ..reference import (DIRECTORY, Record, current_recipe, default_level, recipe_hash, recipe_module, save,
+from ..training.checkpoint import atomic_save, load_checkpoint
+from ..training.history import History
+from .reference import (DIRECTORY, Record, current_recipe, default_level, recipe_hash, recipe_module, save,
                          settings_dict)
 from ..runtime import cache_dir, commit, device_name, environment, get_device
-from ..train import Batches, TrainConfig, TrainingRun, estimate_loss, train
+from ..training.train import Batches, TrainConfig, TrainingRun, estimate_loss, train
 
 CPU_THREADS = 2  # the CPU level's recipes are sized for two cores, and run on two threads
 
@@ -157,8 +157,8 @@ class Recording:
 
     def train(self, label: str, model: nn.Module, train_batches: Batches, config: TrainConfig,
               eval_batches: dict[str, Batches] | None = None, tokenizer=None, keep: bool = True) -> History:
-        """:func:`lmbook.train.train` made resumable: a finished ``label`` loads its final weights into ``model``
-        and returns its history; otherwise it trains (from its checkpoint, if one is there). With ``keep`` the
+        """:func:`lmbook.training.train.train` made resumable: a finished ``label`` loads its final weights into
+        ``model`` and returns its history; otherwise it trains (from its checkpoint, if one is there). With ``keep`` the
         history goes into the record."""
         self._claim(label)
         final = self.work / f"{_slug(label)}.final.pt"
@@ -264,7 +264,7 @@ def record(name: str, level: str | None = None, directory: Path | None = None, s
     current_recipe(name, level, smoke, module)  # a clear error for a level without a recipe
     if level == "gpu" and not smoke and not torch.cuda.is_available():
         raise RecordingError(f"the gpu level of {name} is the full size, hours on a CPU: record it where CUDA is "
-                             "available, or record a cpu level (python -m lmbook.reference list shows them)")
+                             "available, or record a cpu level (python -m lmbook.runs.reference list shows them)")
     work = Path(work) if work else work_dir(name, level, smoke)
     settings = (module.SMOKE if smoke else module.REFERENCE)[level]
     rec = Recording(name, level, settings, module.RECIPE_VERSION, work, threads)

@@ -21,15 +21,17 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
-from ..data import shakespeare_chars
-from ..gpt import GPT, GPTConfig
-from ..history import History
-from ..mlm import Encoder
-from ..rnn import RNNLM, RNNConfig
+from ..training.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from ..text.data import shakespeare_chars
+from ..models.gpt import GPT, GPTConfig
+from ..training.history import History
+from ..models.mlm import Encoder
+from ..models.rnn import RNNLM, RNNConfig
 from ..runtime import cache_dir, get_device, pick, size
-from ..tokenizers import Tokenizer
-from . import Settings, ch02_rnn, ch03_gpt, ch04_finetune
+from ..text.tokenizers import Tokenizer
+from . import ch02_rnn, ch03_gpt, ch04_finetune
+from .common import (CharRun, ChapterRun, GPTRun, Settings, make_char_gpt, make_char_model, train_char_gpt,
+                     train_char_model)
 
 CLASSES = {cls.__name__: (cls, config) for cls, config in
            ((GPT, GPTConfig), (Encoder, GPTConfig), (RNNLM, RNNConfig))}
@@ -60,24 +62,24 @@ class Recipe:
 
 
 def _train_cell(cell: str) -> Callable:
-    def train(run: ch02_rnn.CharRun, device) -> Trained:
+    def train(run: CharRun, device) -> Trained:
         tokenizer, train_data, val_data = shakespeare_chars()
-        model = ch02_rnn.make_char_model(cell, run, tokenizer.vocab_size, device)
-        history = ch02_rnn.train_char_model(model, run, train_data, val_data)
+        model = make_char_model(cell, run, tokenizer.vocab_size, device)
+        history = train_char_model(model, run, train_data, val_data)
         return Trained(cell, model, tokenizer, history, val_data, run)
 
     return train
 
 
-def _train_char_gpt(run: ch03_gpt.GPTRun, device) -> Trained:
+def _train_char_gpt(run: GPTRun, device) -> Trained:
     tokenizer, train_data, val_data = shakespeare_chars()
-    model = ch03_gpt.make_char_gpt(run, tokenizer.vocab_size, device)
-    history = ch03_gpt.train_char_gpt(model, run, train_data, val_data, desc="GPT")
+    model = make_char_gpt(run, tokenizer.vocab_size, device)
+    history = train_char_gpt(model, run, train_data, val_data, desc="GPT")
     return Trained("gpt-char", model, tokenizer, history, val_data, run)
 
 
 def _pretrain(causal: bool) -> Callable:
-    def train(run: ch04_finetune.ChapterRun, device) -> Trained:
+    def train(run: ChapterRun, device) -> Trained:
         data = ch04_finetune.prepare(run)
         model, history = ch04_finetune.pretrain(run, data, causal=causal, device=device)
         return Trained("gpt-bpe" if causal else "encoder-bpe", model, data.tokenizer, history, data.val_ids, run)

@@ -1,0 +1,105 @@
+"""Plots the chapters show: loss curves of one or more runs, the reader's run beside a reference run,
+attention heat maps and the cost of attention (chapter 3).
+
+matplotlib only; every function draws on a given ``ax`` (or makes one) and returns it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+
+from ..training.history import History
+
+
+def _ax(ax=None, figsize=(7, 4)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def plot_history(
+    history: History,
+    ax=None,
+    label: str = "",
+    splits: tuple[str, ...] | None = None,
+    x: str = "step",
+    train: bool = True,
+    **style,
+):
+    """Training loss (faint) and evaluation losses (solid) of a run against steps, tokens or seconds."""
+    ax = _ax(ax)
+    scale = {"step": 1, "tokens": history.tokens_per_step}.get(x)
+    prefix = f"{label} " if label else ""
+    if train and history.steps and x != "seconds":
+        line, = ax.plot([s * scale for s in history.steps], history.train_loss, alpha=0.3, lw=1,
+                        label=f"{prefix}train (batch)", **style)
+        style.setdefault("color", line.get_color())
+    for split in splits or tuple(history.eval_loss):
+        xs = history.eval_seconds if x == "seconds" else [s * scale for s in history.eval_steps]
+        ax.plot(xs, history.eval_loss[split], marker="o", ms=3, label=f"{prefix}{split}", **style)
+        style.pop("color", None)
+    ax.set_xlabel({"step": "step", "tokens": "tokens seen", "seconds": "seconds of training"}[x])
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def compare_histories(histories: Mapping[str, History], split: str = "val", x: str = "step", ax=None):
+    """One evaluation curve per run, on the same axes (e.g. RNN against LSTM against GPT)."""
+    ax = _ax(ax)
+    for name, history in histories.items():
+        plot_history(history, ax=ax, label=name, splits=(split,), x=x, train=False)
+    ax.set_title(f"{split} loss")
+    return ax
+
+
+def plot_attention(weights, tokens: list[str], ax=None, title: str = ""):
+    """One head's attention weights (T, T) as a heat map: row = query (the position predicting), column = key."""
+    T = len(tokens)
+    ax = _ax(ax, figsize=(0.22 * T + 1.5, 0.22 * T + 1))
+    ax.imshow(weights[:T, :T].detach().cpu().float().numpy(), cmap="Blues", vmin=0, vmax=1)
+    labels = [{" ": "␣", "\n": "⏎"}.get(t, t) for t in tokens]  # spaces and newlines made visible
+    ax.set_xticks(range(T), labels, fontsize=7, family="monospace")
+    ax.set_yticks(range(T), labels, fontsize=7, family="monospace")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_attention_grid(maps, tokens: list[str], heads: list[tuple[int, int]], columns: int = 2):
+    """Heat maps of chosen (layer, head) pairs from ``maps`` (L, nh, T, T), as returned for one text."""
+    rows = -(-len(heads) // columns)
+    size = 0.16 * len(tokens) + 1.2
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size), squeeze=False)
+    for ax, (layer, head) in zip(axes.flat, heads):
+        plot_attention(maps[layer, head], tokens, ax=ax, title=f"layer {layer}, head {head}")
+    for ax in axes.flat[len(heads):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_cost(cost: Mapping, axes=None):
+    """Time and memory of attention against sequence length (log-log), one line per implementation."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lengths = cost["lengths"]
+    for name in ("written out", "fused (SDPA)"):
+        axes[0].loglog(lengths, [s * 1e3 for s in cost[name]["seconds"]], marker="o", label=name)
+        memory = cost[name]["bytes"]
+        if all(m is not None for m in memory):
+            axes[1].loglog(lengths, [m / 2**20 for m in memory], marker="o", label=name)
+    quadratic = [cost["written out"]["seconds"][-1] * 1e3 * (t / lengths[-1]) ** 2 for t in lengths]
+    axes[0].loglog(lengths, quadratic, ls=":", color="gray", label="∝ T²")
+    axes[0].set_ylabel("milliseconds per call")
+    measured = " (peak, CUDA)" if cost["device"].startswith("cuda") else " (score and weight tensors)"
+    axes[1].set_ylabel("MiB" + measured)
+    for ax in axes:
+        ax.set_xlabel("sequence length T")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    return axes

@@ -1,0 +1,2 @@
+"""Text in (chapter 1 and after): the corpus and its splits and batches (``data``), the tokenizers
+(``tokenizers``), word splitting (``words``) and chapter 4's speeches by speaker (``speeches``)."""
