@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import ClassVar
 
 
@@ -15,12 +15,23 @@ class Presets:
     def preset(cls, name: str, **overrides):
         if name not in cls.PRESETS:
             raise KeyError(f"unknown preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        cls.check_fields(overrides)
         return cls(**{**cls.PRESETS[name], **overrides})
+
+    @classmethod
+    def check_fields(cls, changes: dict) -> None:
+        """Raise a ``TypeError`` naming the fields of the config unless every key of ``changes`` is one."""
+        names = [f.name for f in fields(cls) if f.init]
+        unknown = [key for key in changes if key not in names]
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                            f"use one of {', '.join(names)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def replace(self, **changes):
+        self.check_fields(changes)
         return replace(self, **changes)
 
     def check_positive(self, *names: str) -> None:

@@ -26,8 +26,9 @@ for a block of code and restores its mode afterwards, even when the block fails.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -114,6 +115,31 @@ def check_int(name: str, value, minimum: int | None = None, allow_none: bool = F
         raise ValueError(f"{name} must be >= {minimum}, not {value}.")
 
 
+def check_bool(name: str, value, allow_none: bool = False) -> None:
+    """Raise a clear ``TypeError`` unless ``value`` is True or False (0 and 1 pass, as in Python); ``None`` passes
+    when ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, numbers.Integral) or value not in (0, 1):  # a bool is an Integral
+        raise TypeError(f"{name} must be True or False{' or None' if allow_none else ''}, not {value!r}.")
+
+
+def check_number(name: str, value, allowed: str, ok: Callable[[float], bool]) -> None:
+    """Raise a clear ``TypeError`` unless ``value`` is a real number (not a bool, not a str), and a ``ValueError``
+    if it is NaN or ``ok(value)`` is false; ``allowed`` says in words what ``ok`` accepts."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {value!r}.")
+    if math.isnan(value) or not ok(value):
+        raise ValueError(f"{name} must be {allowed}, not {value}.")
+
+
+def check_seed(seed, allow_none: bool = False) -> None:
+    """Raise a clear error unless ``seed`` is an integer that torch's generators take, in [-2**63, 2**64)."""
+    check_int("seed", seed, allow_none=allow_none)
+    if seed is not None and not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), the seeds torch's generators take, not {seed}.")
+
+
 def num_params(model: nn.Module) -> int:
     """Every number the model stores as a parameter, a tensor shared by two layers counted once.
 
@@ -142,7 +168,8 @@ def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
     """
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
         what = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, not {what}.")
+        raise ValueError(f"idx must be a (batch, time) tensor of integer token ids, int64 or int32, not {what} "
+                         "(convert narrower ids with idx.long()).")
     if idx.numel() == 0:
         raise ValueError(f"idx holds no token (shape {tuple(idx.shape)}): a batch needs at least one row of at "
                          "least one token id. An empty batch usually means a batch source with nothing left to give.")
@@ -151,3 +178,22 @@ def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
         if low < 0 or high >= vocab_size:
             raise ValueError(f"token ids must lie in range({vocab_size}), the model's vocabulary; "
                              f"idx holds ids from {low} to {high}.")
+
+
+def check_targets(targets: torch.Tensor | None, idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise a clear ``ValueError`` unless ``targets`` is ``None`` or a tensor of int64 ids of ``idx``'s shape, each
+    in ``range(vocab_size)`` or -1 (no loss there); the range is checked on the CPU only, as in
+    :func:`check_token_ids`. Every model of the book calls it before it reads ``idx``."""
+    if targets is None or not isinstance(idx, torch.Tensor):
+        return  # no loss asked for, or idx that check_token_ids refuses
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.uint8):
+        what = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"targets must be a tensor of int64 token ids (torch.long), not {what}.")
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx, {tuple(idx.shape)} (one next token for each input "
+                         f"token), not {tuple(targets.shape)}.")
+    if targets.numel() and targets.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = int(targets.min()), int(targets.max())
+        if low < -1 or high >= vocab_size:
+            raise ValueError(f"targets must lie in range({vocab_size}), the model's vocabulary, or be -1 (no loss); "
+                             f"they hold ids from {low} to {high}.")

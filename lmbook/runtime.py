@@ -17,6 +17,7 @@ import contextlib
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,15 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from .interface import check_seed
+
 SIZE_VARIABLE = "LMBOOK_SIZE"
 DEVICE_VARIABLE = "LMBOOK_DEVICE"
 DATA_VARIABLE = "LMBOOK_DATA"
 CACHE_VARIABLE = "LMBOOK_CACHE"
 COMMIT_VARIABLE = "LMBOOK_COMMIT"
 SIZES = ("full", "fast")
+PRECISIONS = ("auto", "bf16", "fp32")
 T = TypeVar("T")
 
 
@@ -79,12 +83,16 @@ def get_device(prefer: str | None = None) -> torch.device:
 
     Apple's ``mps`` is used only when asked for (``prefer="mps"``): it has given
     silently wrong training results in comparable code, so it is opt-in.
-    ``prefer`` may also be ``"cpu"`` or ``"cuda"`` to force a choice; the
+    ``prefer`` may also be ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` to force a choice (anything else is refused); the
     ``LMBOOK_DEVICE`` environment variable does the same for whole notebooks.
     """
     prefer = prefer or os.environ.get(DEVICE_VARIABLE) or None
     if prefer is not None:
-        if prefer == "cuda" and not torch.cuda.is_available():
+        prefer = str(prefer) if isinstance(prefer, torch.device) else prefer
+        if not isinstance(prefer, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", prefer):
+            raise ValueError(f"device {prefer!r} is not a choice of the book; choose one of 'cpu', 'cuda' (or "
+                             "'cuda:N', the N-th GPU) and 'mps', in prefer= or in LMBOOK_DEVICE.")
+        if prefer.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("CUDA was asked for but torch sees no CUDA device.")
         if prefer == "mps" and not torch.backends.mps.is_available():
             raise RuntimeError("MPS was asked for but this torch build or machine has no MPS.")
@@ -100,7 +108,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's (if installed) and torch's generators."""
+    """Seed Python's, NumPy's (if installed) and torch's generators with the integer ``seed``."""
+    check_seed(seed)  # before any generator is seeded
+    seed = int(seed)
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -157,6 +167,8 @@ def autocast(device: torch.device, precision: str = "auto", cache: bool = True):
     ``cache=False`` recasts the weights at every use instead of keeping the casts, as a
     CUDA graph's recording needs.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}.")
     dtype = autocast_dtype(device) if precision == "auto" else torch.bfloat16 if precision == "bf16" else None
     if dtype is None:
         return contextlib.nullcontext()

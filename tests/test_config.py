@@ -39,11 +39,13 @@ def test_an_unknown_preset_is_refused_with_the_choices():
         GPTConfig.preset("gpt3")
 
 
-@pytest.mark.xfail(strict=True, reason="Presets.preset('small', wdth=3) fails with Python's own 'Shape.__init__() "
-                                       "got an unexpected keyword argument', which does not list the fields")
 def test_an_unknown_field_is_refused_with_the_fields():
     with pytest.raises(TypeError, match=r"wdth.*width.*depth.*rate"):
         Shape.preset("small", wdth=3)
+    with pytest.raises(TypeError, match=r"Shape has no field 'deep'; use one of width, depth, rate"):
+        Shape.preset("small").replace(deep=3)
+    with pytest.raises(TypeError, match=r"GPTConfig has no field 'n_heads'.*n_head"):
+        GPTConfig.preset("tiny", n_heads=4)
 
 
 def test_copies_with_changes_are_checked_again_and_leave_the_original():

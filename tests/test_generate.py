@@ -233,6 +233,13 @@ BAD = [
     (dict(stop_strings="ab"), TypeError, "stop_strings must be a list"),
     (dict(colour="red"), TypeError, "unknown generation settings"),
     (dict(seed=1, generator=torch.Generator()), ValueError, "seed or generator"),
+    (dict(seed=2.5), TypeError, "seed must be an integer or None, not 2.5"),
+    (dict(seed=True), TypeError, "seed must be an integer or None, not True"),
+    (dict(seed=2**64), ValueError, r"seed must lie in \[-2\*\*63, 2\*\*64\)"),
+    (dict(use_cache="no"), TypeError, "use_cache must be True or False, not 'no'"),
+    (dict(do_sample=0.5), TypeError, "do_sample must be True or False or None, not 0.5"),
+    (dict(repetition_penalty=1e-284, seed=0), ValueError,
+     r"repetition_penalty=1e-284 is so small that the scores of the tokens seen overflow to infinity: raise it"),
 ]
 
 
@@ -240,6 +247,19 @@ BAD = [
 def test_bad_settings_are_refused_with_what_is_allowed(model, settings, error, message):
     with pytest.raises(error, match=message):
         generate(model, torch.tensor([[1, 2, 3]]), **{"max_new_tokens": 5, **settings})
+
+
+def test_ids_of_a_narrower_integer_type_are_read_as_int64_and_bools_are_refused(model, lstm):
+    for m in (model, lstm):
+        expected = generate(m, torch.tensor([[1, 2, 3]]), 4, seed=0)
+        for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(generate(m, torch.tensor([[1, 2, 3]], dtype=dtype), 4, seed=0), expected), dtype
+            assert torch.equal(generate(m, [torch.tensor([1, 2, 3], dtype=dtype)], 4, seed=0), expected), dtype
+    with pytest.raises(TypeError, match="integer"):
+        generate(model, torch.tensor([[True, False]]), 4)
+    with pytest.raises(ValueError, match=r"int64 or int32, not torch.uint8 \(1, 3\) \(convert narrower ids with "
+                                         r"idx.long\(\)\)"):
+        model(torch.tensor([[1, 2, 3]], dtype=torch.uint8))  # the model itself reads int64 and int32 only
 
 
 def test_bad_prompts_are_refused(model):

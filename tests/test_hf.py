@@ -279,8 +279,14 @@ def test_the_converted_model_computes_its_loss_without_a_warning(caplog):
     import logging
 
     torch.manual_seed(0)
-    model = to_hf(GPT(CONFIG))
+    ours = GPT(CONFIG).eval()
+    model = to_hf(ours).eval()
     x = torch.randint(0, CONFIG.vocab_size, (1, 8))
     with caplog.at_level(logging.WARNING):
         loss = model(input_ids=x, labels=x).loss
-    assert torch.isfinite(loss) and "loss_type" not in caplog.text
+    assert "loss_type" not in caplog.text
+    with torch.no_grad():  # each token after the first predicted from those before it, written out
+        logits = ours(x)[0][0, :-1]  # (7, V)
+        written_out = -(logits.log_softmax(-1)[torch.arange(7), x[0, 1:]]).mean()
+        torch.testing.assert_close(loss, written_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss, ours(x[:, :-1], x[:, 1:])[1], rtol=1e-5, atol=1e-6)  # lmbook's own loss

@@ -98,6 +98,22 @@ def test_the_loss_is_the_cross_entropy_of_the_logits_over_the_targets_that_are_n
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("targets, message", [  # targets for a vocabulary of V ids, and the refusal
+    (lambda V: torch.zeros(2, 6, dtype=torch.long), r"targets must have the shape of idx, \(2, 7\).*not \(2, 6\)"),
+    (lambda V: torch.zeros(14, dtype=torch.long), r"shape of idx"),
+    (lambda V: torch.zeros(2, 7), r"targets must be a tensor of int64 token ids \(torch.long\), not torch.float32"),
+    (lambda V: torch.full((2, 7), V), r"targets must lie in range\(V\).*or be -1.*from V to V"),
+    (lambda V: torch.full((2, 7), -2), r"from -2 to -2"),
+], ids=["shorter", "flat", "floats", "past the vocabulary", "below -1"])
+def test_targets_that_do_not_match_the_ids_are_refused_before_the_cache_moves(name, targets, message):
+    model = make(name)
+    cache = None if name == "encoder" else model.make_cache()
+    with pytest.raises(ValueError, match=message.replace("V", str(model.vocab_size))):
+        model(ids(model, 2, 7), targets(model.vocab_size), **({} if cache is None else {"cache": cache}))
+    assert cache is None or cache.pos == 0
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_reading_through_the_cache_gives_the_logits_of_the_full_pass(name):
     model = make(name)

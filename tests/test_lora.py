@@ -85,6 +85,10 @@ def test_bad_arguments_are_refused():
         apply_lora(tiny_gpt(), r=0)
     with pytest.raises(ValueError, match="nothing to adapt"):
         apply_lora(tiny_gpt(), targets=("no.such.layer",))
+    with pytest.raises(ValueError, match=r"targets=\('0',\) name no nn.Linear.*choose targets among.*"
+                                         r"\(h.0.attn.c_attn, h.0.attn.c_proj, h.0.mlp.c_fc, h.0.mlp.c_proj, "
+                                         r"h.1.attn.c_attn, h.1.attn.c_proj, \.\.\.\)"):
+        apply_lora(tiny_gpt(), targets="0")  # what the layer names end with, not a block's number
     with pytest.raises(TypeError, match="nn.Linear"):
         LoRALinear(nn.Conv1d(2, 2, 1))
 

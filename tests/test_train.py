@@ -96,6 +96,22 @@ def test_training_lowers_the_loss_and_records_history():
     assert History.from_dict(h.to_dict()) == h
 
 
+def test_the_speed_is_the_tokens_trained_on_over_the_training_time(monkeypatch):
+    """A clock that moves a quarter second at each training forward pass and stands still otherwise (evaluation
+    included): the history's speed is then its own token count over its own seconds, 64 * 40 / 10."""
+    import types
+
+    import lmbook.training.train as loop
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    m = model()
+    m.register_forward_hook(lambda module, args, out: setattr(clock, "now", clock.now + 0.25 * module.training))
+    h = train(m, batches(), config(max_steps=40), {"val": batches(seed=9)})
+    assert h.seconds == 40 * 0.25 and h.eval_seconds == [4 * 0.25 * i for i in range(11)]
+    assert h.tokens_per_second == h.tokens_per_step * len(h.steps) / h.seconds == 64 * 40 / 10
+
+
 def test_evaluation_uses_the_same_batches_each_time():
     m = model()
     h = train(m, batches(), config(max_steps=8, lr=0.0, min_lr=0.0), {"val": batches(seed=9)})

@@ -56,17 +56,25 @@ def test_a_history_is_drawn_against_steps_tokens_or_seconds():
     assert line.get_color() == "red" and line.get_linestyle() == "--"
 
 
-@pytest.mark.xfail(strict=True, reason="plot_history(x='epochs') fails with a builtin TypeError (int * None); with "
-                                       "x='tokens' and no tokens_per_step it draws every point at 0 tokens; an unknown "
-                                       "split fails with a bare KeyError: none of them is refused before drawing")
-@pytest.mark.parametrize("options, history", [(dict(x="epochs"), run()), (dict(x="tokens"), History(
-    steps=[0, 1], train_loss=[2.0, 1.0])), (dict(splits=("test",)), run())],
-                         ids=["unknown x", "tokens without tokens_per_step", "unknown split"])
-def test_what_cannot_be_drawn_is_refused_before_drawing(options, history):
+@pytest.mark.parametrize("options, history, message", [
+    (dict(x="epochs"), run(), r"x must be one of 'step', 'tokens', 'seconds', not 'epochs'"),
+    (dict(x="tokens"), History(steps=[0, 1], train_loss=[2.0, 1.0]), "x='tokens' needs the history's tokens_per_step"),
+    (dict(splits=("test",)), run(), r"no evaluation on split\(s\) \['test'\].*recorded: \['train', 'val'\]"),
+    (dict(x="seconds"), History(eval_steps=[0, 2], eval_loss={"val": [2.0, 1.0]}), "eval_seconds"),
+], ids=["unknown x", "tokens without tokens_per_step", "unknown split", "seconds without times"])
+def test_what_cannot_be_drawn_is_refused_before_drawing(options, history, message):
     _, ax = plt.subplots()
-    with pytest.raises(ValueError, match="x|tokens_per_step|split"):
+    with pytest.raises(ValueError, match=message):
         plot_history(history, ax=ax, **options)
     assert not ax.get_lines()
+    with pytest.raises(ValueError, match=message):  # comparing runs: refused before the first run is drawn
+        compare_histories({"first": run(), "second": history}, split=(options.get("splits") or ["val"])[0],
+                          x=options.get("x", "step"), ax=ax)
+    assert not ax.get_lines()
+
+
+def test_one_split_may_be_named_without_a_tuple():
+    assert lines(plot_history(run(), splits="val", train=False)) == {"val": ([0, 2, 4], [4.1, 2.9, 2.2])}
 
 
 def test_runs_are_compared_on_one_split():

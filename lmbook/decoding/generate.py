@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .beam import beam_search
 from .shared import GenerationConfig, Reader, process_scores, weights_in_out
-from ..interface import check_model, check_token_ids, context_length, device_of, evaluating
+from ..interface import check_model, check_seed, check_token_ids, context_length, device_of, evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
 
@@ -156,8 +156,11 @@ def _prompts(idx, attention_mask, vocab_size: int | None, pad: int):
         T = max(len(r) for r in rows)
         idx = torch.stack([torch.cat([r.new_full((T - len(r),), pad), r]) for r in rows])
         attention_mask = torch.stack([torch.arange(T) >= T - len(r) for r in rows]).long()
-    if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype.is_complex:
+    if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype.is_complex or (
+            idx.dtype == torch.bool):
         raise TypeError(f"idx must be a tensor of token ids (integers) or a list of id sequences, not {idx!r}.")
+    if idx.dtype not in (torch.int64, torch.int32):
+        idx = idx.long()  # ids stored in a narrower integer type (uint8, int16) are read as int64
     if idx.dim() == 1:
         idx = idx[None]
     if idx.dim() != 2 or idx.size(0) == 0 or idx.size(1) == 0:
@@ -216,6 +219,7 @@ def _setup(model, idx, config, settings, seed, generator, attention_mask):
     if isinstance(settings.get("eos_token_id"), list):
         settings["eos_token_id"] = tuple(settings["eos_token_id"])
     config = replace(config, **settings) if config is not None else GenerationConfig(**settings)
+    check_seed(seed, allow_none=True)
     if seed is not None:
         if generator is not None:
             raise ValueError("give seed or generator, not both.")

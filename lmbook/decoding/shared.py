@@ -12,7 +12,6 @@ tokens it has not read yet, through its cache, and returns the next-token logits
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..interface import check_int, check_model
+from ..interface import check_bool, check_int, check_model, check_number
 
 EARLY_STOPPING = (True, False, "never")
-
-
-def _check_float(name: str, value, allowed: str, ok) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, not {value!r}.")
-    if math.isnan(value) or not ok(value):
-        raise ValueError(f"{name} must be {allowed}, not {value}.")
 
 
 @dataclass(frozen=True)
@@ -73,17 +65,17 @@ class GenerationConfig:
         check_int("max_length", self.max_length, 1, allow_none=True)
         if self.max_new_tokens is None and self.max_length is None:
             raise ValueError("give max_new_tokens (new tokens) or max_length (prompt included): both are None.")
-        if self.do_sample not in (None, True, False):
-            raise TypeError(f"do_sample must be True, False or None, not {self.do_sample!r}.")
-        _check_float("temperature", self.temperature, "finite and >= 0 (0: greedy)", lambda t: 0 <= t < math.inf)
+        check_bool("do_sample", self.do_sample, allow_none=True)
+        check_bool("use_cache", self.use_cache)
+        check_number("temperature", self.temperature, "finite and >= 0 (0: greedy)", lambda t: 0 <= t < math.inf)
         if self.do_sample and self.temperature == 0:
             raise ValueError("temperature must be > 0 when sampling, not 0: for greedy decoding set do_sample=False.")
         check_int("top_k", self.top_k, 0, allow_none=True)
-        _check_float("top_p", self.top_p, "in [0, 1]", lambda p: 0 <= p <= 1)
-        _check_float("repetition_penalty", self.repetition_penalty, "> 0 (1 means none)", lambda r: r > 0)
+        check_number("top_p", self.top_p, "in [0, 1]", lambda p: 0 <= p <= 1)
+        check_number("repetition_penalty", self.repetition_penalty, "> 0 (1 means none)", lambda r: r > 0)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         check_int("num_beams", self.num_beams, 1)
-        _check_float("length_penalty", self.length_penalty, "a finite number", lambda x: abs(x) < float("inf"))
+        check_number("length_penalty", self.length_penalty, "a finite number", lambda x: abs(x) < float("inf"))
         if not any(self.early_stopping is e for e in EARLY_STOPPING):
             raise ValueError(f"early_stopping must be True, False or 'never', not {self.early_stopping!r}.")
         check_int("num_return_sequences", self.num_return_sequences, 1)
@@ -185,6 +177,10 @@ def process_scores(scores: torch.Tensor, ids: torch.Tensor, config: GenerationCo
     """Every processor ``config`` asks for, in ``transformers``' order; the sampling filters only when sampling."""
     if config.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, ids, config.repetition_penalty, mask)
+        if config.repetition_penalty < 1e-2 and bool((scores == float("inf")).any()):
+            raise ValueError(f"repetition_penalty={config.repetition_penalty} is so small that the scores of the "
+                             "tokens seen overflow to infinity: raise it (1 means no penalty, values below 1 "
+                             "favour repeats).")
     if config.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, ids, config.no_repeat_ngram_size, mask)
     if sampling:

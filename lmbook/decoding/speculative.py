@@ -88,7 +88,8 @@ def _check(model: nn.Module, idx, max_new_tokens: int, k: int, eos_token_id: int
     check_int("k (tokens proposed a pass)", k, 1)
     check_int("max_new_tokens", max_new_tokens, 1)
     check_int("eos_token_id", eos_token_id, 0, allow_none=True)
-    if isinstance(idx, torch.Tensor) and (idx.dtype.is_floating_point or idx.dtype == torch.bool):
+    if isinstance(idx, torch.Tensor) and (idx.dtype.is_floating_point or idx.dtype.is_complex
+                                          or idx.dtype == torch.bool):
         raise TypeError(f"the prompt must hold integer token ids, not {idx.dtype} values.")
     if not isinstance(idx, torch.Tensor) and not (isinstance(idx, (list, tuple)) and all(
             isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in idx)):

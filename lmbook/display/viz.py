@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 
 from ..training.history import History
 
+AXES = ("step", "tokens", "seconds")  # what plot_history draws the losses against
+
 
 def _ax(ax=None, figsize=(7, 4)):
     if ax is None:
@@ -28,7 +30,12 @@ def plot_history(
     train: bool = True,
     **style,
 ):
-    """Training loss (faint) and evaluation losses (solid) of a run against steps, tokens or seconds."""
+    """Training loss (faint) and evaluation losses (solid) of a run against steps, tokens or seconds.
+
+    ``splits`` (one name or several; all by default) must have been evaluated; ``x="tokens"`` needs the history's
+    ``tokens_per_step``. What cannot be drawn is refused before anything is drawn.
+    """
+    splits = _check_drawable(history, x, splits)
     ax = _ax(ax)
     scale = {"step": 1, "tokens": history.tokens_per_step}.get(x)
     prefix = f"{label} " if label else ""
@@ -36,7 +43,7 @@ def plot_history(
         line, = ax.plot([s * scale for s in history.steps], history.train_loss, alpha=0.3, lw=1,
                         label=f"{prefix}train (batch)", **style)
         style.setdefault("color", line.get_color())
-    for split in splits or tuple(history.eval_loss):
+    for split in splits:
         xs = history.eval_seconds if x == "seconds" else [s * scale for s in history.eval_steps]
         ax.plot(xs, history.eval_loss[split], marker="o", ms=3, label=f"{prefix}{split}", **style)
         style.pop("color", None)
@@ -47,8 +54,28 @@ def plot_history(
     return ax
 
 
+def _check_drawable(history: History, x: str, splits) -> tuple[str, ...]:
+    """The splits to draw (a bare name is one split), once ``x`` and every split are known to be drawable."""
+    if x not in AXES:
+        raise ValueError(f"x must be one of {', '.join(map(repr, AXES))}, not {x!r}.")
+    if x == "tokens" and not history.tokens_per_step:
+        raise ValueError("x='tokens' needs the history's tokens_per_step, which this one does not record (0): "
+                         "set history.tokens_per_step, or draw against x='step'.")
+    if x == "seconds" and len(history.eval_seconds) != len(history.eval_steps):
+        raise ValueError("x='seconds' needs the time of every evaluation (eval_seconds), which this history does not "
+                         "record: draw against x='step'.")
+    splits = (splits,) if isinstance(splits, str) else tuple(splits or history.eval_loss)
+    unknown = [s for s in splits if s not in history.eval_loss]
+    if unknown:
+        raise ValueError(f"no evaluation on split(s) {unknown} in this history; choose splits among the ones "
+                         f"recorded: {sorted(history.eval_loss)}.")
+    return splits
+
+
 def compare_histories(histories: Mapping[str, History], split: str = "val", x: str = "step", ax=None):
     """One evaluation curve per run, on the same axes (e.g. RNN against LSTM against GPT)."""
+    for history in histories.values():
+        _check_drawable(history, x, (split,))  # every run, before any is drawn
     ax = _ax(ax)
     for name, history in histories.items():
         plot_history(history, ax=ax, label=name, splits=(split,), x=x, train=False)

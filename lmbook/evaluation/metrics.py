@@ -13,6 +13,7 @@ as (:class:`TextNLL`). Measures of generated text are in :mod:`lmbook.evaluation
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -20,14 +21,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..text.data import SequentialBatches
-from ..interface import context_length, device_of, evaluating
+from ..interface import check_int, context_length, device_of, evaluating
 from ..text.tokenizers import bytes_of_token
 
 LN2 = math.log(2.0)  # nats in one bit
 
 
 def _check_nll(value: float, name: str) -> float:
-    value = float(value)  # also accepts a 0-d tensor or a NumPy number
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()  # a 0-d tensor, such as a loss
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number (a float, a NumPy number or a 1-element tensor), not {value!r:.80}.")
+    value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} is NaN: some probability was not a number.")
     if value < 0:
@@ -59,11 +64,10 @@ def bits_per_char(total_nll_nats: float, n_chars: int) -> float:
 
     ``total_nll_nats`` is summed over the text's tokens, whatever they are
     (characters, words, BPE tokens): dividing by characters, not tokens, makes models
-    with different tokenizers comparable on the same text.
+    with different tokenizers comparable on the same text. A figure beyond the largest float is ``math.inf``.
     """
     total_nll_nats = _check_nll(total_nll_nats, "total_nll_nats")
-    if n_chars <= 0:
-        raise ValueError(f"n_chars must be positive, not {n_chars}.")
+    check_int("n_chars", n_chars, 1)
     return total_nll_nats / (n_chars * LN2)
 
 
@@ -74,8 +78,7 @@ def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
     tokenizer-independent figure for text in any script (chapter 6).
     """
     total_nll_nats = _check_nll(total_nll_nats, "total_nll_nats")
-    if n_bytes <= 0:
-        raise ValueError(f"n_bytes must be positive, not {n_bytes}.")
+    check_int("n_bytes", n_bytes, 1)
     return total_nll_nats / (n_bytes * LN2)
 
 
@@ -129,9 +132,7 @@ class TextNLL:
     def __post_init__(self) -> None:
         _check_nll(self.nats, "nats")
         for name in ("tokens", "chars", "bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a whole number >= 0, not {value!r}.")
+            check_int(name, getattr(self, name), 0)
         if self.tokens == 0:
             raise ValueError("tokens must be positive: a text with no predicted token has no NLL to divide.")
 
@@ -207,8 +208,7 @@ def _check_window(n_tokens: int, context: int | None, stride: int | None, limit:
         raise ValueError(f"the text has {n_tokens} token(s): at least 2 are needed to predict one from another.")
     if context is None:
         context = limit if limit is not None else n_tokens - 1  # no limit: the whole text in one window
-    if not isinstance(context, int) or context < 1:
-        raise ValueError(f"context must be a positive whole number, not {context!r}.")
+    check_int("context", context, 1)
     if limit is not None and context > limit:
         raise ValueError(f"context={context} is longer than the model's context of {limit} tokens.")
     if n_tokens - 1 < context:
@@ -217,7 +217,8 @@ def _check_window(n_tokens: int, context: int | None, stride: int | None, limit:
             f"give a longer text, or score it in one window with context={n_tokens - 1}."
         )
     stride = context if stride is None else stride
-    if not isinstance(stride, int) or not 0 < stride <= context:
+    check_int("stride", stride)
+    if not 0 < stride <= context:
         raise ValueError(f"stride must be a whole number in (0, context] = (0, {context}], not {stride!r}.")
     return context, stride
 
@@ -249,8 +250,7 @@ def token_nlls(
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise TypeError(f"ids must hold integer token ids, not {ids.dtype}.")
     context, stride = _check_window(len(ids), context, stride, context_length(model))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, not {batch_size!r}.")
+    check_int("batch_size", batch_size, 1)
     ids = ids.long()
     device = device_of(model)
     spans = sliding_windows(len(ids) - 1, context, stride)

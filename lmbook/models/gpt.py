@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Presets
-from ..interface import check_token_ids, num_params
+from ..interface import check_bool, check_number, check_targets, check_token_ids, num_params
 
 PRESETS: dict[str, dict] = {
     # For unit tests and quick experiments: runs in milliseconds on a CPU.
@@ -47,8 +47,8 @@ class GPTConfig(Presets):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
         self.check_rate("dropout")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ValueError(f"GPTConfig.layer_norm_eps must be positive, not {self.layer_norm_eps!r}.")
+        check_number("GPTConfig.layer_norm_eps", self.layer_norm_eps, "a finite number > 0", lambda e: 0 < e < math.inf)
+        check_bool("GPTConfig.bias", self.bias)
 
 
 GPTConfig.PRESETS = PRESETS
@@ -236,6 +236,7 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_targets(targets, idx, self.config.vocab_size)  # before the cache moves
         logits = self.lm_head(self.features(idx, cache, attention_mask))  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -109,7 +109,11 @@ def apply_lora(model: nn.Module, targets: tuple[str, ...] = ("attn.c_attn", "att
                          "adapters on adapters would train the wrong matrices.")
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(tuple(targets))]
     if not names:
-        raise ValueError(f"no nn.Linear in the model has a name ending with one of {targets}: nothing to adapt.")
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        shown = ", ".join(linear[:6]) + (", ..." if len(linear) > 6 else "") if linear else "none"
+        raise ValueError(f"targets={targets} name no nn.Linear of the model, so there is nothing to adapt (a layer is "
+                         f"adapted when its name ends with a target): choose targets among the ends of its linear "
+                         f"layers' names ({shown}).")
     uses: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         uses[id(p)] = uses.get(id(p), 0) + 1

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..interface import check_token_ids
+from ..interface import check_targets, check_token_ids
 from ..evaluation.metrics import perplexity
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -344,6 +344,7 @@ class NGramModel(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: NGramCache | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_token_ids(idx, self.vocab_size)
+        check_targets(targets, idx, self.vocab_size)
         seen = idx if cache is None or cache.ids is None else torch.cat([cache.ids, idx], dim=1)  # (B, pos + T)
         start, keep = seen.size(1) - idx.size(1), max(self.lm.n - 1, 0)
         rows = [[self.pieces[i] for i in row] for row in seen.tolist()]

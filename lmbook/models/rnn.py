@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Presets
-from ..interface import check_token_ids, evaluating, num_params
+from ..interface import check_bool, check_number, check_targets, check_token_ids, evaluating, num_params
 
 CELLS = ("rnn", "lstm", "gru")
 NAMES = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru": "GRU"}  # how the chapter labels them
@@ -52,6 +52,8 @@ class RNNConfig(Presets):
             raise ValueError(f"cell must be one of {CELLS}, not {self.cell!r}.")
         self.check_positive("vocab_size", "n_layer", "n_embd", "n_hidden")
         self.check_rate("dropout")
+        check_number("RNNConfig.forget_bias", self.forget_bias, "a finite number", math.isfinite)
+        check_bool("RNNConfig.carry_state", self.carry_state)
 
 
 RNNConfig.PRESETS = PRESETS
@@ -235,6 +237,7 @@ class RNNLM(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: RNNState | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_token_ids(idx, self.config.vocab_size)
+        check_targets(targets, idx, self.config.vocab_size)
         B, T = idx.shape
         carry = cache is None and self.training and self.carry_state
         if cache is not None:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from ..interface import check_number, check_seed
 from ..runtime import DATA_VARIABLE, data_dir, pick
 from .tokenizers import CharTokenizer
 
@@ -142,8 +143,7 @@ def load_shakespeare(folder: Path | None = None) -> str:
 def train_val_split(data: Sequence, val_fraction: float = 0.1) -> tuple[Sequence, Sequence]:
     """The first ``1 - val_fraction`` of ``data`` (a tensor of ids or a string) for training, the rest for
     validation."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}.")
+    check_number("val_fraction", val_fraction, "a number strictly between 0 and 1", lambda f: 0.0 < f < 1.0)
     n = int(len(data) * (1 - val_fraction))
     return data[:n], data[n:]
 
@@ -204,6 +204,7 @@ class SeededBatches:
     """
 
     def __init__(self, device="cpu", seed: int = 0):
+        check_seed(seed)
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -223,6 +224,7 @@ class RandomBatches(SeededBatches):
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device="cpu", seed: int = 0):
         check_sizes(block_size=block_size, batch_size=batch_size)
+        check_seed(seed)
         data = torch.as_tensor(data, dtype=torch.long)
         if data.dim() != 1:
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(data.shape)}.")

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..interface import check_bool, check_int
+from ..runtime import PRECISIONS
+
 
 @dataclass
 class TrainConfig:
@@ -60,7 +63,8 @@ class TrainConfig:
             ("log_interval", whole(self.log_interval) and self.log_interval >= 1, "an integer >= 1"),
             ("warmup_steps", whole(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0"),
             ("lr", number(self.lr) and self.lr >= 0, "a finite number >= 0"),
-            ("min_lr", number(self.min_lr) and 0 <= self.min_lr <= self.lr, f"a number in [0, lr={self.lr}]"),
+            ("min_lr", number(self.min_lr) and 0 <= self.min_lr and (not number(self.lr) or self.min_lr <= self.lr),
+             f"a number in [0, lr={self.lr}]"),
             ("weight_decay", number(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
             ("betas", isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
              and all(number(b) and 0 <= b < 1 for b in self.betas),
@@ -76,15 +80,18 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be {allowed}, not {getattr(self, name)!r}.")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', not {self.schedule!r}.")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {self.precision!r}.")
         if self.compile not in (False, True, "model", "blocks"):
             raise ValueError(f"compile must be False, True, 'model' or 'blocks', not {self.compile!r}.")
+        for name in ("cuda_graph", "progress", "restore_best"):
+            check_bool(name, getattr(self, name))
         if self.cuda_graph and (self.compile or self.grad_accum != 1):
             raise ValueError(
                 "cuda_graph records one whole step of one batch: use it with compile=False and grad_accum=1 "
                 f"(got compile={self.compile!r}, grad_accum={self.grad_accum})."
             )
+        check_int("patience", self.patience, allow_none=True)
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1 evaluation (None: never stop early), not {self.patience}.")
         self.betas = tuple(self.betas)
