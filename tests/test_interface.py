@@ -14,6 +14,7 @@ import torch
 from lmbook.decoding.generate import generate
 from lmbook.models.gpt import GPT, GPTConfig
 from lmbook.interface import Cache, LanguageModel, check_model
+from lmbook.models.llama import Llama, LlamaConfig
 from lmbook.models.lora import apply_lora
 from lmbook.models.mlm import Encoder
 from lmbook.models.ngram import NGramLM, NGramModel
@@ -40,6 +41,11 @@ def lora_gpt():
     return model
 
 
+def llama(**changes):
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=16, **changes))
+
+
 def rnn(cell):
     torch.manual_seed(0)
     return RNNLM(RNNConfig(vocab_size=V, cell=cell, n_layer=2, n_embd=8, n_hidden=16))
@@ -56,6 +62,9 @@ MODELS = {
     "post-LN": lambda: gpt(gpt_class(norm="post")),
     "sinusoidal post-LN": lambda: gpt(gpt_class("sinusoidal", "post")),
     "gpt with LoRA": lora_gpt,
+    "llama (grouped-query)": lambda: llama(n_kv_head=2),
+    "llama (multi-query)": lambda: llama(n_kv_head=1),
+    "llama with GPT-2's parts": lambda: llama(position="learned", norm="layer", mlp="gelu", bias=True),
     "rnn": lambda: rnn("rnn"),
     "lstm": lambda: rnn("lstm"),
     "gru": lambda: rnn("gru"),

@@ -4,6 +4,9 @@ Chapter 4 loads the released GPT-2 weights into our own code with :func:`load_gp
 and checks that both implementations give the same logits; chapter 5 uses
 :func:`to_hf` to check that our decoding matches ``transformers``' ``generate``.
 
+Chapter 8's :class:`~lmbook.models.llama.Llama` converts to and from ``LlamaForCausalLM``
+(:func:`to_hf_llama`, :func:`from_hf_llama`): its layers carry Llama's names and shapes.
+
 Our layers carry GPT-2's names, so the mapping is one to one. The only twist:
 GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out),
 while ``nn.Linear`` keeps (out, in), so those weights are transposed.
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 import torch
 
 from lmbook.models.gpt import GPT, GPTConfig
+from lmbook.models.llama import Llama, LlamaConfig
 
 if TYPE_CHECKING:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -271,3 +275,61 @@ def make_trainer(hf_model, train_dataset, output_dir: str | os.PathLike, max_ste
 def training_losses(trainer) -> list[float]:
     """The training loss logged at each logging step of a finished ``Trainer`` run."""
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+# --- The Llama-style model of chapter 8 and transformers' LlamaForCausalLM ----------------
+def to_hf_llama_config(config: LlamaConfig):
+    """The ``transformers`` ``LlamaConfig`` of the same shape (RoPE, RMSNorm and SwiGLU: the default choices)."""
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    changed = [name for name, default in (("position", "rope"), ("norm", "rms"), ("mlp", "swiglu"))
+               if getattr(config, name) != default]
+    if changed:
+        chosen = {name: getattr(config, name) for name in changed}
+        raise ValueError(f"LlamaForCausalLM has no twin for {chosen}: only the default choices (RoPE, RMSNorm, "
+                         "SwiGLU) convert.")
+    return HFLlamaConfig(vocab_size=config.vocab_size, hidden_size=config.n_embd,
+                         intermediate_size=config.intermediate_size, num_hidden_layers=config.n_layer,
+                         num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
+                         head_dim=config.head_dim, max_position_embeddings=config.block_size,
+                         rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+                         tie_word_embeddings=config.tie_embeddings, attention_bias=config.bias, mlp_bias=config.bias,
+                         hidden_act="silu", attention_dropout=config.dropout)
+
+
+def to_hf_llama(model: Llama):
+    """A new ``LlamaForCausalLM`` with a copy of ``model``'s weights (the names match, under ``model.``)."""
+    from transformers import LlamaForCausalLM
+
+    if type(model) is not Llama:
+        raise ValueError(f"only lmbook.models.llama.Llama converts to LlamaForCausalLM, not a {type(model).__name__}.")
+    weight = model.embed_tokens.weight
+    hf_model = LlamaForCausalLM(to_hf_llama_config(model.config)).to(device=weight.device, dtype=weight.dtype)
+    state = {(name if name.startswith("lm_head.") else f"model.{name}"): value
+             for name, value in model.state_dict().items()}
+    hf_model.load_state_dict(state, strict=True)
+    hf_model.train(model.training)
+    return hf_model
+
+
+def from_hf_llama(hf_model) -> Llama:
+    """A :class:`~lmbook.models.llama.Llama` with a copy of a ``LlamaForCausalLM``'s weights."""
+    c = hf_model.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default" or c.hidden_act != "silu":
+        raise ValueError(f"only default RoPE and SiLU convert, not rope_type={rope.get('rope_type')!r}, "
+                         f"hidden_act={c.hidden_act!r}.")
+    if c.attention_bias != c.mlp_bias:
+        raise ValueError("the Llama here has biases everywhere or nowhere: attention_bias and mlp_bias differ.")
+    config = LlamaConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layer=c.num_hidden_layers,
+                         n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
+                         head_dim=c.head_dim, intermediate_size=c.intermediate_size,
+                         rope_theta=float(rope.get("rope_theta", 10000.0)), rms_norm_eps=c.rms_norm_eps,
+                         tie_embeddings=bool(c.tie_word_embeddings), bias=bool(c.attention_bias))
+    weight = hf_model.model.embed_tokens.weight
+    model = Llama(config).to(device=weight.device, dtype=weight.dtype)
+    state = {name.removeprefix("model."): value for name, value in hf_model.state_dict().items()
+             if not name.endswith("rotary_emb.inv_freq")}
+    model.load_state_dict(state, strict=True)
+    model.train(hf_model.training)
+    return model
