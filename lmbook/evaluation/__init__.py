@@ -1,4 +1,5 @@
 """Measuring models and text (chapters 1, 5, 6 and 7): losses, perplexity and bits per character through the
 model interface (``metrics``), measures of generated text (``textmetrics``), the ``evaluate`` metrics
-reimplemented offline (``hf_metrics``) and chapter 7's bias probes (``bias``). Written against
+reimplemented offline (``hf_metrics``), chapter 7's bias probes (``bias``) and chapter 8's scaling-law fit
+(``scaling``). Written against
 :class:`lmbook.interface.LanguageModel` only, so it imports no model."""
