@@ -122,3 +122,33 @@ def test_bad_shapes_are_refused_with_what_to_do():
     with pytest.raises(ValueError, match="position must be one of"):
         LlamaConfig(position="alibi")
     assert LlamaConfig(n_embd=96).intermediate_size == 256 and math.isclose(256 / 96, 8 / 3, rel_tol=0.01)
+
+
+def test_the_cache_holds_the_computed_bytes_per_token_for_mha_gqa_and_mqa():
+    for kv in (4, 2, 1):
+        torch.manual_seed(0)
+        m = Llama(LlamaConfig.preset("tiny", n_kv_head=kv)).eval()
+        cache = m.make_cache()
+        with torch.no_grad():
+            m(torch.randint(0, 65, (1, 10)), cache=cache)
+        held = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() / m.config.block_size  # per position
+        assert held == m.config.kv_bytes_per_token() == 2 * 2 * kv * 8 * 4
+
+
+def test_position_interpolation_rotates_position_p_as_the_unscaled_model_rotates_p_over_the_scale():
+    torch.manual_seed(0)
+    scaled = Llama(LlamaConfig.preset("tiny", rope_scale=2.0)).eval()
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.normal_(0, 0.3)  # large enough that positions move the output visibly
+    plain = Llama(LlamaConfig.preset("tiny")).eval()
+    plain.load_state_dict(scaled.state_dict())
+    h = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        got = scaled.layers[0].self_attn(h, torch.arange(8))
+        torch.testing.assert_close(got, plain.layers[0].self_attn(h, torch.arange(8) / 2.0), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got, plain.layers[0].self_attn(h, torch.arange(8)), atol=1e-2)
+    with pytest.raises(ValueError, match="rope_scale must be a positive number"):
+        LlamaConfig(rope_scale=0)
+    with pytest.raises(ValueError, match="no twin"):
+        to_hf_llama(scaled)

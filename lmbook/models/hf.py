@@ -282,7 +282,7 @@ def to_hf_llama_config(config: LlamaConfig):
     """The ``transformers`` ``LlamaConfig`` of the same shape (RoPE, RMSNorm and SwiGLU: the default choices)."""
     from transformers import LlamaConfig as HFLlamaConfig
 
-    changed = [name for name, default in (("position", "rope"), ("norm", "rms"), ("mlp", "swiglu"))
+    changed = [name for name, default in (("position", "rope"), ("norm", "rms"), ("mlp", "swiglu"), ("rope_scale", 1.0))
                if getattr(config, name) != default]
     if changed:
         chosen = {name: getattr(config, name) for name in changed}

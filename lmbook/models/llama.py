@@ -48,6 +48,7 @@ class LlamaConfig(Presets):
     head_dim: int | None = None
     intermediate_size: int | None = None
     rope_theta: float = 10000.0
+    rope_scale: float = 1.0  # positions divided by it before rotating (position interpolation, Chen et al., 2023)
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
     dropout: float = 0.0
@@ -76,11 +77,16 @@ class LlamaConfig(Presets):
         for name in ("tie_embeddings", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"LlamaConfig.{name} must be True or False, not {getattr(self, name)!r}.")
-        for name in ("rope_theta", "rms_norm_eps"):
+        for name in ("rope_theta", "rope_scale", "rms_norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"LlamaConfig.{name} must be a positive number, not {value!r}.")
         self.check_rate("dropout")
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 4) -> int:
+        """Bytes the key/value cache holds for each token: keys and values of ``n_kv_head`` heads in every layer.
+        Multi-query attention (one kv head) keeps ``n_head`` times less than multi-head attention."""
+        return 2 * self.n_layer * self.n_kv_head * self.head_dim * bytes_per_value
 
 
 LlamaConfig.PRESETS = {
@@ -150,7 +156,7 @@ class Attention(nn.Module):
         super().__init__()
         c = config
         self.n_head, self.n_kv_head, self.head_dim, self.rope = c.n_head, c.n_kv_head, c.head_dim, c.position == "rope"
-        self.theta, self.dropout = c.rope_theta, c.dropout
+        self.theta, self.scale, self.dropout = c.rope_theta, c.rope_scale, c.dropout
         self.q_proj = nn.Linear(c.n_embd, c.n_head * c.head_dim, bias=c.bias)
         self.k_proj = nn.Linear(c.n_embd, c.n_kv_head * c.head_dim, bias=c.bias)
         self.v_proj = nn.Linear(c.n_embd, c.n_kv_head * c.head_dim, bias=c.bias)
@@ -165,7 +171,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.rope:
-            cos, sin = rope_cos_sin(positions, self.head_dim, self.theta)  # (T, hd) or (B, T, hd)
+            angles_at = positions if self.scale == 1.0 else positions / self.scale  # interpolated positions
+            cos, sin = rope_cos_sin(angles_at, self.head_dim, self.theta)  # (T, hd) or (B, T, hd)
             if cos.dim() == 3:
                 cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd): one row of positions per sequence
             q, k = apply_rope(q, cos, sin).to(q.dtype), apply_rope(k, cos, sin).to(k.dtype)
