@@ -2,9 +2,11 @@
 
 Decoding one sequence reads every weight once a token, so its speed is the speed of reading the weights:
 storing them in one byte instead of four reads a quarter of the bytes. Each output row ``W_j`` of a linear
-layer gets its own scale ``s_j = max|W_j| / 127`` and is stored as ``q_j = round(W_j / s_j)``, integers in
-[-127, 127]; the layer computes ``(x @ q.T) · s + b``, the integers converted to the input's dtype as they are
-read. Rounding moves each weight by at most ``s_j / 2``. Activations stay in floating point ("weight-only").
+layer gets its own scale ``s_j = max|W_j| / 127.5`` (the 255 steps of int8 spread over ``[-max, max]``, as
+``torchao``'s ``Int8WeightOnlyConfig`` spreads them) and is stored as ``q_j = round(W_j / s_j)``, integers
+in [-128, 127]; the layer computes ``(x @ q.T) · s + b``, the integers converted to the input's dtype as they
+are read. Rounding moves each weight by at most ``s_j / 2``. Activations stay in floating point
+("weight-only").
 
 :func:`quantize_int8` swaps every ``nn.Linear`` of a model (a tied output layer too: the embedding it shares
 its weight with stays in float) for an :class:`Int8Linear`.
@@ -24,8 +26,8 @@ from .lora import LoRALinear
 def int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight`` (out, in) as int8 ``q`` (out, in) and float32 scales ``s`` (out,), with ``q · s ≈ weight``."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0  # (out,) a zero row: any scale
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.5  # (out,) a zero row: any scale
+    q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)  # (out, in)
     return q, scale
 
 
