@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 @runtime_checkable
@@ -197,3 +198,11 @@ def check_targets(targets: torch.Tensor | None, idx: torch.Tensor, vocab_size: i
         if low < -1 or high >= vocab_size:
             raise ValueError(f"targets must lie in range({vocab_size}), the model's vocabulary, or be -1 (no loss); "
                              f"they hold ids from {low} to {high}.")
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+    """The mean cross-entropy of ``logits`` (B, T, V) against ``targets`` (B, T), in float32, over the targets that
+    are not -1; ``None`` without targets. Every model of the book returns it as its loss."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Presets
-from ..interface import check_bool, check_number, check_targets, check_token_ids, num_params
+from ..interface import check_bool, check_number, check_targets, check_token_ids, next_token_loss, num_params
 
 PRESETS: dict[str, dict] = {
     # For unit tests and quick experiments: runs in milliseconds on a CPU.
@@ -209,16 +209,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "is_residual_projection", False):
-                std /= math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_gpt2(module, self.config.n_layer)
 
     @property
     def context_length(self) -> int:
@@ -238,9 +229,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_targets(targets, idx, self.config.vocab_size)  # before the cache moves
         logits = self.lm_head(self.features(idx, cache, attention_mask))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = next_token_loss(logits, targets)
         return logits, loss
 
     def features(self, idx: torch.Tensor, cache: KVCache | None = None,
@@ -266,6 +255,20 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """Parameters by the book's one convention (:func:`lmbook.interface.num_params`)."""
         return num_params(self)
+
+
+def init_gpt2(module: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation of one module: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)
+    (chapter 3's GPT and chapter 8's Llama, through ``model.apply``)."""
+    if isinstance(module, nn.Linear):
+        std = 0.02
+        if getattr(module, "is_residual_projection", False):
+            std /= math.sqrt(2 * n_layer)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
 def padded_positions_and_mask(attention_mask: torch.Tensor, start: int, T: int

@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Presets
-from ..interface import check_targets, check_token_ids, num_params
-from .gpt import KVCache, check_fits, padded_positions_and_mask
+from ..interface import check_targets, check_token_ids, next_token_loss, num_params
+from .gpt import KVCache, check_fits, init_gpt2, padded_positions_and_mask
 
 POSITIONS, NORMS, MLPS = ("rope", "learned"), ("rms", "layer"), ("swiglu", "gelu")
 
@@ -246,15 +246,7 @@ class Llama(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """N(0, 0.02), residual projections scaled by 1/sqrt(2 · n_layer), as the book's GPT."""
-        if isinstance(module, nn.Linear):
-            std = 0.02 / (math.sqrt(2 * self.config.n_layer) if getattr(module, "is_residual_projection", False)
-                          else 1.0)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_gpt2(module, self.config.n_layer)  # as the book's GPT
 
     @property
     def context_length(self) -> int:
@@ -288,9 +280,7 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(T)
         logits = self.lm_head(self.norm(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = next_token_loss(logits, targets)
         return logits, loss
 
     def num_params(self) -> int:

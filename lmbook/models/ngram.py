@@ -27,9 +27,8 @@ from typing import Hashable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..interface import check_targets, check_token_ids
+from ..interface import check_targets, check_token_ids, next_token_loss
 from ..evaluation.metrics import perplexity
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -352,7 +351,5 @@ class NGramModel(nn.Module):
                                            for t in range(start, len(row))]) for row in rows])  # (B, T, vocab)
         if cache is not None:
             cache.ids = seen
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = next_token_loss(logits, targets)
         return logits.to(idx.device), loss

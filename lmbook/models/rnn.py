@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Presets
-from ..interface import check_bool, check_number, check_targets, check_token_ids, evaluating, num_params
+from ..interface import (check_bool, check_number, check_targets, check_token_ids, evaluating, next_token_loss,
+                         num_params)
 
 CELLS = ("rnn", "lstm", "gru")
 NAMES = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru": "GRU"}  # how the chapter labels them
@@ -252,9 +253,7 @@ class RNNLM(nn.Module):
         elif carry:
             # truncation: no gradient flows into the previous call
             self._carried = _detach(state, self.wte.weight.dtype)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = next_token_loss(logits, targets)
         return logits, loss
 
     def num_params(self) -> int:
