@@ -6,7 +6,7 @@
 - the character-level models of chapters 2 and 3 and how they train (:class:`CharRun`,
   :func:`make_char_model`, :func:`train_char_model`; :class:`GPTRun`, ``GPT_RUNS``, :func:`make_char_gpt`,
   :func:`train_char_gpt`, :func:`named_config`), which the quick start, chapters 5 to 7, the model zoo and
-  the benchmarks reuse;
+  the benchmarks reuse, and chapter 8's Llama of the same shapes (:func:`make_char_llama`);
 - chapter 3's equal-time record as chapters 6 and 7 read it (:func:`equal_time_windows`,
   :func:`plot_equal_time`), and chapter 4's settings (:class:`ChapterRun`), which chapter 7 reads from
   its record; chapter 6's settings (:class:`EvaluationRun`), which its two modules read.
@@ -22,6 +22,7 @@ import torch
 
 from ..config import Presets
 from ..models.gpt import GPT, GPTConfig
+from ..models.llama import Llama, LlamaConfig
 from ..models.rnn import NAMES, RNNConfig, RNNLM
 from ..models.variants import gpt_class
 from ..runtime import get_device
@@ -169,6 +170,16 @@ def make_char_gpt(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **va
     """A fresh GPT at the sizes of ``run``, initialised from ``seed``; ``variant`` goes to :func:`gpt_class`."""
     torch.manual_seed(seed)
     return gpt_class(**variant)(run.model_config(vocab_size)).to(device or get_device())
+
+
+def make_char_llama(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **choices) -> Llama:
+    """A fresh :class:`~lmbook.models.llama.Llama` of the shape of ``run`` (layers, heads, width, context, dropout),
+    initialised from ``seed``; ``choices`` are :class:`~lmbook.models.llama.LlamaConfig` fields (``position``,
+    ``n_kv_head``, a longer ``block_size`` than the windows it trains on, ...). Chapter 8 trains it as the GPT, with :func:`train_char_gpt`."""
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=vocab_size, block_size=run.block_size, n_layer=run.n_layer, n_head=run.n_head,
+                 n_embd=run.n_embd, dropout=run.dropout)
+    return Llama(LlamaConfig(**{**shape, **choices})).to(device or get_device())
 
 
 def train_char_gpt(model: GPT, run: GPTRun, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
