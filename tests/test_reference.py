@@ -68,7 +68,7 @@ def test_the_gpu_record_is_the_reference_and_both_load(tmp_path):
     assert reference.load("ch03", directory=tmp_path).level == "gpu"
     assert reference.load("ch03", level="cpu", directory=tmp_path).level == "cpu"
     assert list(reference.load_all("ch03", tmp_path)) == ["gpu", "cpu"]
-    with pytest.raises(KeyError, match="no recipe 'gpt'; there are: ch02, ch03, ch04, ch07"):
+    with pytest.raises(KeyError, match="no recipe 'gpt'; there are: ch02, ch03, ch04, ch07, ch08, ch08-scaling"):
         reference.chapter_of("gpt")  # records are named by chapter
     assert reference.load("ch02", directory=tmp_path) is None and reference.load_all("ch02", tmp_path) == {}
 
@@ -170,7 +170,8 @@ def test_the_records_ship_in_the_wheel():
 
 
 def test_the_command_lists_recipes_with_no_records(tmp_path, capsys):
-    assert reference.listing(tmp_path) == [f"{name} {level}: not recorded" for name in ("ch02", "ch03", "ch04", "ch07")
+    assert reference.listing(tmp_path) == [f"{name} {level}: not recorded" for name in
+                                           ("ch02", "ch03", "ch04", "ch07", "ch08", "ch08-scaling")
                                            for level in ("gpu", "cpu")]
     reference.save(record("cpu", recipe_hash=reference.current_recipe("ch03", "cpu")[1]), tmp_path)
     reference.save(record("gpu"), tmp_path)
@@ -300,7 +301,7 @@ def test_chapter_3s_cpu_recipe_runs_end_to_end_at_its_tiny_size(tmp_path, shakes
     assert "No equal-time run is recorded" in equal_time_facts(None)["equal_time_verdict"].data
 
 
-@pytest.mark.parametrize("name", ["ch02", "ch03", "ch04", "ch07"])
+@pytest.mark.parametrize("name", ["ch02", "ch03", "ch04", "ch07", "ch08", "ch08-scaling"])
 def test_the_full_size_recipes_run_at_their_tiny_size_and_rerun_from_what_they_kept(name, tmp_path, shakespeare,
                                                                                     monkeypatch, one_thread):
     """The GPU recipes end to end at their tiny size (samples and whole-split losses stubbed: they take the time),
@@ -319,7 +320,7 @@ def test_the_full_size_recipes_run_at_their_tiny_size_and_rerun_from_what_they_k
     again = reference.read(recording.record(name, "gpu", smoke=True, work=tmp_path))
     assert steps == [] and again.environment["sessions"] == 2
     assert (again.histories, again.results, again.samples) == (first.histories, first.results, first.samples)
-    assert first.histories and first.results and (first.samples or name == "ch07") and first.level == "gpu"
+    assert first.histories and first.results and (first.samples or name.startswith(("ch07", "ch08"))) and first.level == "gpu"
 
 
 def test_every_record_layout_reads_as_the_same_typed_figures():

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .beam import beam_search
 from .shared import GenerationConfig, Reader, process_scores, weights_in_out
-from ..interface import check_model, check_seed, check_token_ids, context_length, device_of, evaluating
+from ..interface import check_int, check_model, check_seed, check_token_ids, context_length, device_of, evaluating
 
 SETTINGS = {f.name for f in fields(GenerationConfig)}
 
@@ -297,3 +297,23 @@ def complete(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 200
     ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
     out = generate(model, ids, max_new_tokens, temperature, top_k, seed=seed, tokenizer=tokenizer, **settings)
     return tokenizer.decode(out[0].tolist())
+
+
+def tokens_per_second(model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, repeats: int = 2,
+                      **settings) -> float:
+    """New tokens a second over the whole batch: ``prompt`` (B, T) extended by ``max_new_tokens`` greedy tokens
+    (unless ``settings`` say otherwise), the best of ``repeats`` timed runs after one short warm-up (chapters 5
+    and 8 time decoding with it)."""
+    import time
+
+    check_int("repeats", repeats, minimum=1)
+    settings = {"temperature": 0, **settings}
+    generate(model, prompt, min(2, max_new_tokens), **settings)  # warm-up: first-call allocations
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generate(model, prompt, max_new_tokens, **settings)
+        if prompt.is_cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return prompt.size(0) * max_new_tokens / best

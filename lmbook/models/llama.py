@@ -149,6 +149,21 @@ def make_norm(config: LlamaConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                      causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of ``q`` (B, nh, T, hd) over ``k``, ``v`` (B, nkv, S, hd), query head j reading key/value head
+    j // (nh / nkv), without copying the keys and values once per query head: one query a head (a decoding step)
+    stacks a group's queries as rows against its one key/value head, so a step reads nkv heads of the cache,
+    not nh; longer queries use ``scaled_dot_product_attention``'s ``enable_gqa``. ``mask`` (B, 1, T, S)."""
+    B, nh, T, hd = q.shape
+    nkv = k.size(1)
+    if T == 1 and not causal:
+        y = F.scaled_dot_product_attention(q.view(B, nkv, nh // nkv, hd), k, v, attn_mask=mask, dropout_p=dropout)
+        return y.view(B, nh, 1, hd)  # (B, nkv, group, hd): the group's queries side by side
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
+                                          enable_gqa=nkv != nh)
+
+
 class Attention(nn.Module):
     """Causal self-attention with ``n_kv_head`` key/value heads (grouped-query) and RoPE on queries and keys."""
 
@@ -185,10 +200,7 @@ class Attention(nn.Module):
             elif mask is None and start > 0:
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 causal = False
-        group = self.n_head // self.n_kv_head
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # query head j uses kv j // group
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        y = grouped_attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 

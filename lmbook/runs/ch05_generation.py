@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..decoding.shared import GenerationConfig, process_scores, top_k_filter, top_p_filter
-from ..decoding.generate import generate
+from ..decoding.generate import generate, tokens_per_second
 from ..models.gpt import GPT, GPTConfig
 from ..interface import context_length, evaluating
 from ..evaluation.metrics import perplexity, token_nlls
@@ -155,17 +155,9 @@ def cache_speed(run: GenerationRun, device=None, repeats: int = 2) -> dict[str, 
     model = GPT(run.cache_config()).to(device or "cpu").eval()
     prompt = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
     speeds: dict[str, dict[int, float]] = {"with the cache": {}, "without": {}}
-    generate(model, prompt, 4, temperature=0)  # warm-up
     for length in run.cache_lengths:
         for name, use_cache in (("with the cache", True), ("without", False)):
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                generate(model, prompt, length, temperature=0, use_cache=use_cache)
-                if prompt.is_cuda:
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - start)
-            speeds[name][length] = length / best
+            speeds[name][length] = tokens_per_second(model, prompt, length, repeats, use_cache=use_cache)
     return speeds
 
 

@@ -41,6 +41,7 @@ RECIPES: dict[str, str] = {  # chapter -> the runs module holding its REFERENCE,
     "ch03": "lmbook.runs.ch03_gpt",  # the character-level GPT; on a CPU, against the LSTM and GRU at equal time
     "ch04": "lmbook.runs.ch04_finetune",  # pretraining, adaptation, a labelled task
     "ch07": "lmbook.runs.ch07_sweep",  # the size sweep
+    "ch08": "lmbook.runs.ch08_architecture",  # GPT-2's block to Llama's, a change at a time; context length
     "ch08-scaling": "lmbook.runs.ch08_scaling",  # model sizes times token budgets, for the scaling law
 }
 _WORDS = dict(enumerate(("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")))
