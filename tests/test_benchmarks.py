@@ -125,3 +125,120 @@ def test_gpu_runs_refuses_an_unknown_part(tmp_path):
     done = subprocess.run(["bash", str(BENCHMARKS / "gpu_runs.sh"), "everything", str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "check, mfu, decode or references" in done.stderr
+
+
+# --- bench_decode.py's chapter 8 options: tiny shapes, two new tokens, one repeat ---
+TINY_DECODE = ["--batch-sizes", "1", "2", "--new-tokens", "2", "--prompt-length", "4", "--repeats", "1"]
+RATES = ["--bandwidth", "--stream-mib", "8", "--matvec-mib", "4"]
+
+
+def needs_compiler():
+    if script("decode_kernels").compiler() is None:
+        pytest.skip("no C compiler for the decoding kernels")
+
+
+def test_bench_decode_rates_int8_and_kernels_on_a_tiny_gpt(tmp_path):
+    needs_compiler()
+    out = tmp_path / "decode.json"
+    result = script("bench_decode").main(["--shapes", "tiny", *TINY_DECODE, *RATES, "--int8", "--kernels",
+                                          "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["stream"]["gb_s"] > 0 and result["stream"]["mib"] == 8
+    names = ("lmbook", "transformers", "lmbook-int8", "lmbook-c", "lmbook-int8-c")
+    assert [row["batch"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        m = row["matvec"]
+        assert min(m["out_in_gb_s"], m["in_out_gb_s"], m["kernel_f32_gb_s"], m["kernel_i8_gb_s"]) > 0
+        assert m["best_gb_s"] == max(m["out_in_gb_s"], m["in_out_gb_s"]) and m["mib"] >= 4
+        for name in names:
+            assert row[f"{name}_tok_s_median"] > 0 and row[f"{name}_gb_s"] > 0
+            assert row[f"{name}_of_stream"] > 0 and row[f"{name}_of_matvec"] > 0
+            assert row[f"{name}_gb_s"] == pytest.approx(row[f"{name}_step_bytes"] * row[f"{name}_tok_s_median"]
+                                                        / row["batch"] / 1e9)
+        assert row["same_ids"] and row["lmbook-c_same_ids"] and row["lmbook-int8-c_same_ids"]
+        assert 0 <= row["lmbook-int8_agreement"] <= 1 and row["lmbook-int8_ratio_median"] > 0
+        assert row["lmbook-int8_step_bytes"] < row["lmbook_step_bytes"] / 3  # int8 and scales: a bit over a quarter
+        assert 0 < row["int8_quality"]["logits_change"] < 0.05 and "trained" not in row["int8_quality"]
+
+
+def test_step_bytes_counts_each_matrix_once():
+    from lmbook.models.gpt import GPT, GPTConfig
+    from lmbook.models.quantize import quantize_int8
+
+    rates = script("decode_rates")
+    c = GPTConfig.preset("tiny")
+    model = GPT(c)
+    L, C, V = c.n_layer, c.n_embd, c.vocab_size
+    blocks = L * (3 * C * C + 3 * C + C * C + C + 4 * C * C + 4 * C + 4 * C * C + C)  # weights and biases
+    assert rates.step_bytes(model) == 4 * (blocks + V * C)  # the tied output matrix once, no embedding lookups
+    rows = L * (3 * C + C + 4 * C + C) + V  # output rows: one float32 scale each
+    biases = L * (3 * C + C + 4 * C + C)
+    assert rates.step_bytes(quantize_int8(model)) == (blocks - biases + V * C) + 4 * rows + 4 * biases
+    shapes = rates.matrix_shapes(model)
+    assert shapes[:4] == [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)] and shapes[-1] == (V, C)
+    assert sum(o * i for o, i in rates.repeated(shapes, 10**6, 4)) * 4 >= 10**6
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+def test_the_c_kernels_compute_what_linear_and_int8linear_do(rows):
+    needs_compiler()
+    import torch
+    from lmbook.models.quantize import Int8Linear
+
+    kernels = script("decode_kernels")
+    torch.manual_seed(0)
+    for n_in, n_out, bias in ((37, 19, True), (64, 96, False), (384, 1152, True)):
+        linear = torch.nn.Linear(n_in, n_out, bias=bias)
+        x = torch.randn(rows, 2, n_in)
+        with torch.no_grad():
+            for layer in (linear, Int8Linear(linear)):
+                ref = layer(x)
+                got = kernels.KernelLinear(layer)(x)
+                assert got.shape == ref.shape
+                assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="float32 inputs"):
+        kernels.kernel_linear(x.double(), linear.weight)
+
+
+def test_bench_decode_llama_against_llamaforcausallm(tmp_path):
+    result = script("bench_decode").main(["--llama", "--shapes", "llama-tiny", *TINY_DECODE, *RATES])
+    assert [(row["shape"], row["batch"], row["same_ids"]) for row in result["rows"]] == [
+        ("llama-tiny", 1, True), ("llama-tiny", 2, True)]
+    for row in result["rows"]:
+        assert row["lmbook_tok_s_median"] > 0 and row["transformers_tok_s_median"] > 0
+        assert row["lmbook_gb_s"] > 0 and row["lmbook_of_matvec"] > 0
+
+
+def test_int8_quality_of_the_trained_char_gpt(shakespeare, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+    from lmbook.models.gpt import GPT, GPTConfig
+    from lmbook.runs import zoo
+
+    torch.manual_seed(0)
+    tiny = GPT(GPTConfig.preset("tiny"))  # stands in for the trained model, which takes a minute to train
+    monkeypatch.setattr(zoo, "trained", lambda name, device=None: SimpleNamespace(model=tiny))
+    q = script("decode_models").trained_quality(torch.device("cpu"), prompts=2, new_tokens=4)
+    assert q["held_out_chars"] > 100_000 and q["block_size"] == 32
+    assert abs(q["bpc_fp32"] - 6.02) < 0.1  # random weights: about log2(65) bits a character
+    assert abs(q["bpc_change"]) < 0.01 and 0 <= q["greedy_agreement"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shapes", "gpt3"], "unknown GPT shape"),
+    (["--shapes", "llama-char"], "Llama shapes need --llama"),
+    (["--llama", "--shapes", "tiny"], "unknown Llama shape"),
+    (["--shapes", "tiny", "--new-tokens", "40"], "exceed the context"),
+])
+def test_bench_decode_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        script("bench_decode").main(argv + ["--batch-sizes", "1", "--repeats", "1"])
+    assert message in str(stopped.value.code)
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--int8", "--dtype", "bfloat16"], ["--stream-mib", "-1"]])
+def test_bench_decode_refuses_bad_options(argv, capsys):
+    with pytest.raises(SystemExit):
+        script("bench_decode").main(argv)
+    assert "error" in capsys.readouterr().err
