@@ -156,7 +156,7 @@ def test_length_summary_splits_at_the_training_context():
 # --- the cache and int8 ----------------------------------------------------------------------------------------
 def test_the_cache_holds_what_the_shape_says_and_multi_query_holds_least():
     run = dec.DecodingRun(kv_shape=(2, 4, 16), kv_heads=(4, 2, 1), kv_prompt=6, kv_new=2, kv_batch=2,
-                          quant_chars=100, quant_new=2, repeats=1)
+                          quant_chars=100, quant_new=2, speed_shape=(1, 2, 8), repeats=1)
     table = dec.kv_cache_rows(run)
     assert [r["name"] for r in table] == ["multi-head", "grouped (2 kv heads)", "multi-query"]
     assert all(r["measured"] == r["computed"] == 2 * 2 * r["n_kv_head"] * 4 * 4 for r in table)
@@ -169,7 +169,7 @@ def test_the_int8_table_keeps_the_model_and_reads_fewer_bytes():
     model = Llama(LlamaConfig(vocab_size=11, block_size=24, n_layer=2, n_head=2, n_embd=32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = dec.DecodingRun(kv_shape=(1, 2, 8), kv_heads=(2,), kv_prompt=2, kv_new=2, kv_batch=1, quant_chars=200,
-                          quant_new=8, repeats=1)
+                          quant_new=8, speed_shape=(1, 2, 8), repeats=1)
     table = dec.quantization_rows(model, torch.randint(11, (400,)), run, torch.randint(11, (1, 4)))
     assert [r["dtype"] for r in table] == ["float32", "bfloat16", "int8"] and table[0]["agreement"] == 1.0
     assert table[0]["mib"] > table[1]["mib"] > table[2]["mib"]

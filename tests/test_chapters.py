@@ -40,6 +40,7 @@ ALLOWED = [
     (r"\bGPT-[1-4]\b|\bH100\b|\bA100\b|\bfloat(?:16|32|64)\b|\bbf16\b|\bUTF-8\b|\bSHA-256\b|\bWord2Vec\b",
      "part of a name: a model, a GPU, a number format, an encoding, a checksum"),
     (r"\b[A-Z]{2,}-[12L]\b|\bdistinct-\d\b", "part of a metric's name (ROUGE-1, ROUGE-2, distinct-2)"),
+    (r"\bb?float16\b|\bint[48]\b", "a number format: bfloat16, int8, int4"),
     (r"\b\d-grams?\b", "an n-gram model named by its order (a 5-gram), as a trigram is"),
 ]
 SENTENCE = re.compile(r"((?<=[.!?])(?<! al\.)\s+(?=[A-Z{*_`(\[]|\d)|\n\s*\n|\n(?=\s*(?:[-*]|\d+\.)\s))")

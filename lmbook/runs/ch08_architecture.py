@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..display.show import and_list, ordering, than
 from ..evaluation.intervals import mean_interval
 from ..evaluation.metrics import split_loss
 from ..interface import num_params
@@ -104,7 +105,7 @@ def ablation(arch: ArchitectureRun, train_data: torch.Tensor, val_data: torch.Te
              device=None, rec=None) -> list[dict]:
     """Every rung of ``LADDER`` trained with every seed: a dict per run with ``rung``, ``seed``, ``budget``
     ("steps", or "time" in the equal-time runs), ``params``, ``steps``, ``seconds``, ``val_loss`` (the whole
-    held-out split in windows of the context) and its ``history``."""
+    held-out split in windows of the context), its ``history`` and the trained ``model``."""
     device = device or get_device()
     run = arch.run
     target = num_params(make_char_llama(run, vocab_size, "cpu", **GPT2))
@@ -130,7 +131,7 @@ def ablation(arch: ArchitectureRun, train_data: torch.Tensor, val_data: torch.Te
                 rows.append({"rung": name, "seed": seed, "budget": budget, "params": num_params(model),
                              "steps": this_run.max_steps, "seconds": history.seconds,
                              "val_loss": loss() if rec is None else rec.compute(f"loss {label}", loss),
-                             "history": history})
+                             "history": history, "model": model})
     return rows
 
 
@@ -161,6 +162,28 @@ def ablation_summary(rows: list[dict], budget: str = "steps", level: float = 0.9
         summary.append(row)
         before = name
     return summary
+
+
+def ablation_facts(summary: list[dict], level: float = 0.9) -> str:
+    """The sentences a ladder's summary supports: each change's effect in bits per character, and, with several
+    seeds, which changes moved the loss by more than the seeds' spread (their ``level`` interval leaves out 0)."""
+    changes = summary[1:]
+    listed = and_list(f"{s['rung']} {s['change']:+.3f}" for s in changes)
+    if all(s["matters"] is None for s in changes):
+        return (f"Each change's effect on held-out bits per character, one seed each: {listed}. One seed draws no "
+                "interval, so these differences may be no larger than what another seed would change.")
+    real = [s for s in changes if s["matters"]]
+    text = f"Each change's effect on held-out bits per character, paired by seed: {listed}. "
+    if not real:
+        return text + (f"None of them is larger than the spread over seeds: every change's {level:.0%} interval "
+                       "holds zero, so at this scale the changes are a matter of speed and memory, not of loss.")
+    better = [s["rung"] for s in real if s["change"] < 0]
+    worse = [s["rung"] for s in real if s["change"] > 0]
+    parts = ([f"{and_list(better)} lowered the loss"] if better else []) + (
+        [f"{and_list(worse)} raised it"] if worse else [])
+    rest = [s["rung"] for s in changes if not s["matters"]]
+    return text + (f"Beyond the spread over seeds ({level:.0%} intervals that leave out zero), {' and '.join(parts)}"
+                   + (f"; {and_list(rest)} changed it by less than the seeds vary." if rest else "."))
 
 
 def plot_ablation(summaries: dict[str, list[dict]], ax=None):
@@ -217,7 +240,8 @@ def length_experiment(arch: ArchitectureRun, train_data: torch.Tensor, val_data:
     """Learned positions and RoPE trained on windows of the context, their models long enough to read
     ``long_factor`` times more; then the RoPE model read with positions interpolated (``rope_scale``) and with
     its base raised as Code Llama raised it (θ × factor^(d/(d-2))), and both models trained ``long_steps`` more
-    on the long windows (RoPE interpolated). Returns ``{name: (long,) position losses}`` as lists and ``long``."""
+    on the long windows (RoPE interpolated). Returns ``long``, ``trained`` (the training context) and ``losses``,
+    ``{name: the position losses (long,) as a list}``."""
     device = device or get_device()
     run, factor = arch.run, arch.long_factor
     long = run.block_size * factor
@@ -249,6 +273,26 @@ def length_summary(result: dict) -> dict[str, tuple[float, float]]:
     T = result["trained"]
     return {name: (sum(v[:T]) / T / math.log(2), sum(v[T:]) / (len(v) - T) / math.log(2))
             for name, v in result["losses"].items()}
+
+
+def length_facts(result: dict) -> str:
+    """What the length experiment shows, in sentences computed from ``result`` (:func:`length_experiment`)."""
+    table = length_summary(result)
+    inside, beyond = ({name: v[i] for name, v in table.items()} for i in (0, 1))
+    untrained = [name for name in table if "steps at" not in name]
+    tuned = [name for name in table if "steps at" in name]
+    best = min(untrained, key=beyond.get)
+    text = (f"Inside the {result['trained']} positions they trained on, learned positions reach "
+            f"{inside['learned']:.3f} bits per character and RoPE {inside['RoPE']:.3f}. Beyond them, up to "
+            f"{result['long']}, learned positions {than(beyond['learned'], inside['learned'], 'fall', 'rise').data} to "
+            f"{beyond['learned']:.3f} and RoPE {than(beyond['RoPE'], inside['RoPE'], 'falls', 'rises').data} to "
+            f"{beyond['RoPE']:.3f}. Without any training at the longer length, the best of the {len(untrained)} "
+            f"beyond the training context is {best} ({beyond[best]:.3f}); in order: "
+            f"{ordering({name: beyond[name] for name in untrained}).data}.")
+    if tuned:
+        text += " After a short training on the longer windows: " + and_list(
+            f"{name} {beyond[name]:.3f}" for name in tuned) + " bits per character beyond the first context."
+    return text
 
 
 def plot_position_losses(result: dict, ax=None, smooth: int = 8):
@@ -292,7 +336,7 @@ def record_cpu(rec) -> None:
 
     tokenizer, train_data, val_data = shakespeare_chars()
     rows = ablation(rec.settings, train_data, val_data, tokenizer.vocab_size, rec.device, rec=rec)
-    rec.result("ablation", [{k: v for k, v in r.items() if k != "history"} for r in rows])
+    rec.result("ablation", [{k: v for k, v in r.items() if k not in ("history", "model")} for r in rows])
     rec.result("length", length_experiment(rec.settings, train_data, val_data, tokenizer.vocab_size, rec.device,
                                            rec=rec))
 

@@ -22,6 +22,7 @@ from ..evaluation.metrics import split_loss
 from ..interface import context_length, device_of
 from ..models.llama import Llama, LlamaConfig
 from ..models.quantize import quantize_int8, weight_bytes
+from ..display.show import and_list, than
 from .common import Settings
 
 
@@ -36,14 +37,15 @@ class DecodingRun(Settings):
     kv_batch: int
     quant_chars: int  # held-out characters the bits per character are measured on
     quant_new: int  # greedy tokens decoded per timing (batch 1)
+    speed_shape: tuple[int, int, int]  # (n_layer, n_head, n_embd) of a larger Llama, random weights, timed only
     repeats: int = 2  # timings: the best of this many
 
 
 RUNS = {
     "full": DecodingRun(kv_shape=(8, 8, 512), kv_heads=(8, 2, 1), kv_prompt=1536, kv_new=128, kv_batch=8,
-                        quant_chars=100_000, quant_new=256, repeats=3),
+                        quant_chars=100_000, quant_new=256, speed_shape=(12, 12, 768), repeats=3),
     "fast": DecodingRun(kv_shape=(4, 8, 256), kv_heads=(8, 2, 1), kv_prompt=256, kv_new=24, kv_batch=8,
-                        quant_chars=20_000, quant_new=64),
+                        quant_chars=20_000, quant_new=64, speed_shape=(6, 6, 384)),
 }
 ATTENTION_NAMES = {1: "multi-query"}
 
@@ -121,3 +123,32 @@ def plot_quantization(tables: dict[str, list[dict]], axes=None):
     axes[1].set(ylabel="weights read per token (MiB)")
     axes[1].tick_params(axis="x", labelsize=7)
     return axes
+
+
+def cache_facts(table: list[dict], run: DecodingRun) -> str:
+    """The cache comparison in sentences: bytes per token (formula and measurement), and the speed each gives."""
+    mha, mqa = table[0], table[-1]
+    agree = all(r["measured"] == r["computed"] for r in table)
+    speed = mqa["tokens_per_second"] / mha["tokens_per_second"]
+    return (f"{mha['name'].capitalize()} attention keeps {mha['computed']:,} bytes a token, {mqa['name']} "
+            f"{mqa['computed']:,}: {mha['computed'] / mqa['computed']:.0f} times less, "
+            + ("exactly what the caches filled by the prompts hold. " if agree else
+               "and the caches the prompts filled hold " + and_list(f"{r['measured']:,.0f}" for r in table) + ". ")
+            + f"Decoding {run.kv_batch} sequences after prompts of {run.kv_prompt:,} tokens, {mqa['name']} attention "
+            f"runs at {mqa['tokens_per_second']:,.0f} tokens a second against {mha['tokens_per_second']:,.0f}, "
+            f"{speed:.2f} times the speed: {than(speed, 1.0, 'slower', 'faster', 0.05).data}.")
+
+
+def quantization_facts(tables: dict[str, list[dict]]) -> str:
+    """Per model: what bfloat16 and int8 cost in held-out bits per character and give in bytes and speed."""
+    sentences = []
+    for name, rows in tables.items():
+        base = rows[0]
+        parts = []
+        for r in rows[1:]:
+            loss = ("" if math.isnan(r["bits"]) else f"{r['bits'] - base['bits']:+.4f} bits per character, ")
+            parts.append(f"{r['dtype']} {loss}{base['mib'] / r['mib']:.1f} times fewer bytes and "
+                         f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second "
+                         f"(greedy tokens equal to float32's: {r['agreement']:.0%})")
+        sentences.append(f"{name}: " + "; ".join(parts) + ".")
+    return " ".join(sentences)

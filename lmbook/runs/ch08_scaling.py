@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import split_loss
-from ..evaluation.scaling import ScalingLaw, bootstrap_fits, fit_scaling_law, interval
+from ..evaluation.scaling import HOFFMANN, ScalingLaw, bootstrap_fits, fit_scaling_law, interval
 from ..interface import num_params
 from ..runtime import get_device
 from ..text.data import RandomBatches
@@ -92,6 +92,50 @@ def grid_fit(points: list[dict], n_boot: int = 200, seed: int = 0) -> dict:
     return {"law": law, "fits": fits, "compute": C, "tokens_per_param": ratio(law),
             "tokens_per_param_interval": interval(ratios),
             "intervals": {name: interval(getattr(f, name) for f in fits) for name in ("alpha", "beta", "E")}}
+
+
+CHINCHILLA_FLOPS = 5.76e23  # the compute of Chinchilla's own training run (Hoffmann et al., 2022)
+
+
+def scaling_facts(points: list[dict], found: dict) -> dict:
+    """The numbers the chapter quotes from a grid and its fit (:func:`grid_fit`): the grid's span, the fitted
+    constants with their intervals, and tokens per parameter at the compute-optimal split, from our fit and
+    from Hoffmann et al.'s published constants at our compute and at Chinchilla's."""
+    N, D, L = grid_arrays(points)
+    law, iv = found["law"], found["intervals"]
+    paper = ScalingLaw(**HOFFMANN)
+
+    def ratio(f: ScalingLaw, C: float) -> float:
+        n_opt, d_opt = f.compute_optimal(C)
+        return d_opt / n_opt
+
+    low, high = found["tokens_per_param_interval"]
+    return {"grid_runs": len(points), "grid_sizes": len(set(N)), "grid_budgets": len(set(D)),
+            "grid_n_min": int(N.min()), "grid_n_max": int(N.max()), "grid_d_min": int(D.min()),
+            "grid_d_max": int(D.max()), "grid_tpp_min": float((D / N).min()), "grid_tpp_max": float((D / N).max()),
+            "fit_E": law.E, "fit_A": law.A, "fit_B": law.B, "fit_alpha": law.alpha, "fit_beta": law.beta,
+            "fit_alpha_low": iv["alpha"][0], "fit_alpha_high": iv["alpha"][1], "fit_beta_low": iv["beta"][0],
+            "fit_beta_high": iv["beta"][1], "fit_E_low": iv["E"][0], "fit_E_high": iv["E"][1],
+            "fit_compute": found["compute"], "fit_tpp": found["tokens_per_param"], "fit_tpp_low": low,
+            "fit_tpp_high": high, "fit_n_opt": law.compute_optimal(found["compute"])[0],
+            "paper_tpp_here": ratio(paper, found["compute"]), "paper_tpp_chinchilla": ratio(paper, CHINCHILLA_FLOPS),
+            "chinchilla_flops": CHINCHILLA_FLOPS, "fit_worst_error": float(np.abs(law.loss(N, D) / L - 1).max())}
+
+
+def scaling_summary(facts: dict, source: str) -> str:
+    """The grid and its fit in sentences, from :func:`scaling_facts` of the record described by ``source``."""
+    f = facts
+    return (f"The grid ({source}) holds {f['grid_runs']} runs: {f['grid_sizes']} sizes from {f['grid_n_min']:,} to "
+            f"{f['grid_n_max']:,} parameters times {f['grid_budgets']} budgets from {f['grid_d_min']:,} to "
+            f"{f['grid_d_max']:,} characters, from {f['grid_tpp_min']:.1f} to {f['grid_tpp_max']:.0f} characters per "
+            f"parameter. The fit is $E$ = {f['fit_E']:.2f} nats per character (90% interval {f['fit_E_low']:.2f} to "
+            f"{f['fit_E_high']:.2f}), $\\alpha$ = {f['fit_alpha']:.2f} ({f['fit_alpha_low']:.2f} to "
+            f"{f['fit_alpha_high']:.2f}) and $\\beta$ = {f['fit_beta']:.2f} ({f['fit_beta_low']:.2f} to "
+            f"{f['fit_beta_high']:.2f}); it misses no run by more than {f['fit_worst_error']:.1%} of its loss. At the "
+            f"grid's largest compute, {f['fit_compute']:.1e} FLOPs, the fitted law is lowest at about "
+            f"{f['fit_tpp']:.0f} characters per parameter (a 90% interval of {f['fit_tpp_low']:.0f} to "
+            f"{f['fit_tpp_high']:.0f} over the resampled fits); Hoffmann et al.'s published constants give "
+            f"{f['paper_tpp_here']:.0f} at the same compute.")
 
 
 def plot_grid(points: list[dict], law: ScalingLaw | None = None, ax=None):
