@@ -5,7 +5,7 @@ position scheme carries past the context it was trained on.
   SwiGLU, no biases, grouped-query attention), each rung adding one change to the one before.
   :func:`ablation` trains every rung with every seed at equal steps, SwiGLU's width set so that the rungs hold
   about the same number of parameters (:func:`matched_width`); the reference recipe also trains each rung for
-  the same seconds (:func:`steps_in_budget`). :func:`ablation_summary` gives each rung's mean held-out loss
+  the same seconds, its steps set by the rungs' speeds probed side by side (:func:`step_seconds`). :func:`ablation_summary` gives each rung's mean held-out loss
   over seeds and the change from the rung before, with intervals.
 - :func:`length_experiment`: learned positions against RoPE trained at one context and evaluated at longer
   ones, RoPE also with its positions interpolated (Chen et al., 2023) or its base raised, and both after a
@@ -67,7 +67,7 @@ RUNS = {
         run=GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=16, max_steps=250,
                    lr=5e-3, min_lr=0.0, warmup_steps=15, schedule="linear", weight_decay=0.1, beta2=0.99,
                    eval_interval=50, eval_iters=2),
-        seeds=(0,), equal_time=False, long_factor=4, long_steps=40, eval_windows=32),
+        seeds=(0,), equal_time=False, long_factor=4, long_steps=40, eval_windows=32, eval_chars=20_000),
 }
 
 
@@ -89,16 +89,19 @@ def matched_width(run: GPTRun, vocab_size: int, choices: dict, target: int) -> d
     return {**choices, "intermediate_size": width}
 
 
-def steps_in_budget(model, run: GPTRun, train_data, seconds: float, device) -> int:
-    """The steps of ``run`` that ``model`` trains in ``seconds`` at its measured speed (a probe of ten steps on
-    copies, :func:`lmbook.runs.recording.measure_speed`), its evaluations counted."""
-    from .recording import measure_speed, steps_within
+def step_seconds(models: dict[str, torch.nn.Module], run: GPTRun, train_data, device,
+                 rounds: int = 2) -> dict[str, float]:
+    """Seconds per training step of each model, probed on copies one after another, ``rounds`` times round, the
+    fastest round kept (ten steps each after a warm-up, :func:`lmbook.runs.recording.measure_speed`): all are
+    timed under the same conditions, and a moment of load on the machine does not count against one."""
+    from .recording import measure_speed
 
     batches = RandomBatches(train_data, run.block_size, run.batch_size, device, seed=0)
-    evaluation = RandomBatches(train_data, run.block_size, 64, device, seed=1)
-    speed = measure_speed(model, batches, run.train_config(), evaluation)
-    return steps_within(seconds, speed, max(1, round(seconds / speed["train_step"] / run.eval_interval)),
-                        run.eval_iters)
+    best = dict.fromkeys(models, math.inf)
+    for _ in range(rounds):
+        for name, model in models.items():
+            best[name] = min(best[name], measure_speed(model, batches, run.train_config())["train_step"])
+    return best
 
 
 def ablation(arch: ArchitectureRun, train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int,
@@ -111,19 +114,22 @@ def ablation(arch: ArchitectureRun, train_data: torch.Tensor, val_data: torch.Te
     target = num_params(make_char_llama(run, vocab_size, "cpu", **GPT2))
     rows = []
     budgets = ("steps", "time") if arch.equal_time else ("steps",)
+    rungs = {name: matched_width(run, vocab_size, rung_choices(choices, run), target) for name, choices in LADDER}
     for budget in budgets:
-        for name, choices in LADDER:
-            choices = matched_width(run, vocab_size, rung_choices(choices, run), target)
+        steps = dict.fromkeys(rungs, run.max_steps)
+        if budget == "time":  # each rung trains for the seconds GPT-2's block takes for max_steps steps
+            def probe() -> dict[str, float]:
+                return step_seconds({name: make_char_llama(run, vocab_size, device, 0, **choices)
+                                     for name, choices in rungs.items()}, run, train_data, device)
+
+            speed = probe() if rec is None else rec.compute("seconds per step", probe)
+            steps = {name: max(1, round(run.max_steps * speed["GPT-2"] / speed[name])) for name in rungs}
+        for name, choices in rungs.items():
+            this_run = run if steps[name] == run.max_steps else run.replace(
+                max_steps=steps[name], eval_interval=max(1, steps[name] // max(1, run.max_steps // run.eval_interval)))
             for seed in arch.seeds:
                 model = make_char_llama(run, vocab_size, device, seed, **choices)
                 label = f"{name} seed {seed}" + " equal time" * (budget == "time")
-                this_run = run
-                if budget == "time":
-                    seconds = sum(r["seconds"] for r in rows if r["rung"] == "GPT-2" and r["budget"] == "steps")
-                    seconds /= len(arch.seeds)
-                    probe = (lambda: steps_in_budget(model, run, train_data, seconds, device))
-                    steps = probe() if rec is None else rec.compute(f"steps {label}", probe)
-                    this_run = run.replace(max_steps=steps, eval_interval=max(1, steps // 6))
                 history = train_char_gpt(model, this_run, train_data, val_data, seed=seed, rec=rec, label=label,
                                          desc=label)
                 held_out = val_data[: arch.eval_chars] if arch.eval_chars else val_data
