@@ -1,9 +1,9 @@
 """Decoding speed of lmbook's generate against transformers' generate, on the same weights in the same process.
 
-Each shape gets random weights (seed 0), converted with ``lmbook.models.hf.to_hf``. Both decode greedily
-from the same random prompt for ``--new-tokens`` tokens (no end token, so every row runs to the
-end) with their key/value caches; the ids are checked equal. The two run alternately, ``--repeats``
-times after one warm-up each, and the script prints the median and best tokens/s of each (new
+Each shape gets random weights (seed 0), converted with ``lmbook.models.hf.to_hf`` (``to_hf_llama`` with
+``--llama``). Both decode greedily from the same random prompt for ``--new-tokens`` tokens (no end token, so
+every row runs to the end) with their key/value caches; the ids are checked equal. The two run alternately,
+``--repeats`` times after one warm-up each, and the script prints the median and best tokens/s of each (new
 tokens of all rows over wall time), their ratio, and the device, threads, versions, sizes and the
 host's load average, which matters: other processes on a shared CPU slow both sides.
 

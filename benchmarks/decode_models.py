@@ -94,7 +94,8 @@ def trained_quality(device: torch.device, kernels: bool = False, prompts: int = 
     idx = torch.stack([val[s : s + prompt_length] for s in starts.tolist()]).to(device)
     fp = generate(model, idx, new_tokens, do_sample=False)
     q = generate(int8_model, idx, new_tokens, do_sample=False)
-    result.update(greedy_prompts=prompts, greedy_new_tokens=new_tokens, greedy_agreement=agreement(fp, q, prompt_length))
+    result.update(greedy_prompts=prompts, greedy_new_tokens=new_tokens,
+                  greedy_agreement=agreement(fp, q, prompt_length))
     print(f"    held-out bits per char: fp32 {result['bpc_fp32']:.4f}, int8 {result['bpc_int8']:.4f} "
           f"(change {result['bpc_change']:+.4f})"
           + (f", int8 with the C kernels {result['bpc_int8_kernels']:.4f}" if kernels else "")

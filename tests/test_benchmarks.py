@@ -242,3 +242,16 @@ def test_bench_decode_refuses_bad_options(argv, capsys):
     with pytest.raises(SystemExit):
         script("bench_decode").main(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_int8linear_in_blocks_computes_what_the_whole_matrix_does(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+    from lmbook.models import quantize
+
+    torch.manual_seed(0)
+    layer = quantize.Int8Linear(torch.nn.Linear(96, 1000))
+    monkeypatch.setattr(quantize, "BLOCK_BYTES", 96 * 4 * 300)  # blocks of 300 rows: 300, 300, 300, 100
+    x = torch.randn(3, 5, 96)
+    whole = F.linear(x, layer.qweight.float()) * layer.scale + layer.bias
+    torch.testing.assert_close(layer(x), whole, atol=1e-5, rtol=1e-5)

@@ -6,7 +6,10 @@ layer gets its own scale ``s_j = max|W_j| / 127.5`` (the 255 steps of int8 sprea
 ``torchao``'s ``Int8WeightOnlyConfig`` spreads them) and is stored as ``q_j = round(W_j / s_j)``, integers
 in [-128, 127]; the layer computes ``(x @ q.T) · s + b``, the integers converted to the input's dtype as they
 are read. Rounding moves each weight by at most ``s_j / 2``. Activations stay in floating point
-("weight-only").
+("weight-only"). On a CPU a large matrix is converted a block of rows at a time (:data:`BLOCK_BYTES` of
+float32): converted whole, GPT-2's output layer (50,257 x 768) is a fresh 154 MB allocation that the system
+maps page by page at every call, which took 130 ms a call against 13 ms in blocks (``benchmarks/NOTES.md``);
+the outputs are the same within float32 rounding.
 
 :func:`quantize_int8` swaps every ``nn.Linear`` of a model (a tied output layer too: the embedding it shares
 its weight with stays in float) for an :class:`Int8Linear`.
@@ -21,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .lora import LoRALinear
+
+BLOCK_BYTES = 4 * 2**20  # on a CPU, the float32 bytes of weight converted at a time
 
 
 def int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +54,13 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)  # (..., out)
+        q = self.qweight
+        rows = max(1, BLOCK_BYTES // (q.size(1) * x.element_size()))
+        if x.device.type != "cpu" or q.size(0) <= rows:
+            y = F.linear(x, q.to(x.dtype))  # (..., out)
+        else:  # a block of rows at a time (see the module's docstring)
+            y = torch.cat([F.linear(x, q[r : r + rows].to(x.dtype)) for r in range(0, q.size(0), rows)], dim=-1)
+        y = y * self.scale.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
