@@ -8,8 +8,8 @@ in [-128, 127]; the layer computes ``(x @ q.T) · s + b``, the integers converte
 are read. Rounding moves each weight by at most ``s_j / 2``. Activations stay in floating point
 ("weight-only"). On a CPU a large matrix is converted a block of rows at a time (:data:`BLOCK_BYTES` of
 float32): converted whole, GPT-2's output layer (50,257 x 768) is a fresh 154 MB allocation that the system
-maps page by page at every call, which took 130 ms a call against 13 ms in blocks (``benchmarks/NOTES.md``);
-the outputs are the same within float32 rounding.
+maps page by page at every call, and the 49 matrices of GPT-2's shape took 134 to 164 ms for one row on one
+thread, against 32 to 43 ms in blocks (``benchmarks/NOTES.md``); the outputs agree within float32 rounding.
 
 :func:`quantize_int8` swaps every ``nn.Linear`` of a model (a tied output layer too: the embedding it shares
 its weight with stays in float) for an :class:`Int8Linear`.
