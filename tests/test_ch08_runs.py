@@ -172,10 +172,13 @@ def test_the_int8_table_keeps_the_model_and_reads_fewer_bytes():
                           quant_new=8, speed_shape=(1, 2, 8), repeats=1)
     table = dec.quantization_rows(model, torch.randint(11, (400,)), run, torch.randint(11, (1, 4)))
     assert [r["dtype"] for r in table] == ["float32", "bfloat16", "int8"] and table[0]["agreement"] == 1.0
+    assert all(0.5 < r["agreement"] <= 1.0 for r in table)
+    with pytest.raises(ValueError, match="do not fill one window"):
+        dec.quantization_rows(model, torch.randint(11, (10,)), run, torch.randint(11, (1, 4)))
     assert table[0]["mib"] > table[1]["mib"] > table[2]["mib"]
     assert abs(table[2]["bits"] - table[0]["bits"]) < 0.05 and all(r["tokens_per_second"] > 0 for r in table)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself unchanged
-    untimed = dec.quantization_rows(model, None, run, torch.randint(11, (1, 4)))
+    untimed = dec.quantization_rows(model, torch.randint(11, (400,)), run, torch.randint(11, (1, 4)), bits=False)
     assert all(math.isnan(r["bits"]) for r in untimed)
     assert len(dec.plot_quantization({"a": table})[0].collections) == 3
 

@@ -78,11 +78,16 @@ def test_degeneration_scores_every_strategy_and_the_human_text(model, tokenizer)
 
 
 def fake_clock(monkeypatch, *readings: float) -> None:
-    """ch05's clock reads ``readings`` over and over: the timed stretches last what they say, whatever the host."""
+    """The clocks of ch05 and of the decoding code it times with read ``readings`` over and over: the timed
+    stretches last what they say, whatever the host."""
     import itertools
     from types import SimpleNamespace
 
-    monkeypatch.setattr(ch05, "time", SimpleNamespace(perf_counter=itertools.cycle(readings).__next__))
+    from lmbook.decoding import generate as decoding
+
+    clock = SimpleNamespace(perf_counter=itertools.cycle(readings).__next__)
+    monkeypatch.setattr(ch05, "time", clock)
+    monkeypatch.setattr(decoding, "time", clock)
 
 
 def test_cache_speed_times_every_length_both_ways(monkeypatch):

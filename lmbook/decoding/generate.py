@@ -18,6 +18,7 @@ draws then differ from a batched run's.
 from __future__ import annotations
 
 import numbers
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -304,8 +305,6 @@ def tokens_per_second(model: nn.Module, prompt: torch.Tensor, max_new_tokens: in
     """New tokens a second over the whole batch: ``prompt`` (B, T) extended by ``max_new_tokens`` greedy tokens
     (unless ``settings`` say otherwise), the best of ``repeats`` timed runs after one short warm-up (chapters 5
     and 8 time decoding with it)."""
-    import time
-
     check_int("repeats", repeats, minimum=1)
     settings = {"temperature": 0, **settings}
     generate(model, prompt, min(2, max_new_tokens), **settings)  # warm-up: first-call allocations

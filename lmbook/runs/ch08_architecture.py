@@ -5,8 +5,9 @@ position scheme carries past the context it was trained on.
   SwiGLU, no biases, grouped-query attention), each rung adding one change to the one before.
   :func:`ablation` trains every rung with every seed at equal steps, SwiGLU's width set so that the rungs hold
   about the same number of parameters (:func:`matched_width`); the reference recipe also trains each rung for
-  the same seconds, its steps set by the rungs' speeds probed side by side (:func:`step_seconds`). :func:`ablation_summary` gives each rung's mean held-out loss
-  over seeds and the change from the rung before, with intervals.
+  the same seconds, its steps set by the rungs' speeds probed side by side (:func:`step_seconds`).
+  :func:`ablation_summary` gives each rung's mean held-out loss over seeds and the change from the rung before,
+  with intervals.
 - :func:`length_experiment`: learned positions against RoPE trained at one context and evaluated at longer
   ones, RoPE also with its positions interpolated (Chen et al., 2023) or its base raised, and both after a
   short training at the longer context; :func:`position_losses` is the loss at each position of a window.
@@ -245,9 +246,9 @@ def length_experiment(arch: ArchitectureRun, train_data: torch.Tensor, val_data:
                       device=None, rec=None) -> dict:
     """Learned positions and RoPE trained on windows of the context, their models long enough to read
     ``long_factor`` times more; then the RoPE model read with positions interpolated (``rope_scale``) and with
-    its base raised as Code Llama raised it (θ × factor^(d/(d-2))), and both models trained ``long_steps`` more
-    on the long windows (RoPE interpolated). Returns ``long``, ``trained`` (the training context) and ``losses``,
-    ``{name: the position losses (long,) as a list}``."""
+    its base raised to θ · factor^(d/(d-2)) (the slowest pair turns factor times slower, the fastest as before),
+    and both models trained ``long_steps`` more on the long windows (RoPE interpolated). Returns ``long``,
+    ``trained`` (the training context) and ``losses``, ``{name: the position losses (long,) as a list}``."""
     device = device or get_device()
     run, factor = arch.run, arch.long_factor
     long = run.block_size * factor

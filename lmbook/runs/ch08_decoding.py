@@ -5,8 +5,8 @@ cost and give.
   the cache's bytes per token computed from the shape (:meth:`~lmbook.models.llama.LlamaConfig.kv_bytes_per_token`)
   and measured on the cache a prompt fills, and the decoding speed with a long prompt;
 - :func:`quantization_rows`: a model's weights in float32, bfloat16 and int8 (:func:`~lmbook.models.quantize.
-  quantize_int8`): bytes, held-out bits per character, greedy tokens per second and how often greedy decoding
-  picks the float32 model's token.
+  quantize_int8`): bytes, held-out bits per character, greedy tokens per second and how often the most likely
+  next token is the float32 model's.
 """
 
 from __future__ import annotations
@@ -85,23 +85,37 @@ def variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def quantization_rows(model: torch.nn.Module, val_data: torch.Tensor | None, run: DecodingRun,
-                      prompt: torch.Tensor) -> list[dict]:
+def top1(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """The most likely next token at every position of ``windows`` (N, T): (N, T)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(windows[i : i + 64])[0].argmax(-1) for i in range(0, len(windows), 64)])
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def quantization_rows(model: torch.nn.Module, val_data: torch.Tensor, run: DecodingRun, prompt: torch.Tensor,
+                      bits: bool = True) -> list[dict]:
     """For each of :func:`variants`: ``dtype``, weight ``mib``, held-out ``bits`` per character on the first
-    ``quant_chars`` held-out characters (NaN without ``val_data``: a model of random weights, timed only),
-    greedy ``tokens_per_second`` at batch 1 from ``prompt`` (1, T), and ``agreement``: the share of the greedy
-    tokens equal to the float32 model's."""
+    ``quant_chars`` held-out characters (NaN with ``bits=False``: a model of random weights, timed only), greedy
+    ``tokens_per_second`` at batch 1 from ``prompt`` (1, T), and ``agreement``: the share of the held-out
+    positions where its most likely next token is the float32 model's."""
     rows, reference = [], None
     block = context_length(model)
     new = min(run.quant_new, block - prompt.size(1))
+    held_out = val_data[: run.quant_chars]
+    n = (len(held_out) - 1) // block
+    if n < 1:
+        raise ValueError(f"quant_chars={run.quant_chars} held-out characters do not fill one window of {block}.")
+    windows = held_out[: n * block].view(n, block).to(device_of(model))  # (N, T)
     for dtype, variant in variants(model).items():
-        tokens = generate(variant, prompt, new, temperature=0)[0, prompt.size(1):]
-        reference = tokens if reference is None else reference
+        choice = top1(variant, windows)
+        reference = choice if reference is None else reference
         rows.append({"dtype": dtype, "mib": weight_bytes(variant) / 2**20,
-                     "bits": math.nan if val_data is None
-                     else split_loss(variant, val_data[: run.quant_chars], block) / math.log(2),
+                     "bits": split_loss(variant, held_out, block) / math.log(2) if bits else math.nan,
                      "tokens_per_second": tokens_per_second(variant, prompt, new, run.repeats),
-                     "agreement": float((tokens == reference).float().mean())})
+                     "agreement": float((choice == reference).float().mean())})
     return rows
 
 
@@ -149,6 +163,6 @@ def quantization_facts(tables: dict[str, list[dict]]) -> str:
             loss = ("" if math.isnan(r["bits"]) else f"{r['bits'] - base['bits']:+.4f} bits per character, ")
             parts.append(f"{r['dtype']} {loss}{base['mib'] / r['mib']:.1f} times fewer bytes and "
                          f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second "
-                         f"(greedy tokens equal to float32's: {r['agreement']:.0%})")
+                         f"(the same most likely next token as float32 at {r['agreement']:.1%} of the positions)")
         sentences.append(f"{name}: " + "; ".join(parts) + ".")
     return " ".join(sentences)

@@ -175,7 +175,8 @@ def make_char_gpt(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **va
 def make_char_llama(run: GPTRun, vocab_size: int, device=None, seed: int = 0, **choices) -> Llama:
     """A fresh :class:`~lmbook.models.llama.Llama` of the shape of ``run`` (layers, heads, width, context, dropout),
     initialised from ``seed``; ``choices`` are :class:`~lmbook.models.llama.LlamaConfig` fields (``position``,
-    ``n_kv_head``, a longer ``block_size`` than the windows it trains on, ...). Chapter 8 trains it as the GPT, with :func:`train_char_gpt`."""
+    ``n_kv_head``, a longer ``block_size`` than the windows it trains on, ...). Chapter 8 trains it as the GPT,
+    with :func:`train_char_gpt`."""
     torch.manual_seed(seed)
     shape = dict(vocab_size=vocab_size, block_size=run.block_size, n_layer=run.n_layer, n_head=run.n_head,
                  n_embd=run.n_embd, dropout=run.dropout)
