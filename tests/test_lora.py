@@ -234,3 +234,38 @@ def test_merge_lora_takes_copy_as_a_flag():
     with pytest.raises(TypeError, match="copy must be True or False, not 'yes'"):
         merge_lora(model, copy="yes")
     assert any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def test_lora_on_the_llama_equals_peft_on_the_same_weights():
+    """The book's adapters copied into PEFT's LoraConfig model: the same logits. PEFT's A is (r, in) and B (out, r),
+    as ours for an nn.Linear (no transpose), and it scales by alpha / r too."""
+    pytest.importorskip("peft")
+    import copy as copy_module
+
+    from peft import LoraConfig, get_peft_model
+
+    from lmbook.models.hf import to_hf_llama
+    from lmbook.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    ours = Llama(LlamaConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    theirs = get_peft_model(to_hf_llama(copy_module.deepcopy(ours)),  # get_peft_model changes its argument: a copy
+                            LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    names = apply_lora(ours, targets=("self_attn.q_proj", "self_attn.v_proj"), r=4, alpha=12)
+    assert names == [f"layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qv"]
+    with torch.no_grad():
+        for name in names:
+            layer = ours.get_submodule(name)
+            layer.B.normal_(std=0.5)  # a trained adapter: the update matters
+            peft_layer = theirs.base_model.model.model.get_submodule(name)
+            assert peft_layer.scaling["default"] == layer.scaling == 3.0
+            peft_layer.lora_A["default"].weight.copy_(layer.A)  # (r, in)
+            peft_layer.lora_B["default"].weight.copy_(layer.B)  # (out, r)
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = theirs.eval()(input_ids=x).logits
+        got = ours(x)[0]
+        with theirs.disable_adapter():
+            base = theirs(input_ids=x).logits
+    assert (got - base).abs().max() > 1e-2  # the adapters change the logits
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -1,3 +1,4 @@
-"""Training (chapters 2 to 4 and 7): the one training loop (``train``) with its optimiser and schedule
+"""Training (chapters 2 to 4, 7 and 9): the one training loop (``train``) with its optimiser and schedule
 (``optim``), its record (``history``), resumable checkpoints (``checkpoint``), CUDA-graph steps
-(``cudagraph``), and chapter 4's fine-tuning of a classifier head (``finetune``)."""
+(``cudagraph``), chapter 4's fine-tuning of a classifier head (``finetune``), and chapter 9's supervised
+fine-tuning with the loss on the answers (``sft``) and preference tuning (``dpo``)."""
