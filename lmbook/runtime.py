@@ -14,6 +14,7 @@ Every chapter starts here. The environment is read in this module and nowhere el
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import random
@@ -155,8 +156,15 @@ def environment() -> dict[str, str]:
     return info
 
 
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")  # import-time notes: kernels for other GPUs, deprecations
+
+
 def show_environment() -> None:
-    """Print :func:`environment` one item a line (the first cell of every chapter)."""
+    """Print :func:`environment` one item a line (the first cell of every chapter), and keep the import-time
+    notes of ``QUIET_LOGGERS`` off the page (torchao, which ``transformers`` imports when it is installed, lists
+    the GPU kernels it cannot load on this machine); their errors still show."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     for key, value in environment().items():
         print(f"{key:>12}: {value}")
 

@@ -157,3 +157,17 @@ def test_one_process_is_rank_0_of_1_and_averages_nothing():
     assert runtime.world() == (0, 1)
     values = torch.tensor([1.0, 3.0])
     assert runtime.mean_over_processes(values) is values and values.tolist() == [1.0, 3.0]
+
+
+def test_the_first_cell_keeps_import_notes_off_the_page_and_errors_on_it(capsys, caplog):
+    import logging
+
+    for name in runtime.QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    runtime.show_environment()
+    capsys.readouterr()
+    with caplog.at_level(logging.NOTSET):  # the handler takes all; the loggers' own levels decide
+        for name in runtime.QUIET_LOGGERS:
+            logging.getLogger(name).warning("a note at import")
+            logging.getLogger(name).error("an error")
+    assert [r.getMessage() for r in caplog.records] == ["an error"] * len(runtime.QUIET_LOGGERS)

@@ -147,7 +147,8 @@ class Milestone:
     month: int | None  # of the first public release (paper, preprint or report); None: the year is enough
     params: float | None  # parameters of the model named (None: before parameter counts were the measure)
     cite: str  # the source of the date and the count, in references.bib
-    kind: str  # "n-gram", "recurrent", "embedding" or "Transformer"
+    kind: str  # "n-gram", "recurrent", "embedding", "Transformer", "assistant" (tuned to follow instructions)
+    # or "method" (a way of training, not a model)
 
     @property
     def date(self) -> float:
@@ -171,9 +172,16 @@ TIMELINE = (
     Milestone("T5-11B", 2019, 10, 11e9, "raffel2020exploring", "Transformer"),
     Milestone("GPT-3", 2020, 5, 175e9, "brown2020language", "Transformer"),
     Milestone("Gopher", 2021, 12, 280e9, "rae2021scaling", "Transformer"),
+    Milestone("InstructGPT", 2022, 3, 175e9, "ouyang2022training", "assistant"),  # its largest policy
     Milestone("Chinchilla", 2022, 3, 70e9, "hoffmann2022training", "Transformer"),
     Milestone("PaLM", 2022, 4, 540e9, "chowdhery2023palm", "Transformer"),
+    Milestone("ChatGPT", 2022, 11, None, "openai2022chatgpt", "assistant"),  # its size was not published
     Milestone("LLaMA-65B", 2023, 2, 65e9, "touvron2023llama", "Transformer"),
+    Milestone("DPO", 2023, 5, None, "rafailov2023direct", "method"),  # a way of tuning, not a model
+    Milestone("Llama 2-70B", 2023, 7, 70e9, "touvron2023llama2", "Transformer"),
+    Milestone("Mistral 7B", 2023, 10, 7e9, "jiang2023mistral", "Transformer"),  # "a 7-billion-parameter model"
+    Milestone("OLMo-7B", 2024, 2, 7e9, "groeneveld2024olmo", "Transformer"),
+    Milestone("Llama 3-405B", 2024, 7, 405e9, "dubey2024llama", "Transformer"),
 )
 
 SCALING_LAWS = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..decoding.generate import generate, tokens_per_second
+from ..decoding.generate import tokens_per_second
 from ..evaluation.metrics import split_loss
 from ..interface import context_length, device_of
 from ..models.llama import Llama, LlamaConfig
@@ -164,5 +164,5 @@ def quantization_facts(tables: dict[str, list[dict]]) -> str:
             parts.append(f"{r['dtype']} {loss}{base['mib'] / r['mib']:.1f} times fewer bytes and "
                          f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second "
                          f"(the same most likely next token as float32 at {r['agreement']:.1%} of the positions)")
-        sentences.append(f"{name}: " + "; ".join(parts) + ".")
+        sentences.append(f"{name[:1].upper()}{name[1:]}: " + "; ".join(parts) + ".")
     return " ".join(sentences)
