@@ -130,7 +130,8 @@ def test_graders_on_hand_made_cases():
     assert grade(capitals, "HALED OUT:  TO MURDER ") and not grade(capitals, "Haled out: to murder")
     assert not grade(capitals, "HALED OUT TO MURDER")  # the colon is part of the answer
     reverse = example("reverse", "speak me hear")
-    assert grade(reverse, "speak me hear") and not grade(reverse, "hear me speak") and not grade(reverse, "Speak me hear")
+    assert grade(reverse, "speak  me hear ") and not grade(reverse, "hear me speak")
+    assert not grade(reverse, "Speak me hear")  # case counts
     count = example("count", "seven")
     assert grade(count, "Seven.") and grade(count, "7") and not grade(count, "six") and not grade(count, "77")
     assert grade(example("count", "three"), "3")
