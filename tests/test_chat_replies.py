@@ -14,7 +14,8 @@ from lmbook.models.vocab import grow_embeddings
 from lmbook.text.chat import ASSISTANT, END, SPECIAL_TOKENS, USER, encode_conversation, end_id, special_ids
 from lmbook.text.tokenizers import BPETokenizer, CharTokenizer
 
-TEXT = "ROMEO: What light through yonder window breaks?\nJULIET: Ay me! Who speaks? Answer. Be brief. Count: a b c, three.\n"
+TEXT = ("ROMEO: What light through yonder window breaks?\nJULIET: Ay me! Who speaks? Answer. Be brief. "
+        "Count: a b c, three.\n")
 CONVERSATIONS = [
     [{"role": "user", "content": "Who speaks?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count: a b c"},

@@ -1,7 +1,8 @@
 """Interactive explorers for a live kernel (Jupyter or Colab), built from plain ipywidgets.
 
 The rendered book has no kernel behind it, so each chapter shows a static figure as
-well; these widgets are for readers who run the notebook.
+well; these widgets are for readers who run the notebook: the attention explorer (chapter 3),
+the generation playground (chapter 5) and the chat (chapter 9, static view in :mod:`.chat_view`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..models.attention import attention_maps
+from .chat_view import bubbles_html, template_html
 from .decoding_viz import tokens_html
+from ..decoding.chat import stream_reply
 from ..decoding.generate import generate, stream
 from ..evaluation.metrics import token_nlls
-from ..interface import context_length, device_of
+from ..interface import check_int, check_number, check_seed, context_length, device_of
+from ..text.chat import SPECIAL_TOKENS, encode_conversation
 from .viz import plot_attention
 
 STRATEGIES = ("greedy", "sampling", "beam search")
@@ -161,4 +165,150 @@ def generation_playground(model, tokenizer, prompt: str = "ROMEO:\n", max_new_to
     return widgets.VBox([
         c.prompt, widgets.HBox([c.strategy, c.max_new_tokens, c.seed]),
         widgets.HBox([c.temperature, c.top_k, c.top_p]), widgets.HBox([c.num_beams, c.button]), c.status, c.text,
+    ])
+
+
+def keep_within_context(conversation: list[dict], tokenizer, context: int | None, max_new_tokens: int):
+    """``conversation`` (ending with a user turn) without its oldest user/assistant pairs, as few as it takes for
+    the prompt and ``max_new_tokens`` to fit ``context`` (a system turn stays); returns it and the pairs dropped.
+    Refused, with what to do, when even the system turn and the last message leave no room."""
+    check_int("context", context, 1, allow_none=True)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    first = 1 if conversation and conversation[0]["role"] == "system" else 0
+    kept, dropped = list(conversation), 0
+    while True:
+        n = len(encode_conversation(kept, tokenizer, add_generation_prompt=True)[0])
+        if context is None or n + max_new_tokens <= context:
+            return kept, dropped
+        if len(kept) - first < 3:
+            raise ValueError(f"the message takes the conversation to {n} tokens and the reply may take "
+                             f"{max_new_tokens} more, past the model's context of {context}: write a shorter "
+                             "message or ask for fewer new tokens.")
+        del kept[first : first + 2]
+        dropped += 1
+
+
+class _Chat:
+    """The chat playground's state (the conversation the model reads) and what its buttons do."""
+
+    def __init__(self, model, tokenizer, system: str | None, controls: SimpleNamespace):
+        self.model, self.tokenizer, self.c = model, tokenizer, controls
+        self.context = context_length(model)
+        self.start = [] if system is None else [{"role": "system", "content": system}]
+        self.conversation, self.dropped = list(self.start), 0
+
+    def note(self) -> str:
+        if not self.dropped:
+            return ""
+        if self.dropped == 1:
+            return ("The oldest exchange was dropped to leave room for a reply in the context: the model no longer "
+                    "reads it.")
+        return (f"The {self.dropped} oldest exchanges were dropped to leave room for a reply in the context: the "
+                "model no longer reads them.")
+
+    def draw(self, pending: str | None = None) -> None:
+        self.c.chat.value = bubbles_html(self.conversation, pending)
+        if not self.conversation:
+            self.c.template.value = "<i>The conversation starts with your message.</i>"
+            return
+        self.c.template.value = template_html(self.conversation, self.tokenizer, pending is not None,
+                                              self.context, self.note())
+
+    def send(self, _=None) -> None:
+        c, text = self.c, self.c.message.value
+        if not text.strip():
+            c.status.value = "type a message first"
+            return
+        try:
+            kept, dropped = keep_within_context(self.conversation + [{"role": "user", "content": text}],
+                                                self.tokenizer, self.context, c.max_new_tokens.value)
+        except ValueError as err:  # unknown characters, a special token typed, too long: say so, keep the text
+            c.status.value = f"not sent: {err}"
+            return
+        self.conversation, self.dropped, c.message.value = kept, self.dropped + dropped, ""
+        self.draw(pending="")
+        pieces, begun = [], time.perf_counter()
+        c.send.disabled = c.clear.disabled = True
+        try:
+            for piece in stream_reply(self.model, self.tokenizer, kept, c.max_new_tokens.value,
+                                      temperature=c.temperature.value, seed=c.seed.value):
+                pieces.append(piece)
+                c.chat.value = bubbles_html(kept, "".join(pieces))  # the page updates as each token arrives
+        finally:
+            c.send.disabled = c.clear.disabled = False
+        self.finish("".join(pieces), time.perf_counter() - begun)
+
+    def finish(self, reply: str, seconds: float) -> None:
+        c = self.c
+        written = [token for token in SPECIAL_TOKENS if token in reply]  # spelled out, character by character
+        reply = reply[: min(reply.index(token) for token in written)] if written else reply
+        if not reply:  # an empty turn cannot be written: the message goes back to the box
+            self.conversation, c.message.value = self.conversation[:-1], self.conversation[-1]["content"]
+            c.status.value = ("the model ended its turn without a word: raise the temperature above 0 (or change "
+                              "the seed) and send again")
+        else:
+            self.conversation = self.conversation + [{"role": "assistant", "content": reply}]
+            n = len(self.tokenizer.encode(reply))
+            cut = n >= c.max_new_tokens.value
+            c.status.value = (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} tokens/s); "
+                              + ("cut at the limit of new tokens before the model ended its turn" if cut
+                                 else "the model ended its turn"))
+        self.draw()
+
+    def clear(self, _=None) -> None:
+        self.conversation, self.dropped = list(self.start), 0
+        self.c.status.value = "a new conversation"
+        self.draw()
+
+
+def chat_playground(model, tokenizer, system: str | None = None, max_new_tokens: int | None = None,
+                    temperature: float = 0.0, seed: int = 0, message: str | None = None):
+    """Chapter 9's chat: a message box with Send and Clear, the conversation as chat bubbles, each reply streamed
+    token by token (:func:`lmbook.decoding.chat.stream_reply`), and the conversation as the model reads it (the
+    chat template with its special tokens, and its tokens against the model's context).
+
+    ``model`` is grown for the chat template's special tokens (:func:`lmbook.models.vocab.grow_embeddings`);
+    ``tokenizer`` is the book's tokenizer it was trained with. ``system``: a system turn that opens every
+    conversation. Temperature 0 decodes greedily; above it, each reply is drawn with the seed in its box. When the
+    next reply would not fit the context, the oldest user/assistant pairs are dropped, and the panel says so.
+    ``max_new_tokens``: the most tokens a reply may take (``None``: half the context, at most 100). ``message``:
+    sent once when the widget is built (so that a saved notebook shows a reply).
+    """
+    widgets = _ipywidgets()
+    context = context_length(model)
+    check_int("max_new_tokens", max_new_tokens, 1, allow_none=True)
+    if max_new_tokens is None:
+        max_new_tokens = 100 if context is None else max(1, min(100, context // 2))
+    if context is not None and max_new_tokens >= context:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the model's context of {context} for "
+                         f"the conversation: ask for fewer, e.g. {max(1, context // 4)}.")
+    check_number("temperature", temperature, "between 0 (greedy) and 2, the slider's range", lambda t: 0 <= t <= 2)
+    check_seed(seed)
+    if system is not None:  # refused now, with what is wrong, rather than at the first message
+        encode_conversation([{"role": "system", "content": system}], tokenizer)
+    label = {"style": {"description_width": "initial"}}
+    controls = SimpleNamespace(
+        chat=widgets.HTML(),
+        message=widgets.Textarea(placeholder="your message", rows=2, layout=widgets.Layout(width="60%")),
+        send=widgets.Button(description="Send", button_style="primary"),
+        clear=widgets.Button(description="Clear"),
+        temperature=widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
+                                        description="temperature (0: greedy)", **label),
+        max_new_tokens=widgets.IntSlider(value=max_new_tokens, min=1, max=1000 if context is None else context - 1,
+                                         description="new tokens", **label),
+        seed=widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="9em"), **label),
+        status=widgets.Label(),
+        template=widgets.HTML(),
+    )
+    chat = _Chat(model, tokenizer, system, controls)
+    controls.send.on_click(chat.send)
+    controls.clear.on_click(chat.clear)
+    chat.draw()
+    if message is not None:
+        controls.message.value = message
+        chat.send()
+    c = controls
+    return widgets.VBox([
+        c.chat, widgets.HBox([c.message, c.send, c.clear]), widgets.HBox([c.temperature, c.max_new_tokens, c.seed]),
+        c.status, widgets.HTML("<b>What the model reads</b>"), c.template,
     ])
