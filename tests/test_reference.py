@@ -174,7 +174,7 @@ def test_the_records_ship_in_the_wheel():
 
 def test_the_command_lists_recipes_with_no_records(tmp_path, capsys):
     assert reference.listing(tmp_path) == [f"{name} {level}: not recorded" for name in
-                                           ("ch02", "ch03", "ch04", "ch07", "ch08", "ch08-scaling")
+                                           ("ch02", "ch03", "ch04", "ch07", "ch08", "ch08-scaling", "ch09")
                                            for level in ("gpu", "cpu")]
     reference.save(record("cpu", recipe_hash=reference.current_recipe("ch03", "cpu")[1]), tmp_path)
     reference.save(record("gpu"), tmp_path)

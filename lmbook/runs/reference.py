@@ -43,6 +43,7 @@ RECIPES: dict[str, str] = {  # chapter -> the runs module holding its REFERENCE,
     "ch07": "lmbook.runs.ch07_sweep",  # the size sweep
     "ch08": "lmbook.runs.ch08_architecture",  # GPT-2's block to Llama's, a change at a time; context length
     "ch08-scaling": "lmbook.runs.ch08_scaling",  # model sizes times token budgets, for the scaling law
+    "ch09": "lmbook.runs.ch09_assistant",  # a pretrained Llama tuned to follow instructions, preferences, refusals
 }
 _WORDS = dict(enumerate(("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")))
 
