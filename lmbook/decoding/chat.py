@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
-from ..interface import check_int, context_length
+from ..interface import check_bool, check_int, context_length
 from ..text.chat import SPECIAL_TOKENS, encode_conversation, end_id
 from ..text.tokenizers import Tokenizer
 from .generate import generate, stream
@@ -40,12 +40,15 @@ def prompt_ids(conversation: Conversation, tokenizer: Tokenizer, model: nn.Modul
 
 
 def replies(model: nn.Module, tokenizer: Tokenizer, conversations: Sequence[Conversation], max_new_tokens: int,
-            batch_size: int = 64, **settings) -> list[str]:
+            batch_size: int = 64, return_ended: bool = False, **settings) -> list:
     """The model's reply to each conversation (greedy unless ``settings`` say otherwise: ``temperature``,
     ``seed``, ...), decoded up to its ``<|end|>``. A reply that writes another special token before its end is
-    cut there (it is no answer a reader would see past)."""
+    cut there (it is no answer a reader would see past). With ``return_ended``, each reply comes as
+    ``(text, ended)``: whether the model closed it with ``<|end|>`` (rather than running out of tokens or writing
+    another special token)."""
     check_int("max_new_tokens", max_new_tokens, 1)
     check_int("batch_size", batch_size, 1)
+    check_bool("return_ended", return_ended)
     if not isinstance(conversations, (list, tuple)) or not conversations:
         raise ValueError("conversations must be a non-empty list of conversations (lists of turns).")
     if isinstance(conversations[0], dict):
@@ -61,7 +64,8 @@ def replies(model: nn.Module, tokenizer: Tokenizer, conversations: Sequence[Conv
         ids = generate(model, chunk, max_new_tokens, eos_token_id=stop, pad_token_id=stop, **settings)
         for row in ids[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t >= tokenizer.vocab_size), len(row))
-            out.append(tokenizer.decode(row[:cut]))
+            text = tokenizer.decode(row[:cut])
+            out.append((text, cut < len(row) and row[cut] == stop) if return_ended else text)
     return out
 
 

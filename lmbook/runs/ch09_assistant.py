@@ -194,12 +194,13 @@ def held_out_sets(instructions: InstructionSet) -> dict[str, list[Example]]:
 
 # --- Grading ------------------------------------------------------------------------------------------------------
 def answer(model: nn.Module, tokenizer, examples: list[Example], room: int | None = None, batch_size: int = 64,
-           **settings) -> list[str]:
-    """The model's reply to each example's request (greedy unless ``settings`` say otherwise). Requests are batched
-    by task and length; a batch may write as many tokens as its longest right answer and two more (``room``
-    instead, where given), within the context."""
+           return_ended: bool = False, **settings) -> list:
+    """The model's reply to each example's request (greedy unless ``settings`` say otherwise; with
+    ``return_ended``, ``(reply, whether <|end|> closed it)``). Requests are batched by task and length; a batch
+    may write as many tokens as its longest right answer and two more (``room`` instead, where given), within
+    the context."""
     order = sorted(range(len(examples)), key=lambda i: (examples[i].task, len(examples[i].instruction)))
-    out: list[str | None] = [None] * len(examples)
+    out: list = [None] * len(examples)
     limit = context_length(model)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -207,7 +208,7 @@ def answer(model: nn.Module, tokenizer, examples: list[Example], room: int | Non
         longest = max(len(tokenizer.encode(examples[i].instruction)) for i in chunk) + 3  # with the template's
         convs = [[{"role": "user", "content": examples[i].instruction}] for i in chunk]
         for i, reply in zip(chunk, replies(model, tokenizer, convs, max(1, min(need, limit - longest)),
-                                           batch_size=batch_size, **settings)):
+                                           batch_size=batch_size, return_ended=return_ended, **settings)):
             out[i] = reply
     return out
 
@@ -226,16 +227,20 @@ def score(examples: list[Example], outputs: list[str]) -> dict[str, dict]:
 
 
 def evaluate(model: nn.Module, tokenizer, sets: dict[str, list[Example]], samples: int = 3) -> dict:
-    """Graded accuracy per split and task (``{split: {task: ...}}``), and a few replies per split to read."""
-    result, shown = {}, {}
+    """Graded accuracy per split and task (``{split: {task: ...}}``), the share of replies the model closed with
+    ``<|end|>`` per split (the format, learned or not, whatever the content), and a few replies per split."""
+    result, ended, shown = {}, {}, {}
     for split, examples in sets.items():
         graded = [e for e in examples if e.task in GRADED]
-        outputs = answer(model, tokenizer, graded)
+        outputs, closed = zip(*answer(model, tokenizer, graded, return_ended=True))
         result[split] = score(graded, outputs)
+        low, high = wilson_interval(sum(closed), len(closed))
+        ended[split] = {"ended": sum(closed), "n": len(closed), "share": sum(closed) / len(closed), "low": low,
+                        "high": high}
         picks = random.Random(0).sample(range(len(graded)), min(samples, len(graded)))
         shown[split] = [{"task": graded[i].task, "request": graded[i].instruction, "answer": graded[i].answer,
                          "reply": outputs[i]} for i in picks]
-    return {"accuracy": result, "replies": shown}
+    return {"accuracy": result, "ended": ended, "replies": shown}
 
 
 def overall(table: dict[str, dict]) -> tuple[float, float, float]:
