@@ -82,13 +82,13 @@ RUNS = {
         sft=_tune(64, 1500, 3e-4, 50), lora=_tune(64, 1500, 2e-3, 50), refusal=_tune(64, 300, 1e-4),
         dpo=_tune(32, 200, 5e-6), lora_rank=16, lora_alpha=32.0, train_per_task=1000, held_out_per_task=100,
         dpo_prompts=600, dpo_samples=4, betas=(0.03, 0.1, 0.3, 1.0), replay=400),
-    "fast": AssistantRun(
-        base=GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=160, dropout=0.0, batch_size=16, max_steps=500,
+    "fast": AssistantRun(  # about three minutes on two CPU cores
+        base=GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=160, dropout=0.0, batch_size=16, max_steps=400,
                     lr=4e-3, min_lr=0.0, warmup_steps=25, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=250, eval_iters=2),
-        sft=_tune(32, 200, 2e-3), lora=_tune(32, 200, 1e-2), refusal=_tune(32, 60, 5e-4),
-        dpo=_tune(16, 40, 1e-4, 4), lora_rank=8, lora_alpha=16.0, train_per_task=300, held_out_per_task=24,
-        dpo_prompts=64, dpo_samples=4, betas=(0.1, 0.5, 2.0), replay=64),
+                    eval_interval=200, eval_iters=2),
+        sft=_tune(32, 150, 2e-3), lora=_tune(32, 150, 1e-2), refusal=_tune(32, 40, 5e-4),
+        dpo=_tune(16, 24, 1e-4, 4), lora_rank=8, lora_alpha=16.0, train_per_task=200, held_out_per_task=16,
+        dpo_prompts=48, dpo_samples=4, betas=(0.1, 0.5, 2.0), replay=48),
 }
 
 
@@ -341,12 +341,13 @@ def refusal_experiment(model: nn.Module, tokenizer, instructions: InstructionSet
 
 # --- The reference recipe -----------------------------------------------------------------------------------------
 RECIPE_VERSION = "1"
-CPU_RUN = RUNS["fast"].replace(  # about half an hour on two cores
-    base=RUNS["fast"].base.replace(n_layer=3, n_embd=128, batch_size=32, max_steps=2000, lr=3e-3, warmup_steps=50,
-                                   eval_interval=500, eval_iters=4),
+CPU_RUN = AssistantRun(  # about half an hour on two cores
+    base=GPTRun(n_layer=3, n_head=4, n_embd=128, block_size=160, dropout=0.0, batch_size=32, max_steps=2000, lr=3e-3,
+                min_lr=0.0, warmup_steps=50, schedule="linear", weight_decay=0.1, beta2=0.99, eval_interval=500,
+                eval_iters=4),
     sft=_tune(32, 1000, 1e-3, 20), lora=_tune(32, 1000, 4e-3, 20), refusal=_tune(32, 120, 3e-4),
-    dpo=_tune(16, 100, 1e-4, 8), train_per_task=600, held_out_per_task=60, dpo_prompts=200,
-    betas=(0.05, 0.2, 1.0), replay=160)
+    dpo=_tune(16, 100, 1e-4, 8), lora_rank=8, lora_alpha=16.0, train_per_task=600, held_out_per_task=60,
+    dpo_prompts=200, dpo_samples=4, betas=(0.05, 0.2, 1.0), replay=160)
 REFERENCE = {"cpu": CPU_RUN, "gpu": RUNS["full"]}
 _TINY = RUNS["fast"].replace(
     base=RUNS["fast"].base.replace(n_layer=1, n_embd=16, n_head=2, block_size=128, batch_size=2, max_steps=2,
