@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..interface import check_number, context_length, device_of, evaluating
 from ..runtime import autocast
@@ -173,7 +174,7 @@ def train_dpo(model: nn.Module, batches: DPOBatches, config: TrainConfig, beta: 
     optimizer = make_optimizer(model, config, device)
     records = []
     with evaluating(model):
-        for step in range(config.max_steps):
+        for step in tqdm(range(config.max_steps), desc=config.desc, disable=not config.progress, leave=False):
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
