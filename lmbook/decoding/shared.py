@@ -3,7 +3,8 @@
 :class:`GenerationConfig` holds the settings under ``transformers``' names and meanings. The
 processors are small functions from next-token scores (N, V) to new scores, applied in
 ``transformers``' order by :func:`process_scores`: repetition penalty, then no-repeat-n-gram,
-and only when sampling, temperature, then top-k, then top-p. :class:`Reader` feeds a model the
+and only when sampling, temperature, then top-k, then top-p, then min-p, typical, epsilon and eta
+(:mod:`lmbook.decoding.warpers`). :class:`Reader` feeds a model the
 tokens it has not read yet, through its cache, and returns the next-token logits;
 :func:`weights_in_out` lays the weights out in memory as GPT-2 stores them while a CPU decodes.
 :mod:`lmbook.decoding.generate` (greedy and sampling) and :mod:`lmbook.decoding.beam` (beam search) are built on them.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .warpers import epsilon_filter, eta_filter, min_p_filter, typical_filter
 from ..interface import check_bool, check_int, check_model, check_number
 
 EARLY_STOPPING = (True, False, "never")
@@ -34,7 +36,8 @@ class GenerationConfig:
       or beams are searched, the convention of chapters 2 to 4; ``do_sample=False`` is greedy.
       ``transformers`` is greedy by default instead.
     - Sampling filters: ``temperature`` (> 0 when sampling), ``top_k`` (``None`` or 0: no filter,
-      as ``top_k=0`` in ``transformers``, whose default is 50), ``top_p`` (1: no filter).
+      as ``top_k=0`` in ``transformers``, whose default is 50), ``top_p`` (1: no filter), then ``min_p``
+      (``None``: no filter), ``typical_p`` (1: none), ``epsilon_cutoff`` and ``eta_cutoff`` (0: none).
     - ``repetition_penalty`` (1: none) and ``no_repeat_ngram_size`` (0: none) act on the prompt too.
     - Beam search: ``num_beams``, ``length_penalty`` (the score is ``sum log p / new_tokens **
       length_penalty``), ``early_stopping`` (True, False or ``"never"``), ``num_return_sequences``.
@@ -49,6 +52,10 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float = 1.0
+    min_p: float | None = None
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     num_beams: int = 1
@@ -72,6 +79,11 @@ class GenerationConfig:
             raise ValueError("temperature must be > 0 when sampling, not 0: for greedy decoding set do_sample=False.")
         check_int("top_k", self.top_k, 0, allow_none=True)
         check_number("top_p", self.top_p, "in [0, 1]", lambda p: 0 <= p <= 1)
+        if self.min_p is not None:
+            check_number("min_p", self.min_p, "in [0, 1] (None: no filter)", lambda p: 0 <= p <= 1)
+        check_number("typical_p", self.typical_p, "in (0, 1] (1: no filter)", lambda p: 0 < p <= 1)
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            check_number(name, getattr(self, name), "in [0, 1) (0: no filter)", lambda e: 0 <= e < 1)
         check_number("repetition_penalty", self.repetition_penalty, "> 0 (1 means none)", lambda r: r > 0)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         check_int("num_beams", self.num_beams, 1)
@@ -194,6 +206,14 @@ def process_scores(scores: torch.Tensor, ids: torch.Tensor, config: GenerationCo
             scores = top_k_filter(scores, config.top_k, min_keep)
         if config.top_p < 1.0:
             scores = top_p_filter(scores, config.top_p, min_keep)
+        if config.min_p is not None:
+            scores = min_p_filter(scores, config.min_p, min_keep)
+        if config.typical_p < 1.0:
+            scores = typical_filter(scores, config.typical_p, min_keep)
+        if config.epsilon_cutoff > 0:
+            scores = epsilon_filter(scores, config.epsilon_cutoff, min_keep)
+        if config.eta_cutoff > 0:
+            scores = eta_filter(scores, config.eta_cutoff, min_keep)
     return scores
 
 
