@@ -1,4 +1,4 @@
-"""Speculative greedy decoding (chapter 5): a cheap guesser proposes, the model checks many tokens at once.
+"""Speculative decoding (chapter 5): a cheap guesser proposes, the model checks many tokens at once.
 
 Decoding one sequence reads every weight of the model for one token. A *draft* (anything that
 guesses the next few tokens cheaply) proposes ``k`` tokens; the model reads its last token and
@@ -9,7 +9,13 @@ token, up to ``k + 1``, and the text is the model's greedy text, whatever the dr
 (Leviathan et al., 2023, and Chen et al., 2023, for sampling; this is the greedy case). The
 key/value cache is rolled back over the rejected proposals (:meth:`lmbook.interface.Cache.rollback`).
 
-Two drafts: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
+:func:`speculative_sampling` is the sampling case (Leviathan et al., 2023; Chen et al., 2023): a draft
+*model* proposes ``k`` tokens drawn from its distributions ``q``; the model keeps proposal ``x`` with
+probability ``min(1, p(x) / q(x))`` and, at the first rejection, draws from the residual
+``max(0, p - q)`` normalised instead; when every proposal is kept it draws one more token from ``p``.
+Each token is then distributed exactly as the model's own sampling would draw it, whatever the draft.
+
+Two drafts for the greedy case: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
 final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
 count-based model of chapter 1.
 """
@@ -23,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..interface import check_int, check_model, device_of, evaluating
+from .shared import GenerationConfig, process_scores
+from ..interface import check_int, check_model, check_seed, device_of, evaluating
 
 Draft = Callable[[Sequence[int], int], list[int]]  # (the text so far, how many) -> proposed ids
 
@@ -140,3 +147,97 @@ def speculative_greedy(model: nn.Module, idx, draft: Draft, max_new_tokens: int,
                 out = out[: out.index(eos_token_id) + 1]
     out = out[:max_new_tokens]
     return Speculated(torch.tensor([ids + out]), passes, proposed, accepted)
+
+
+# --- Speculative sampling --------------------------------------------------------------
+FILTERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+           "repetition_penalty", "no_repeat_ngram_size")
+
+
+def accept_probability(p: float, q: float) -> float:
+    """The chance of keeping a proposal that the model gives probability ``p`` and the draft ``q`` (> 0)."""
+    return min(1.0, p / q)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What to draw from after a rejection: ``max(0, p - q)`` normalised (V,); ``p`` itself where ``p <= q``
+    everywhere (then no proposal is ever rejected, up to rounding)."""
+    r = (p - q).clamp(min=0)
+    total = r.sum()
+    return r / total if total > 0 else p
+
+
+def _distributions(model, cache, read: int, text: list[int], rows: int, config, device) -> torch.Tensor:
+    """The sampling distributions (rows, V) after each of the last ``rows`` prefixes of ``text``, reading the
+    tokens ``text[read:]`` that the cache has not read."""
+    logits = model(torch.tensor([text[read:]], device=device), cache=cache)[0][0, -rows:].float()  # (rows, V)
+    ids = torch.tensor([text], device=device)
+    out = [process_scores(logits[i : i + 1], ids[:, : len(text) - rows + 1 + i], config, sampling=True)
+           for i in range(rows)]
+    return torch.cat(out).softmax(dim=-1).cpu()
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def speculative_sampling(model: nn.Module, draft: nn.Module, idx, max_new_tokens: int, k: int = 4, *,
+                         seed: int | None = None, eos_token_id: int | None = None, **settings) -> Speculated:
+    """Sample a continuation of ``idx`` ((T,) or (1, T)) from ``model``, ``k`` tokens of ``draft`` checked a pass.
+
+    ``draft`` is a language model of the same vocabulary (a smaller GPT, chapter 1's count-based model
+    behind :class:`lmbook.models.ngram.NGramModel`); both caches must roll back. ``settings`` are the
+    sampling filters of :class:`~lmbook.decoding.shared.GenerationConfig` (``temperature``, ``top_k``,
+    ``top_p``, ``min_p``, ...), applied to the model and to the draft alike: every token is distributed as
+    :func:`~lmbook.decoding.generate.generate` with the same settings would draw it, though not the same
+    draws. ``seed`` makes the draws reproducible (a CPU generator of its own).
+    """
+    idx = _check(model, idx, max_new_tokens, k, eos_token_id)
+    check_model(draft)
+    check_seed(seed, allow_none=True)
+    if draft.vocab_size != model.vocab_size:
+        raise ValueError(f"the draft's vocabulary ({draft.vocab_size}) differs from the model's ({model.vocab_size})"
+                         ": the draft must propose the model's own token ids.")
+    if draft.context_length is not None and idx.size(1) + max_new_tokens > draft.context_length:
+        raise ValueError(f"the prompt and max_new_tokens need {idx.size(1) + max_new_tokens} positions, more than "
+                         f"the draft's context of {draft.context_length}: shorten one of them.")
+    if not draft.make_cache().can_rollback:
+        raise TypeError(f"the draft's cache ({type(draft).__name__}) cannot roll back over rejected proposals.")
+    unknown = set(settings) - set(FILTERS)
+    if unknown:
+        raise TypeError(f"speculative sampling takes the sampling settings {FILTERS}, not {sorted(unknown)}.")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, **settings)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator().manual_seed(
+        int(torch.randint(0, 2**62, ())))
+    device, draft_device = device_of(model), device_of(draft)
+    seq, T = idx[0].tolist(), idx.size(1)
+    passes = proposed = accepted = 0
+    with evaluating(model), evaluating(draft):
+        cache, draft_cache = model.make_cache(), draft.make_cache()
+        read = draft_read = 0  # tokens of the text each cache holds
+        while len(seq) - T < max_new_tokens and (eos_token_id is None or eos_token_id not in seq[T:]):
+            g = min(k, max_new_tokens - (len(seq) - T) - 1)  # proposals this pass: the pass adds up to g + 1
+            guesses, q = [], []
+            for _ in range(g):  # the draft proposes one token after another
+                q.append(_distributions(draft, draft_cache, draft_read, seq + guesses, 1, config, draft_device)[0])
+                draft_read = len(seq) + len(guesses)
+                guesses.append(_draw(q[-1], generator))
+            p = _distributions(model, cache, read, seq + guesses, g + 1, config, device)  # (g + 1, V)
+            n = 0  # proposals kept: each with probability min(1, p / q), up to the first rejection
+            while n < g and float(torch.rand((), generator=generator)) < accept_probability(
+                    float(p[n, guesses[n]]), float(q[n][guesses[n]])):
+                n += 1
+            token = _draw(p[g] if n == g else residual(p[n], q[n]), generator)  # the bonus or the correction
+            keep = len(seq) + n  # what the caches may hold: the text and the kept proposals
+            cache.rollback(g - n)  # the model's cache held the text and every proposal
+            if draft_read > keep:
+                draft_cache.rollback(draft_read - keep)
+                draft_read = keep
+            seq += guesses[:n] + [token]
+            read = len(seq) - 1
+            passes, proposed, accepted = passes + 1, proposed + g, accepted + n
+    new = seq[T:]
+    if eos_token_id is not None and eos_token_id in new:
+        new = new[: new.index(eos_token_id) + 1]
+    return Speculated(torch.tensor([seq[:T] + new[:max_new_tokens]]), passes, proposed, accepted)
