@@ -134,3 +134,23 @@ def test_the_beam_tree_refuses_bad_settings():
         beam_search_tree(model, torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="empty"):
         draw_beam_tree([], None)
+
+
+def test_the_beam_tree_draws_no_edge_over_a_label():
+    torch.manual_seed(1)
+    tokenizer = CharTokenizer.train("abcdefgh \n")
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    nodes = beam_search_tree(model, torch.tensor(tokenizer.encode("abc")), num_beams=3, steps=4, shown=3)
+    ax = draw_beam_tree(nodes, tokenizer)
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(ax.lines) == len(nodes)
+    for line in ax.lines:
+        xy = ax.transData.transform(line.get_xydata())  # the edge's two ends in pixels
+        for box in boxes:  # an edge is straight: sample it and check that no point falls inside a label
+            for f in torch.linspace(0, 1, 50).tolist():
+                x, y = xy[0] + f * (xy[1] - xy[0])
+                assert not (box.x0 + 1 < x < box.x1 - 1 and box.y0 + 1 < y < box.y1 - 1)
+    assert all(box.x1 <= ax.figure.bbox.x1 + 1 for box in boxes)  # every label fits the figure
+    plt.close(ax.figure)

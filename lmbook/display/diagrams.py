@@ -332,18 +332,26 @@ def draw_beam_tree(nodes: list[dict], tokenizer, ax=None):
         return order[path]
 
     place(())
+    labels = {}
+    for n in nodes:
+        text = repr(tokenizer.decode([n["path"][-1]]))[1:-1] or "·"
+        labels[n["path"]] = text + f"  {n['logprob']:.2f}" + (f"  [Σ {n['total']:.2f}]" if n["kept"] else "")
+    # each level is a column of labels, and the edges run in the gap between one column's labels and the next
+    label_width, gap = 1.0, 0.35  # in data units; the figure is sized so that the longest label fits its column
+    column = label_width + gap
+    inches_per_unit = max(map(len, labels.values())) * 0.075 / (label_width - 0.05)  # monospace 8 pt: ~0.067 in
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.6 * depth + 2, 0.36 * leaves + 1.2))
+        fig, ax = plt.subplots(figsize=(inches_per_unit * (column * depth + 0.7) / 0.96, 0.36 * leaves + 1.2))
+        fig.subplots_adjust(left=0.02, right=0.98)  # the axes span the figure: the units above are its inches
     for n in nodes:
         path = n["path"]
         colour = "C0" if n["kept"] else "0.65"
-        ax.plot([len(path) - 1, len(path)], [order[path[:-1]], order[path]], color=colour,
-                lw=2 if n["kept"] else 1, zorder=1)
-        text = repr(tokenizer.decode([path[-1]]))[1:-1] or "·"
-        text += f"  {n['logprob']:.2f}" + (f"  [Σ {n['total']:.2f}]" if n["kept"] else "")
-        ax.text(len(path) + 0.06, order[path], text, va="center", fontsize=8, family="monospace", color=colour)
-    ax.text(-0.06, order[()], "prompt", ha="right", va="center", fontsize=9)
-    ax.set_xlim(-0.8, depth + 1.2)
+        x = (len(path) - 1) * column  # where the parent's label ends (the prompt's: 0) and this edge starts
+        ax.plot([x, x + gap], [order[path[:-1]], order[path]], color=colour, lw=2 if n["kept"] else 1, zorder=1)
+        ax.text(x + gap + 0.03, order[path], labels[path], va="center", fontsize=8,
+                family="monospace", color=colour, zorder=2)
+    ax.text(-0.03, order[()], "prompt", ha="right", va="center", fontsize=9)
+    ax.set_xlim(-0.6, column * depth + 0.1)
     ax.axis("off")
     ax.set_title("Beam search: log p of each token; kept beams in colour with their sum", fontsize=9)
     return ax
