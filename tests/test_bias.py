@@ -11,9 +11,12 @@ from lmbook.evaluation.bias import (
     Association,
     amplification,
     bootstrap_amplification,
+    bootstrap_log_odds,
     count_association,
     follower_shares,
+    log_odds,
     merge,
+    split_text,
     wilson_interval,
 )
 from lmbook.models.embeddings import words
@@ -109,3 +112,74 @@ def test_bootstrap_interval_surrounds_the_estimate_and_is_reproducible():
     assert same[0] == same[1] == pytest.approx(amplification(corpus, parts[0], min_count=2)["amplification"])
     with pytest.raises(ValueError, match="level"):
         bootstrap_amplification(corpus, parts, level=1.5)
+
+
+# --- the log-odds ratio with an informative Dirichlet prior (Monroe et al. 2008) -----------------------------
+def counted_followers(he: dict[str, int], she: dict[str, int]) -> Association:
+    from collections import Counter
+
+    return Association(dict(PRONOUNS), {"he": sum(he.values()), "she": sum(she.values())},
+                       {"he": Counter(he), "she": Counter(she)}, 0)
+
+
+def test_log_odds_is_zero_without_association_whatever_the_base_rate():
+    # "and" and "the" follow each group in proportion to its followers; the he-group has four times the followers
+    he = {"and": 400, "the": 200, "sword": 390, "was": 10}
+    she = {"and": 100, "the": 50, "sword": 10, "was": 90}
+    association = counted_followers(he, she)
+    shares = follower_shares(association, min_count=1)
+    assert shares["and"]["he"] == pytest.approx(0.8)  # the raw share leans "he": the base rate
+    scores = log_odds(association, min_count=1)
+    assert scores["and"].delta == pytest.approx(0.0, abs=1e-12)
+    assert scores["the"].delta == pytest.approx(0.0, abs=1e-12)
+    assert scores["sword"].delta > 1 and scores["sword"].z > 3
+    assert scores["was"].delta < -1 and scores["was"].z < -3
+    assert list(scores) == ["and", "sword", "the", "was"]  # the most frequent first, ties by the word
+
+
+def test_log_odds_matches_the_written_out_formula_and_the_prior_keeps_it_finite():
+    he, she = {"x": 7, "y": 30}, {"y": 12}
+    alpha0 = 50.0
+    scores = log_odds(counted_followers(he, she), min_count=1, alpha0=alpha0)
+    n1, n2, y1, y2 = 37, 12, 7, 0
+    a = alpha0 * 7 / 49
+    delta = math.log((y1 + a) / (n1 + alpha0 - y1 - a)) - math.log((y2 + a) / (n2 + alpha0 - y2 - a))
+    assert scores["x"].delta == pytest.approx(delta)  # finite although "x" never follows "she"
+    assert scores["x"].variance == pytest.approx(1 / (y1 + a) + 1 / (y2 + a))
+    assert scores["x"].counts == (7, 0)
+    assert log_odds(counted_followers(he, she), ("she", "he"), min_count=1, alpha0=alpha0)["x"].delta == \
+        pytest.approx(-delta)
+    assert "x" not in log_odds(counted_followers(he, she), min_count=8)
+
+
+def test_bootstrap_log_odds_intervals_cover_zero_for_a_word_without_association():
+    import random
+
+    rng = random.Random(0)
+    parts = []
+    for _ in range(40):  # independent texts: "he" four times as often, "and" after both alike
+        tokens = []
+        for _ in range(200):
+            group = "he" if rng.random() < 0.8 else "she"
+            own = "sword" if group == "he" else "was"  # each group's own follower, as often after either
+            follower = own if rng.random() < 0.3 else rng.choice(["and", "and", "to"])
+            tokens += [group, follower]
+        parts.append(count_association(tokens))
+    intervals = bootstrap_log_odds(parts, ["and", "sword"], samples=200, seed=0)
+    low, high = intervals["and"]
+    assert low < 0 < high
+    assert intervals["sword"][0] > 0
+    assert bootstrap_log_odds(parts, ["and"], samples=200, seed=0)["and"] == (low, high)
+    assert split_text(list("abcdefg"), 3) == [["a", "b"], ["c", "d", "e"], ["f", "g"]]
+
+
+def test_log_odds_refuses_bad_input():
+    association = counted_followers({"a": 3}, {"a": 1})
+    with pytest.raises(KeyError, match="nobody"):
+        log_odds(association, ("he", "nobody"))
+    with pytest.raises(ValueError, match="alpha0"):
+        log_odds(association, alpha0=0)
+    with pytest.raises(ValueError, match="followers of both"):
+        log_odds(counted_followers({"a": 3}, {}))
+    with pytest.raises(ValueError, match="pieces"):
+        split_text(["a"], 2)

@@ -36,15 +36,85 @@ def test_ngrams_are_scored_on_the_characters_the_neural_models_predict():
     assert ch06.ngram_size(model) == sum(len(f) for order in model.counts for f in order.values())
 
 
-def test_the_scoreboard_table_sorts_by_held_out_bits_per_char():
-    rows = [{"model": name, "family": "n-gram", "tokens": "characters", "params": 10, "seconds": 1.0,
-             "tokens_per_second": 5.0, "held_out": TextNLL(nats * LN2, 10, 10, 10), "train": TextNLL(LN2, 10, 10, 10)}
-            for name, nats in (("worse", 30.0), ("better", 20.0))]
+def board_rows() -> list[dict]:
+    """Two n-gram rows fitted on the same text and scored with their intervals, as the scoreboard makes them."""
+    train, held_out = TEXT[:500], TEXT[500:]
+    rows = ch06.ngram_rows(ch06.RUNS["fast"].replace(ngram_orders=(1, 3)),
+                           train, held_out, train[: len(held_out)])
+    return rows
+
+
+def test_the_scoreboard_rows_carry_intervals_over_speeches_and_the_table_sorts():
+    rows = board_rows()
+    assert [r["model"] for r in rows] == ["1-gram, interpolation", "1-gram, add-1", "3-gram, interpolation",
+                                          "3-gram, add-1"]
+    for r in rows:
+        low, high = r["held_out_interval"]
+        assert low < r["held_out"].bits_per_char < high
+        assert len(r["held_out_pieces"]) == len([p for p in TEXT[500:].split("\n\n") if p])  # one piece a speech
+        assert sum(c for _, c in r["held_out_pieces"]) == r["held_out"].chars
+        assert math.fsum(n for n, _ in r["held_out_pieces"]) == pytest.approx(r["held_out"].nats)
     table = ch06.scoreboard_table(rows).data
-    assert table.index("better") < table.index("worse")
-    assert "<td>better</td><td>characters</td><td>10</td><td>2.000</td><td>0.100</td>" in table
-    facts = ch06.scoreboard_facts([{**r, "family": f} for r, f in zip(rows, ("n-gram", "neural"))])
-    assert [facts[k].data for k in ("best_model", "neural_vs_ngram", "gap_model")] == ["better", "below", "worse"]
+    best = min(rows, key=lambda r: r["held_out"].bits_per_char)["model"]
+    assert table.index(best) < table.index("1-gram, add-1")
+    assert table.count("<tr>") == len(rows) + 1 and table.count("<th>") == 6  # narrow enough for the page
+    facts = ch06.scoreboard_facts([{**r, "family": f} for r, f in zip(rows, ("n-gram", "neural") * 2)])
+    assert facts["best_model"].data == best
+    assert facts["best_lead_low"] <= facts["best_lead"] <= facts["best_lead_high"]
+    assert ("wholly above zero" in facts["best_verdict"].data) == (facts["best_lead_low"] > 0)
+    ax = ch06.plot_scoreboard(rows)
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == best
+
+
+def test_the_pieces_of_a_bpe_like_tokenization_add_up():
+    from lmbook.evaluation.metrics import nll_by_piece
+
+    text = "ab\n\ncd e\n\nf"
+    lengths = [2, 2, 3, 3, 1]  # "ab", "\n\n", "cd ", "e\n\n", "f": a token may hold the cut
+    nll = torch.tensor([1.0, 2.0, 3.0, 4.0])  # the tokens after the first
+    assert nll_by_piece(nll, lengths, text) == [(1.0, 2), (5.0, 6), (4.0, 1)]  # a token goes where it begins
+    with pytest.raises(ValueError, match="characters"):
+        nll_by_piece(nll, [2, 2, 3, 3, 2], text)
+    with pytest.raises(ValueError, match="one NLL per token"):
+        nll_by_piece(nll[:2], lengths, text)
+
+
+def test_neural_rows_give_the_protocol_figure_and_its_pieces():
+    from lmbook.evaluation.metrics import held_out_nlls, held_out_score
+
+    tokenizer = CharTokenizer.train(TEXT)
+    model = tiny_gpt(tokenizer)
+    score, nll = held_out_nlls(model, tokenizer, TEXT[:300])
+    assert score == held_out_score(model, tokenizer, TEXT[:300])
+    assert nll.shape == (299,) and float(nll.double().sum()) == pytest.approx(score.nats)
+
+
+def test_count_phrases_read_right():
+    phrase = generated.count_phrase
+    assert [phrase(3, 3, "cell"), phrase(2, 2, "cell"), phrase(0, 2, "cell"), phrase(0, 5, "cell"),
+            phrase(2, 5, "cell"), phrase(1, 1, "cell")] == ["all 3 cells", "both cells", "neither cell",
+                                                            "none of the 5 cells", "2 of the 5 cells", "the one cell"]
+    assert generated.zeros_facts({"canonical": 24, "sacrebleu": 3, "of": 24})["zeros_canonical"].data == \
+        "all 24 continuations"
+    with pytest.raises(ValueError, match="at most n"):
+        phrase(3, 2, "cell")
+
+
+def test_calibration_of_a_tiny_gpt_and_its_sentence():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = tiny_gpt(tokenizer)
+    results = generated.calibration(model, tokenizer, TEXT[:300], temperatures=(0.5, 1.0, 2.0))
+    assert list(results) == [0.5, 1.0, 2.0]
+    one = results[1.0]
+    assert one["reliability"].n == 299
+    assert one["nll"] == pytest.approx(score_text(model, tokenizer, TEXT[:300], stride=4).cross_entropy, rel=1e-4)
+    sweep = {"T = 1": {"perplexity": 20.0}, "human": {"perplexity": 25.0}}
+    facts = generated.calibration_facts(results, sweep)
+    assert facts["own_vs_human"].data == "below" and facts["t_cold"] == 0.5 and facts["t_hot"] == 2.0
+    assert facts["ece_one"] == one["reliability"].ece
+    assert facts["entropy_ppl"] == pytest.approx(math.exp(one["entropy"]))
+    with pytest.raises(ValueError, match="temperature 1"):
+        generated.calibration_facts({0.5: results[0.5]}, sweep)
 
 
 def test_the_stride_sweep_scores_the_same_text_each_way():

@@ -125,3 +125,85 @@ def test_recorded_rows_read_each_chapters_record(monkeypatch):
     assert rows[5]["params"] > rows[4]["params"] > 0  # the encoder has one more token, the mask
     rows = [r for r in rows if r["run"] == "recorded, full size"]
     assert all(r["device"] == "NVIDIA H100" and r["run"] == "recorded, full size" for r in rows)
+
+
+# --- pretrained vectors or learned ones: the word GPT from Word2Vec's table against a random start ---------
+def tiny_word_corpus():
+    from lmbook.models.embeddings import Vocabulary
+    from lmbook.runs.ch07_questions import WordCorpus
+
+    torch.manual_seed(0)
+    words_ = [f"w{i}" for i in torch.randint(0, 30, (1500,)).tolist()]
+    vocab = Vocabulary.build(words_, 1)
+    return WordCorpus(vocab, words_[:1200], vocab.encode(words_[:1200]), vocab.encode(words_[1200:]))
+
+
+def test_start_from_copies_the_table_scaled_and_tied():
+    from lmbook.runs.ch07_questions import start_from
+    from lmbook.runs.common import make_char_gpt
+
+    run = WORD_GPT_RUNS["fast"].replace(n_layer=1, n_embd=16, n_head=2, block_size=8)
+    model = make_char_gpt(run, 31, "cpu", 0)
+    table = torch.randn(31, 16) * 3 + 1
+    start_from(model, table)
+    expected = (table - table.mean()) * (0.02 / table.std())
+    assert torch.allclose(model.wte.weight, expected) and model.lm_head.weight is model.wte.weight
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=1e-4)
+    same = make_char_gpt(run, 31, "cpu", 0)
+    assert torch.equal(start_from(same, None).wte.weight, make_char_gpt(run, 31, "cpu", 0).wte.weight)
+    with pytest.raises(ValueError, match="n_embd"):
+        start_from(model, torch.randn(31, 8))
+
+
+def test_init_comparison_pairs_the_starts_seed_by_seed():
+    from lmbook.runs.ch07_questions import InitRun, init_comparison, init_facts
+
+    corpus = tiny_word_corpus()
+    run = WORD_GPT_RUNS["fast"].replace(n_layer=1, n_embd=16, n_head=2, block_size=8)
+    init = InitRun(max_steps=3, batch_size=4, eval_iters=1, seeds=(0, 1, 2))
+    table = torch.randn(len(corpus.vocab), 16)
+    losses = init_comparison(run, init, corpus, {"random": None, "Word2Vec": table}, device="cpu")
+    assert set(losses) == {"random", "Word2Vec"} and all(len(v) == 3 for v in losses.values())
+    assert losses == init_comparison(run, init, corpus, {"random": None, "Word2Vec": table}, device="cpu")
+    assert losses["random"] != losses["Word2Vec"]
+    facts = init_facts({"random": [5.0, 5.2, 5.1], "Word2Vec": [4.5, 4.8, 4.6]})
+    mean, low, high = facts["Word2Vec"]
+    assert mean == pytest.approx(0.4667, abs=1e-3) and low > 0
+    assert "wholly above zero: a measured head start" in facts["Word2Vec_verdict"]
+    mixed = init_facts({"random": [5.0, 5.2, 5.1], "Word2Vec": [5.1, 5.0, 5.15]})
+    assert "holds zero" in mixed["Word2Vec_verdict"]
+    with pytest.raises(KeyError, match="random"):
+        init_facts({"Word2Vec": [1.0]})
+
+
+def test_log_odds_rows_and_their_sentence():
+    from lmbook.evaluation.bias import count_association, merge
+    from lmbook.runs.ch07_bias import log_odds_facts, log_odds_rows, plot_log_odds
+    import random
+
+    def parts(seed: int, lean: float) -> list:
+        rng = random.Random(seed)
+        out = []
+        for _ in range(20):
+            tokens = []
+            for _ in range(100):
+                group = "he" if rng.random() < 0.8 else "she"
+                own = "sword" if group == "he" else "fan"
+                tokens += [group, own if rng.random() < lean else rng.choice(["and", "to", "the"])]
+            out.append(count_association(tokens))
+        return out
+
+    corpus_parts, sample_parts = parts(0, 0.3), parts(1, 0.3)
+    rows = log_odds_rows(merge(corpus_parts), merge(sample_parts), corpus_parts, sample_parts, n_words=5, samples=100)
+    by_word = {r["word"]: r for r in rows}
+    assert set(by_word) == {"and", "to", "the", "sword", "fan"}
+    for word in ("and", "to", "the"):
+        r = by_word[word]
+        assert r["share_corpus"] > 0.7  # the raw share leans "he": the base rate
+        assert r["corpus_interval"][0] < 0 < r["corpus_interval"][1]
+    assert by_word["sword"]["corpus_interval"][0] > 0 and by_word["fan"]["corpus_interval"][1] < 0
+    summary = log_odds_facts(rows)["log_odds_summary"].data
+    assert "puts all 5 words on the *he* side" not in summary  # "fan" follows she-words
+    assert "*and*" in summary and "3 of the 5 words have an interval that holds zero" in summary
+    assert plot_log_odds(rows).get_xlabel().startswith("log-odds")
+    assert log_odds_facts([])["log_odds_summary"].data.startswith("No follower word")

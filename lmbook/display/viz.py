@@ -10,6 +10,7 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 
+from ..interface import check_int
 from ..training.history import History
 
 AXES = ("step", "tokens", "seconds")  # what plot_history draws the losses against
@@ -130,3 +131,74 @@ def plot_attention_cost(cost: Mapping, axes=None):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     return axes
+
+
+def plot_intervals(labels: list[str], series: Mapping[str, list[tuple[float, float, float]]], ax=None,
+                   xlabel: str = "", zero: float | None = None, height: float = 0.32):
+    """Dots with interval bars, one row per label, read across (chapters 6 and 7): ``series`` maps a name to one
+    ``(value, low, high)`` per label (NaN bounds: a dot without a bar). Several series sit side by side within
+    a row; ``zero`` draws a vertical line where there is no effect."""
+    if not labels:
+        raise ValueError("labels is empty: give one label per row to draw.")
+    if not series:
+        raise ValueError("series is empty: give at least one series of (value, low, high) per label.")
+    for name, points in series.items():
+        if len(points) != len(labels):
+            raise ValueError(f"series {name!r} has {len(points)} points for {len(labels)} labels: give one per label.")
+    ax = _ax(ax, figsize=(7, 1.0 + height * len(labels) * max(1, len(series) * 0.6)))
+    offsets = [0.0] if len(series) == 1 else [0.3 * (i / (len(series) - 1) - 0.5) for i in range(len(series))]
+    for offset, (name, points) in zip(offsets, series.items()):
+        ys = [i + offset for i in range(len(labels))]
+        values = [p[0] for p in points]
+        lows = [p[0] - p[1] if p[1] == p[1] else 0.0 for p in points]  # NaN != NaN: no bar
+        highs = [p[2] - p[0] if p[2] == p[2] else 0.0 for p in points]
+        ax.errorbar(values, ys, xerr=[lows, highs], fmt="o", ms=4, capsize=3, label=name if len(series) > 1 else None)
+    if zero is not None:
+        ax.axvline(zero, color="gray", lw=1, ls="--")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()  # the first label on top
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def plot_reliability(results: Mapping[float, object], ax=None, title: str = ""):
+    """Reliability diagrams (chapter 6): for each temperature, the share right against the mean confidence of each
+    bin of :class:`~lmbook.evaluation.calibration.Reliability`, the diagonal where a calibrated model lies, and
+    the ECE in the legend. ``results`` maps a temperature to a ``Reliability`` (or to a dict holding one under
+    ``"reliability"``, as :func:`~lmbook.evaluation.calibration.by_temperature` returns)."""
+    if not results:
+        raise ValueError("results is empty: give at least one temperature's reliability diagram.")
+    ax = _ax(ax, figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="calibrated")
+    for t, r in results.items():
+        r = r["reliability"] if isinstance(r, Mapping) else r
+        kept = [(c, a) for c, a, n in zip(r.confidence, r.accuracy, r.counts) if n]
+        ax.plot([c for c, _ in kept], [a for _, a in kept], marker="o", ms=4, label=f"T = {t:g}, ECE {r.ece:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (probability of the top token)")
+    ax.set_ylabel("share of positions where it was right")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def count_phrase(k: int, n: int, noun: str) -> str:
+    """``k`` of ``n`` things in words, for a caption or a sentence beside a figure (chapters 6 and 7): ``all 12
+    words``, ``none of the 12 words``, ``both words``, ``7 of the 12 words``, ``the one word``; never "2 of the 2"."""
+    check_int("k", k, 0)
+    check_int("n", n, 1)
+    if k > n:
+        raise ValueError(f"k must be at most n, not k={k}, n={n}.")
+    plural = noun if n == 1 else noun + "s"
+    if n == 1:
+        return f"the one {noun}" if k else f"not the one {noun}"
+    if k == n:
+        return f"both {plural}" if n == 2 else f"all {n} {plural}"
+    if k == 0:
+        return f"neither {noun}" if n == 2 else f"none of the {n} {plural}"
+    return f"{k} of the {n} {plural}"

@@ -10,7 +10,13 @@ occurrences. Two measurements compare a model's samples with the corpus:
   of ``g``. For every pair the corpus leans towards (``b > 1/|G|``) take the model's ``b~(w, g)``
   minus the corpus's ``b(w, g)``; the mean is the amplification. Positive: the model's text leans
   the same way as its data, and further; negative: it leans less. A sample of independent texts
-  gives it an interval by the bootstrap (:func:`bootstrap_amplification`).
+  gives it an interval by the bootstrap (:func:`bootstrap_amplification`);
+* the **log-odds ratio with an informative Dirichlet prior** (Monroe et al. 2008) of each follower word between
+  two groups (:func:`log_odds`): how much likelier the word is after one group's words than after the other's,
+  each group's followers counted as a share of that group's own total, so that a word with no association
+  scores zero however unequal the groups' sizes are (a raw share, such as ``b(w, g)``, puts every common word
+  on the side of the larger group: the base rate). Intervals by the bootstrap over independent pieces of text
+  (:func:`bootstrap_log_odds`).
 
 Counting is case-blind; give the words as :func:`lmbook.models.embeddings.words` makes them.
 """
@@ -18,9 +24,10 @@ Counting is case-blind; give the words as :func:`lmbook.models.embeddings.words`
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from dataclasses import dataclass
+
+from .intervals import bootstrap_draws, bootstrap_interval, percentile_interval
 
 PRONOUNS: dict[str, tuple[str, ...]] = {
     "he": ("he", "him", "his", "himself"),
@@ -142,10 +149,83 @@ def bootstrap_amplification(corpus: Association, parts: list[Association], min_c
     """
     if not 0 < level < 1 or samples < 2:
         raise ValueError(f"need 0 < level < 1 and samples >= 2, not level={level}, samples={samples}.")
-    rng = random.Random(seed)
-    draws = (merge(rng.choices(parts, k=len(parts))) for _ in range(samples))
-    values = sorted(v for draw in draws if not math.isnan(v := amplification(corpus, draw, min_count)["amplification"]))
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2
-    return values[int(tail * (len(values) - 1))], values[round((1 - tail) * (len(values) - 1))]
+    return bootstrap_interval(parts, lambda draw: amplification(corpus, merge(draw), min_count)["amplification"],
+                              samples=samples, level=level, seed=seed)
+
+
+# --- An association corrected for the base rate: the log-odds ratio with a Dirichlet prior --------------
+@dataclass
+class LogOdds:
+    """One follower word's log-odds ratio between two groups: ``delta`` (positive: likelier after ``first``),
+    its approximate ``variance`` and ``z = delta / sqrt(variance)``, and the word's counts after each group."""
+
+    word: str
+    delta: float
+    variance: float
+    z: float
+    counts: tuple[int, int]
+
+
+def log_odds(association: Association, pair: tuple[str, str] = ("he", "she"), min_count: int = 5,
+             alpha0: float = 100.0) -> dict[str, LogOdds]:
+    """Monroe et al. (2008)'s log-odds ratio with an informative Dirichlet prior, for every word seen at least
+    ``min_count`` times after a word of the two groups of ``pair``, most frequent first.
+
+    With ``y_i`` the word's count after group ``i``, ``n_i`` all of group ``i``'s followers, and the prior
+    ``a = alpha0 * (y_1 + y_2) / (n_1 + n_2)`` (the word's pooled frequency, ``alpha0`` pseudo-counts in all):
+
+        delta = log((y_1 + a) / (n_1 + alpha0 - y_1 - a)) - log((y_2 + a) / (n_2 + alpha0 - y_2 - a)),
+        variance = 1 / (y_1 + a) + 1 / (y_2 + a).
+
+    A word that follows each group in proportion to the group's followers (``y_1 / n_1 = y_2 / n_2``) gets
+    exactly zero, whatever ``n_1 / n_2``; the prior keeps a rare word seen after one group only finite.
+    """
+    first, second = pair
+    for g in pair:
+        if g not in association.groups:
+            raise KeyError(f"no group {g!r}; the groups are {sorted(association.groups)}.")
+    if first == second:
+        raise ValueError(f"pair must name two different groups, not {pair!r}.")
+    if isinstance(alpha0, bool) or not isinstance(alpha0, (int, float)) or not alpha0 > 0:
+        raise ValueError(f"alpha0 must be a number above 0, not {alpha0!r}.")
+    a_counts, b_counts = association.followers[first], association.followers[second]
+    n1, n2 = sum(a_counts.values()), sum(b_counts.values())
+    if n1 == 0 or n2 == 0:
+        raise ValueError(f"no word follows the {first if n1 == 0 else second!r} group: a log-odds ratio needs "
+                         "followers of both groups; count more text.")
+    out = {}
+    for word in sorted(set(a_counts) | set(b_counts), key=lambda w: (-(a_counts[w] + b_counts[w]), w)):
+        y1, y2 = a_counts[word], b_counts[word]
+        if y1 + y2 < min_count:
+            continue
+        a = alpha0 * (y1 + y2) / (n1 + n2)
+        delta = math.log((y1 + a) / (n1 + alpha0 - y1 - a)) - math.log((y2 + a) / (n2 + alpha0 - y2 - a))
+        variance = 1 / (y1 + a) + 1 / (y2 + a)
+        out[word] = LogOdds(word, delta, variance, delta / math.sqrt(variance), (y1, y2))
+    return out
+
+
+def bootstrap_log_odds(parts: list[Association], words_: list[str], pair: tuple[str, str] = ("he", "she"),
+                       alpha0: float = 100.0, samples: int = 200, level: float = 0.95,
+                       seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals for the :func:`log_odds` of each of ``words_`` in ``merge(parts)``, the
+    ``parts`` (countings of independent pieces of text) drawn with replacement; one set of draws serves every
+    word. A word absent from both groups' followers in a draw has no value there (left out)."""
+    if not words_:
+        raise ValueError("words_ is empty: name the follower words to give intervals for.")
+
+    def deltas(draw: list[Association]) -> dict[str, float]:
+        values = log_odds(merge(draw), pair, min_count=1, alpha0=alpha0)
+        return {w: values[w].delta if w in values else math.nan for w in words_}
+
+    draws = bootstrap_draws(parts, deltas, samples, seed)
+    return {w: percentile_interval([d[w] for d in draws], level) for w in words_}
+
+
+def split_text(tokens: list[str], pieces: int) -> list[list[str]]:
+    """``tokens`` cut into ``pieces`` consecutive parts of (nearly) equal length: independent-enough pieces of one
+    long text for :func:`bootstrap_log_odds`."""
+    if isinstance(pieces, bool) or not isinstance(pieces, int) or not 1 <= pieces <= len(tokens):
+        raise ValueError(f"pieces must be a whole number from 1 to the {len(tokens)} tokens, not {pieces!r}.")
+    bounds = [round(i * len(tokens) / pieces) for i in range(pieces + 1)]
+    return [tokens[b:e] for b, e in zip(bounds, bounds[1:])]

@@ -297,10 +297,15 @@ def score_text(
     ids = list(tokenizer.encode(text))
     if len(ids) < 2:
         raise ValueError(f"the text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed.")
+    return _scored(model, tokenizer, text, ids, context, stride, batch_size)[0]
+
+
+def _scored(model, tokenizer, text: str, ids: list[int], context, stride, batch_size) -> tuple[TextNLL, torch.Tensor]:
     first = _first_token_bytes(tokenizer, ids, text)
     nll = token_nlls(model, ids, context, stride, batch_size)
     whole = len(first.decode("utf-8", errors="ignore"))  # the characters the first token holds entirely
-    return TextNLL(float(nll.double().sum()), len(nll), len(text) - whole, len(text.encode("utf-8")) - len(first))
+    score = TextNLL(float(nll.double().sum()), len(nll), len(text) - whole, len(text.encode("utf-8")) - len(first))
+    return score, nll
 
 
 def _first_token_bytes(tokenizer, ids: list[int], text: str) -> bytes:
@@ -336,3 +341,40 @@ def held_out_score(model: nn.Module, tokenizer, text: str, batch_size: int = 64)
     after the first window sees at least three quarters of a context), a recurrent one in one pass, its state
     carried. ``text`` is :func:`lmbook.text.data.held_out_text`, so that one model has one figure everywhere."""
     return score_text(model, tokenizer, text, stride=protocol_stride(model), batch_size=batch_size)
+
+
+def held_out_nlls(model: nn.Module, tokenizer, text: str, batch_size: int = 64) -> tuple[TextNLL, torch.Tensor]:
+    """:func:`held_out_score` and the NLL of each predicted token (N - 1,) it is the sum of, from one reading:
+    what :func:`nll_by_piece` splits into pieces for an interval (chapter 6)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}.")
+    ids = list(tokenizer.encode(text))
+    if len(ids) < 2:
+        raise ValueError(f"the text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed.")
+    return _scored(model, tokenizer, text, ids, None, protocol_stride(model), batch_size)
+
+
+def nll_by_piece(nll, token_lengths: list[int], text: str, sep: str = "\n\n") -> list[tuple[float, int]]:
+    """``(nats, characters)`` of each piece of ``text`` cut at ``sep`` (by default a blank line: a speech of a
+    play), from the NLL of each predicted token (``nll``, (N - 1,)) and the characters of every token
+    (``token_lengths``, N of them, summing to ``len(text)``). A token belongs to the piece its first character is
+    in; the first token is context only. Independent pieces for a bootstrap interval
+    (:func:`lmbook.evaluation.intervals.bootstrap_interval` with ``ratio_of_sums``)."""
+    nll = torch.as_tensor(nll, dtype=torch.float64)
+    if nll.dim() != 1 or len(token_lengths) != len(nll) + 1:
+        raise ValueError(f"need one NLL per token after the first: {len(nll)} NLLs for {len(token_lengths)} tokens.")
+    if sum(token_lengths) != len(text):
+        raise ValueError(f"the tokens hold {sum(token_lengths)} characters, the text {len(text)}: give each token's "
+                         "length in characters, as decoding it alone gives it (a character tokenizer: all 1).")
+    if not sep:
+        raise ValueError("sep must be a non-empty string to cut the text at.")
+    bounds, at = [], text.find(sep)
+    while at >= 0:
+        bounds.append(at + len(sep))
+        at = text.find(sep, at + len(sep))
+    starts = torch.tensor(token_lengths, dtype=torch.long).cumsum(0)[:-1]  # (N - 1,) where each predicted token begins
+    piece = torch.searchsorted(torch.tensor(bounds, dtype=torch.long), starts, right=True)  # (N - 1,)
+    n = len(bounds) + 1
+    nats = torch.zeros(n, dtype=torch.float64).index_add_(0, piece, nll)
+    chars = torch.zeros(n, dtype=torch.long).index_add_(0, piece, torch.tensor(token_lengths[1:], dtype=torch.long))
+    return [(float(a), int(c)) for a, c in zip(nats, chars) if c > 0]

@@ -19,14 +19,13 @@ import torch
 from . import reference
 from ..text.data import HELD_OUT_CHARS, held_out_text, load_shakespeare, train_val_split
 from ..interface import context_length, num_params
-from ..evaluation.metrics import LN2, TextNLL, held_out_score, score_text, sliding_windows, token_nlls
+from ..evaluation.intervals import bootstrap_interval, ratio_of_sums
+from ..evaluation.metrics import LN2, TextNLL, held_out_nlls, nll_by_piece, score_text, sliding_windows, token_nlls
 from ..models.ngram import NGramLM
 from ..display.show import html_table, md, than
+from ..display.viz import plot_intervals
 from .common import BATCH, EvaluationRun
 from .zoo import trained
-
-
-
 
 RUNS = {
     # a GPU: the whole held-out split, minutes
@@ -39,6 +38,7 @@ RUNS = {
                           strides=(32, 16, 8, 4, 2, 1), n_prompts=24, prompt_chars=64, continuation_chars=64,
                           temperatures=(0.0, 0.5, 0.8, 1.0, 1.3), top_ps=(0.5, 0.8, 0.95), sample_chars=200),
 }
+BOOTSTRAP_SAMPLES = 200  # draws of the held-out speeches for each interval of the scoreboard
 NEURAL = {  # the zoo's language models and the names the chapter gives them
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt-char": "GPT, characters", "gpt-bpe": "GPT, BPE",
 }
@@ -59,15 +59,27 @@ def texts(run: EvaluationRun) -> tuple[str, str]:
 
 
 # --- The scoreboard ---------------------------------------------------------------------
-def ngram_score(model: NGramLM, text: str) -> TextNLL:
-    """An n-gram model's NLL of ``text`` scored like the neural models': every character after the first.
+def ngram_nlls(model: NGramLM, text: str) -> torch.Tensor:
+    """An n-gram model's NLL of each character of ``text`` after the first (N - 1,), as the neural models' are
+    scored. :meth:`~lmbook.models.ngram.NGramLM.log_probs` also predicts the first character (after the begin
+    padding) and the end token; both are left out, so all models predict the same characters."""
+    return -torch.tensor(model.log_probs(list(text))[1:-1], dtype=torch.float64)
 
-    :meth:`~lmbook.models.ngram.NGramLM.log_probs` also predicts the first character (after the begin
-    padding) and the end token; both are left out, so all models predict the same characters.
-    """
-    nats = -math.fsum(model.log_probs(list(text))[1:-1])
+
+def ngram_score(model: NGramLM, text: str) -> TextNLL:
+    """An n-gram model's NLL of ``text`` scored like the neural models': every character after the first."""
+    nats = math.fsum(ngram_nlls(model, text).tolist())
     n = len(text) - 1
     return TextNLL(nats, n, n, len(text[1:].encode("utf-8")))
+
+
+def with_interval(row: dict, key: str, nll: torch.Tensor, lengths: list[int], text: str, level: float = 0.95) -> None:
+    """Add ``{key}_interval`` to ``row``: a bootstrap ``level`` interval of its bits per character over the
+    speeches of ``text`` (pieces cut at blank lines; the same draws for every model, so intervals compare)."""
+    pieces = nll_by_piece(nll, lengths, text)
+    low, high = bootstrap_interval(pieces, ratio_of_sums, samples=BOOTSTRAP_SAMPLES, level=level, seed=0)
+    row[f"{key}_interval"] = (low / LN2, high / LN2)
+    row[f"{key}_pieces"] = pieces
 
 
 def ngram_size(model: NGramLM) -> int:
@@ -84,10 +96,14 @@ def ngram_rows(run: EvaluationRun, train: str, held_out: str, train_slice: str) 
         seconds = time.perf_counter() - start
         for name, model in ((f"{n}-gram, interpolation", interpolated),
                             (f"{n}-gram, add-{run.add_k:g}", interpolated.with_smoothing("add-k", run.add_k))):
-            rows.append({"model": name, "family": "n-gram", "tokens": "characters", "params": ngram_size(model),
-                         "lm": model,
-                         "seconds": seconds, "tokens_per_second": len(train) / seconds,
-                         "held_out": ngram_score(model, held_out), "train": ngram_score(model, train_slice)})
+            row = {"model": name, "family": "n-gram", "tokens": "characters", "params": ngram_size(model),
+                   "lm": model, "seconds": seconds, "tokens_per_second": len(train) / seconds}
+            for key, text in (("held_out", held_out), ("train", train_slice)):
+                nll = ngram_nlls(model, text)
+                n = len(text) - 1
+                row[key] = TextNLL(math.fsum(nll.tolist()), n, n, len(text[1:].encode("utf-8")))
+                with_interval(row, key, nll, [1] * len(text), text)
+            rows.append(row)
     return rows
 
 
@@ -107,12 +123,15 @@ def neural_row(name: str, held_out: str, train_slice: str, device=None) -> dict:
     """One zoo model scored on ``held_out`` (and on as much training text), with its size and training speed."""
     zoo = trained(name, device)
     ref, note = reference_bits_per_char(name)
-    return {"model": NEURAL[name], "family": "neural", "tokens": _token_kind(zoo.tokenizer),
-            "params": num_params(zoo.model), "seconds": zoo.history.seconds,
-            "tokens_per_second": zoo.history.tokens_per_second,
-            "held_out": held_out_score(zoo.model, zoo.tokenizer, held_out, batch_size=BATCH),
-            "train": held_out_score(zoo.model, zoo.tokenizer, train_slice, batch_size=BATCH),
-            "reference_bpc": ref, "reference": note, "history": zoo.history, "zoo": zoo}
+    row = {"model": NEURAL[name], "family": "neural", "tokens": _token_kind(zoo.tokenizer),
+           "params": num_params(zoo.model), "seconds": zoo.history.seconds,
+           "tokens_per_second": zoo.history.tokens_per_second,
+           "reference_bpc": ref, "reference": note, "history": zoo.history, "zoo": zoo}
+    for key, text in (("held_out", held_out), ("train", train_slice)):
+        row[key], nll = held_out_nlls(zoo.model, zoo.tokenizer, text, batch_size=BATCH)
+        lengths = [len(zoo.tokenizer.decode([i])) for i in zoo.tokenizer.encode(text)]  # each token's characters
+        with_interval(row, key, nll, lengths, text)
+    return row
 
 
 def _token_kind(tokenizer) -> str:
@@ -134,16 +153,28 @@ def scoreboard(run: EvaluationRun, names=tuple(NEURAL), device=None) -> list[dic
 
 
 def scoreboard_table(rows: list[dict]):
-    """The scoreboard as a table, best held-out bits per character first."""
-    header = ["model", "tokens", "parameters", "held-out bits/char", "training-text bits/char",
-              "perplexity per token", "training time", "tokens/s", "reference run"]
+    """What the scoreboard's figure does not show, best held-out bits per character first: each model's tokens,
+    size, training time and speed, and its recorded reference run's figure."""
+    header = ["model", "tokens", "parameters", "training time", "tokens/s", "reference run, bits/char"]
     cells = []
     for r in sorted(rows, key=lambda r: r["held_out"].bits_per_char):
         ref = "" if r["family"] == "n-gram" else (f"{r['reference_bpc']:.3f}" if r.get("reference_bpc") else "none")
-        cells.append([r["model"], r["tokens"], f"{r['params']:,}", f"{r['held_out'].bits_per_char:.3f}",
-                      f"{r['train'].bits_per_char:.3f}", f"{r['held_out'].perplexity:.2f}", f"{r['seconds']:.1f} s",
+        cells.append([r["model"], r["tokens"], f"{r['params']:,}", f"{r['seconds']:.1f} s",
                       f"{r['tokens_per_second']:,.0f}", ref])
     return html_table(header, cells)
+
+
+def plot_scoreboard(rows: list[dict], ax=None):
+    """The scoreboard as dots with their bootstrap intervals, best held-out bits per character on top: held-out
+    text and as many characters of training text, model by model."""
+    rows = sorted(rows, key=lambda r: r["held_out"].bits_per_char)
+    series = {what: [(r[key].bits_per_char, *r[f"{key}_interval"]) for r in rows]
+              for what, key in (("held-out text", "held_out"), ("training text", "train"))}
+    ax = plot_intervals([r["model"] for r in rows], series, ax=ax, xlabel="bits per character (95 % intervals "
+                        "over the text's speeches)")
+    ax.figure.set_size_inches(8, 0.4 * len(rows) + 1.2)
+    ax.figure.tight_layout()
+    return ax
 
 
 def tokenizer_facts(char_row: dict, bpe_row: dict) -> dict:
@@ -169,7 +200,28 @@ def scoreboard_facts(rows: list[dict]) -> dict:
                                     "below", "above"),
             "n_references": sum(r.get("reference_bpc") is not None for r in neural),
             "gap_model": md(gap["model"]), "gap_bits": gap["held_out"].bits_per_char - gap["train"].bits_per_char,
-            "gap_train_bpc": gap["train"].bits_per_char, "gap_heldout_bpc": gap["held_out"].bits_per_char}
+            "gap_train_bpc": gap["train"].bits_per_char, "gap_heldout_bpc": gap["held_out"].bits_per_char,
+            **best_against_next(rows)}
+
+
+def best_against_next(rows: list[dict], level: float = 0.95) -> dict:
+    """The best model against the runner-up on held-out text: the difference in bits per character and its
+    bootstrap interval, paired (both models' figures from the same draws of speeches), and a verdict."""
+    first, second = sorted(rows, key=lambda r: r["held_out"].bits_per_char)[:2]
+    pairs = list(zip(first["held_out_pieces"], second["held_out_pieces"]))
+
+    def difference(draw) -> float:
+        return (ratio_of_sums([b for _, b in draw]) - ratio_of_sums([a for a, _ in draw])) / LN2
+
+    low, high = bootstrap_interval(pairs, difference, samples=BOOTSTRAP_SAMPLES, level=level, seed=0)
+    lead = second["held_out"].bits_per_char - first["held_out"].bits_per_char
+    verdict = (f"its lead over the runner-up, the {second['model']}, is {lead:.3f} bits per character, with an "
+               f"interval from {low:.3f} to {high:.3f} over the speeches, " +
+               ("wholly above zero: a lead this text measures" if low > 0 else
+                "which holds zero: on this text the two are not told apart"))
+    return {"runner_up": md(second["model"]), "best_lead": lead, "best_lead_low": low, "best_lead_high": high,
+            "best_low": first["held_out_interval"][0], "best_high": first["held_out_interval"][1],
+            "n_speeches": len(pairs), "best_verdict": md(verdict)}
 
 
 def plot_gaps(rows: list[dict], ax=None):

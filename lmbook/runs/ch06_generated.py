@@ -16,10 +16,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..evaluation import textmetrics
+from ..evaluation.calibration import by_temperature, next_token_logits
 from ..decoding.generate import generate
 from ..interface import context_length
 from ..evaluation.metrics import TextNLL, protocol_stride, token_nlls
 from ..display.show import html_table, md, than, trend
+from ..display.viz import count_phrase
 from .common import BATCH, EvaluationRun
 
 
@@ -119,6 +121,13 @@ def sentence_bleu_zeros(outputs: list[str], truths: list[str]) -> dict[str, int]
         "sacrebleu": sum(textmetrics.sentence_bleu(c, [t]).score == 0 for c, t in pairs),
         "of": len(pairs),
     }
+
+
+def zeros_facts(zeros: dict[str, int]) -> dict:
+    """The prose's words for :func:`sentence_bleu_zeros`: ``zeros_canonical`` and ``zeros_sacrebleu`` as counts in
+    words (``all 24 continuations``, ``none of the 24``, ``3 of the 24``)."""
+    return {"zeros_canonical": md(count_phrase(zeros["canonical"], zeros["of"], "continuation")),
+            "zeros_sacrebleu": md(count_phrase(zeros["sacrebleu"], zeros["of"], "continuation"))}
 
 
 def scores_table(scores: dict[str, dict]):
@@ -231,3 +240,35 @@ def diversity_facts(sweep: dict[str, dict]) -> dict:
             "distinct_trend": trend({n: m["distinct_2"] for n, m in temperatures.items()}),
             "hottest": md(hottest), "hottest_ppl": sweep[hottest]["perplexity"], "closest_to_human": md(closest),
             "closest_ppl": sweep[closest]["perplexity"]}
+
+
+# --- Calibration ---------------------------------------------------------------------------------
+def calibration(model, tokenizer, text: str, temperatures=(0.5, 1.0, 2.0), n_bins: int = 10) -> dict[float, dict]:
+    """The model's calibration on every held-out position of ``text`` (read by the book's protocol), at each
+    temperature: :func:`lmbook.evaluation.calibration.by_temperature`."""
+    logits, targets = next_token_logits(model, tokenizer.encode(text), stride=protocol_stride(model),
+                                        batch_size=BATCH)  # (N - 1, V), (N - 1,)
+    return by_temperature(logits, targets, temperatures, n_bins)
+
+
+def calibration_facts(results: dict[float, dict], sweep: dict[str, dict]) -> dict:
+    """What the prose says of :func:`calibration`: the ECE at each end and at temperature 1, which way the model
+    errs there, and the temperature-1 text of :func:`diversity_sweep` against the human text as a calibration
+    fact (the model's mean entropy against its mean NLL on the real next characters)."""
+    if 1.0 not in results:
+        raise ValueError("calibration_facts needs temperature 1 among the results.")
+    one, cold, hot = results[1.0], results[min(results)], results[max(results)]
+    r = one["reliability"]
+    best = min(results, key=lambda t: results[t]["reliability"].ece)
+    facts = {"ece_one": r.ece, "ece_cold": cold["reliability"].ece, "ece_hot": hot["reliability"].ece,
+             "t_cold": min(results), "t_hot": max(results), "t_best_ece": best,
+             "cal_positions": r.n, "cal_confidence": r.mean_confidence, "cal_accuracy": r.accuracy_overall,
+             "cal_direction": md("over-confident: it is right less often than it says" if r.mean_confidence >
+                                 r.accuracy_overall else "under-confident: it is right more often than it says"),
+             "entropy_one": one["entropy"], "nll_one": one["nll"],
+             "entropy_ppl": math.exp(one["entropy"]), "nll_ppl": math.exp(one["nll"]),
+             "entropy_vs_nll": than(one["entropy"], one["nll"], "below", "above")}
+    if "T = 1" in sweep and "human" in sweep:
+        own, human = sweep["T = 1"]["perplexity"], sweep["human"]["perplexity"]
+        facts.update({"own_ppl_one": own, "human_ppl_own": human, "own_vs_human": than(own, human, "below", "above")})
+    return facts

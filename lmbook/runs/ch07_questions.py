@@ -112,6 +112,85 @@ def train_word_gpt(run: GPTRun, corpus: WordCorpus, device=None, seed: int = 0) 
     return model, train_char_gpt(model, run, corpus.train_ids, corpus.val_ids, seed, desc="word GPT")
 
 
+# --- Start from pretrained vectors or learn them? The word GPT with Word2Vec's table as its start -----------
+@dataclass(frozen=True)
+class InitRun(Settings):
+    """The word GPT trained from each starting table for ``max_steps`` steps of ``batch_size`` windows, once per
+    seed; its held-out loss at the end, over ``eval_iters`` batches of held-out windows (the same for every
+    start, a seed's own)."""
+
+    max_steps: int
+    batch_size: int
+    eval_iters: int
+    seeds: tuple[int, ...]
+
+
+INIT_RUNS = {
+    "full": InitRun(max_steps=3000, batch_size=64, eval_iters=10, seeds=(0, 1, 2)),
+    "fast": InitRun(max_steps=40, batch_size=16, eval_iters=4, seeds=(0, 1, 2)),
+}
+
+
+def start_from(model: GPT, table: torch.Tensor | None) -> GPT:
+    """``model`` with its input table (tied to its output layer) set to ``table`` (V, n_embd), scaled so that its
+    entries have the standard deviation of the random start (0.02): the two starts differ in their directions,
+    not in their size. ``None`` leaves the random start."""
+    if table is None:
+        return model
+    weight = model.wte.weight
+    if tuple(table.shape) != tuple(weight.shape):
+        raise ValueError(f"the table is {tuple(table.shape)} but the GPT's is {tuple(weight.shape)}: train the "
+                         "embeddings with dim equal to the GPT's n_embd, on the same vocabulary.")
+    with torch.no_grad():
+        table = table.to(weight)
+        weight.copy_((table - table.mean()) * (0.02 / table.std()))
+    return model
+
+
+def init_comparison(run: GPTRun, init: InitRun, corpus: WordCorpus, tables: dict[str, torch.Tensor | None],
+                    device=None) -> dict[str, list[float]]:
+    """The word GPT at the sizes of ``run`` trained from each of ``tables`` (name -> a (V, n_embd) table, or
+    ``None`` for the random start), ``init.max_steps`` steps per seed, the same batches and held-out windows for
+    every start of a seed: ``{name: [held-out loss per seed]}``."""
+    if not tables:
+        raise ValueError("tables is empty: give at least two starts to compare, e.g. {'random': None, ...}.")
+    settings = run.replace(max_steps=init.max_steps, batch_size=init.batch_size, eval_iters=init.eval_iters,
+                           eval_interval=init.max_steps, warmup_steps=min(run.warmup_steps, init.max_steps // 4))
+    device = device or get_device()
+    out = {name: [] for name in tables}
+    for seed in init.seeds:
+        for name, table in tables.items():
+            model = start_from(make_char_gpt(settings, len(corpus.vocab), device, seed), table)
+            history = train_char_gpt(model, settings, corpus.train_ids, corpus.val_ids, seed,
+                                     desc=f"word GPT from {name}, seed {seed}")
+            out[name].append(history.eval_loss["val"][-1])
+    return out
+
+
+def init_facts(losses: dict[str, list[float]], baseline: str = "random", level: float = 0.9) -> dict:
+    """Each start's mean held-out loss with its ``level`` interval over the seeds (Student's t), and each other
+    start's difference from ``baseline``, seed by seed (a paired comparison), with its interval and a verdict."""
+    from ..evaluation.intervals import mean_interval
+
+    if baseline not in losses:
+        raise KeyError(f"no start named {baseline!r}; the starts are {sorted(losses)}.")
+    facts = {"intervals": {name: mean_interval(v, level) for name, v in losses.items()}}
+    for name, values in losses.items():
+        if name == baseline:
+            continue
+        gain = mean_interval([b - v for b, v in zip(losses[baseline], values)], level)
+        facts[name] = gain
+        mean, low, high = gain
+        facts[f"{name}_verdict"] = (
+            f"starting from {name}'s vectors lowers the held-out loss by {mean:.3f} nats on average, an interval "
+            f"from {low:.3f} to {high:.3f} over the seeds, wholly above zero: a measured head start" if low > 0 else
+            f"starting from {name}'s vectors raises the held-out loss by {-mean:.3f} nats on average (an interval "
+            f"from {-high:.3f} to {-low:.3f} over the seeds, wholly above zero)" if high < 0 else
+            f"the difference {name}'s vectors make, {mean:+.3f} nats on average (from {low:+.3f} to {high:+.3f} over "
+            "the seeds), has an interval that holds zero: no difference these seeds can show")
+    return facts
+
+
 # --- Bias: text sampled from a trained model ---------------------------------------------------
 @dataclass(frozen=True)
 class SampleRun(Settings):
