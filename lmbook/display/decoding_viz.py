@@ -1,9 +1,12 @@
-"""Chapter 5's figures: a distribution through the sampling filters, the cache's speed, and text coloured by the
-probability of each token (beam search's tree is :func:`lmbook.display.diagrams.draw_beam_tree`)."""
+"""Chapter 5's figures and tables: a distribution through the sampling filters, the degeneration table and its
+figure, the cache's memory and speed, speculative decoding's table, and text coloured by the probability of each
+token (beam search's tree is :func:`lmbook.display.diagrams.draw_beam_tree`); :func:`size_text` and
+:func:`how_many` write sizes and counts as a sentence reads them."""
 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -53,3 +56,63 @@ def tokens_html(pieces: Sequence, prompt: str = "") -> str:
         spans.append(f'<span title="p = {piece.probability:.3f}" style="background:rgb({int(255 * r)},'
                      f'{int(255 * g)},{int(255 * b)})">{text}</span>')
     return '<pre style="white-space:pre-wrap;line-height:1.5">' + "".join(spans) + "</pre>"
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in the unit that gives it at least one digit before the point: bytes, KiB, MiB or GiB."""
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, float)) or not 0 <= n_bytes < math.inf:
+        raise ValueError(f"a size must be a finite number of bytes >= 0, not {n_bytes!r}.")
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,.0f} bytes"
+
+
+def number_text(value: float, fmt: str = ".2f") -> str:
+    """A table cell: the number, or a dash where it is undefined (NaN) or infinite."""
+    return f"{value:{fmt}}" if math.isfinite(value) else "–"
+
+
+def degeneration_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
+    """The degeneration scores as a Markdown table, one row a strategy (the human text last, as given)."""
+    rows = ["| strategy | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    rows += [f"| {name} | " + " | ".join(number_text(r[c]) for c in columns) + " |" for name, r in results.items()]
+    return "\n".join(rows)
+
+
+def plot_degeneration(results: Mapping[str, Mapping[str, float]], columns: Sequence[str], reference: str = "human text",
+                      axes=None):
+    """One panel per score, a bar per strategy; the ``reference`` row in orange and as a dashed line."""
+    names = list(results)
+    if axes is None:
+        _, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.32 * len(names) + 1.2), sharey=True)
+    for ax, column in zip(axes, columns):
+        values = [results[n][column] for n in names]
+        colours = ["tab:orange" if n == reference else "tab:blue" for n in names]
+        ax.barh(range(len(names)), [v if math.isfinite(v) else 0.0 for v in values], color=colours)
+        if reference in results and math.isfinite(results[reference][column]):
+            ax.axvline(results[reference][column], color="tab:orange", ls="--", lw=1)
+        ax.set_title(column, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names, fontsize=9)
+    axes[0].invert_yaxis()
+    return axes
+
+
+def kv_cache_table(rows: Sequence[tuple[str, int, int, int, int]]) -> str:
+    """(name, layers, width, bytes per token, context) rows as a Markdown table with the size of a full context."""
+    lines = ["| model | layers | width | bytes per token | a full context |", "|---|---:|---:|---:|---:|"]
+    for name, layers, width, per_token, context in rows:
+        lines.append(f"| {name} | {layers} | {width} | {per_token:,} | {size_text(per_token * context)} "
+                     f"({context:,} tokens) |")
+    return "\n".join(lines)
+
+
+def speculative_table(results: Mapping[str, Mapping]) -> str:
+    """:func:`lmbook.runs.ch05_generation.speculative_speed`'s results as a Markdown table."""
+    lines = ["| decoding | tokens/s | new tokens a pass | proposals kept | the greedy text |", "|---|---:|---:|---:|---|"]
+    for name, r in results.items():
+        drafted = "acceptance" in r
+        lines.append(f"| {name} | {r['tokens_per_second']:,.0f} | {r.get('tokens_per_pass', 1.0):.2f} | "
+                     + (f"{r['acceptance']:.0%} | {'yes' if r['same'] else 'no'} |" if drafted else "– | yes |"))
+    return "\n".join(lines)

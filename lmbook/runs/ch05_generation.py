@@ -5,12 +5,18 @@
 Holtzman et al. (2020), Table 1. The experiments: :func:`continuation_logprob` (how likely the model
 finds what it wrote), :func:`filter_stages` (a next-token distribution before and after each sampling filter),
 :func:`degeneration` (repetition, diversity and the model's own perplexity of its text) and
-:func:`cache_speed` (tokens per second with and without the key/value cache) and
-:func:`speculative_speed` (greedy decoding checked a few draft tokens a pass).
+:func:`cache_speed` (tokens per second with and without the key/value cache),
+:func:`speculative_speed` (greedy decoding checked a few draft tokens a pass) and
+:func:`speculative_sampling_run` (sampling checked the same way, and whether its tokens keep the model's
+distribution); :func:`seed_call` (the tutorials' call as ``transformers`` 5 answers it),
+:func:`truncation_stages` (min-p, typical and eta sampling on one distribution), :func:`contrastive_vs_greedy`
+and :func:`repeated_share`; :func:`degeneration_summary` and :func:`penalty_summary` turn results into what the
+prose says.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -22,7 +28,9 @@ from ..decoding.generate import generate, tokens_per_second
 from ..models.gpt import GPT, GPTConfig
 from ..interface import context_length, evaluating
 from ..evaluation.metrics import perplexity, token_nlls
-from ..decoding.speculative import Draft, speculative_greedy
+from ..decoding.contrastive import contrastive_search
+from ..decoding.speculative import Draft, speculative_greedy, speculative_sampling
+from ..decoding.warpers import eta_filter, min_p_filter, typical_filter
 from ..evaluation.textmetrics import distinct_n, repetition_rate, words
 from .common import Settings
 
@@ -42,6 +50,9 @@ class GenerationRun(Settings):
     speculative_prompt: int  # the last characters of each prompt that speculative decoding continues
     speculative_k: int = 4  # draft tokens checked a pass
     seed: int = 0
+    contrastive_alpha: float = 0.6  # contrastive search's penalty_alpha and top_k
+    contrastive_k: int = 4
+    sampling_draws: int = 800  # draws of one token by speculative sampling, to compare with the model's distribution
 
     def cache_config(self) -> GPTConfig:
         return GPTConfig(vocab_size=65, block_size=self.cache_context, n_layer=self.cache_layers,
@@ -52,7 +63,7 @@ RUNS = {
     # a GPU: chapter 3's full GPT continues 200 held-out prompts; the cache is timed on the same shape
     "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8,
                           cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240),
-                          speculative_prompt=64),
+                          speculative_prompt=64, sampling_draws=4000),
     # two CPU cores, the whole chapter in under three minutes
     "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=120, num_beams=4,
                           cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(16, 32, 64, 128),
@@ -191,3 +202,135 @@ def speculative_speed(model: nn.Module, prompts: torch.Tensor, drafts: dict[str,
                                  acceptance=sum(o.accepted for o in outs) / max(1, sum(o.proposed for o in outs)),
                                  same=all(torch.equal(o.ids.to(device), p) for o, p in zip(outs, plain)))
     return results
+
+
+# --- The tutorials' call, the truncation filters, contrastive search ---------------------------------------
+SEED_CALL = dict(max_length=50, num_return_sequences=3, no_repeat_ngram_size=2, early_stopping=True)
+
+
+def seed_call() -> dict:
+    """The tutorials' call (:data:`SEED_CALL`) without ``num_beams`` on a tiny ``GPT2LMHeadModel`` built here
+    (random weights, nothing downloaded): ``error``, the message ``transformers`` raises; ``early_stopping``,
+    what its strict configuration check says of that flag; ``fixed_shape``, the output of the call with
+    ``num_beams=5`` (3 rows of 50 tokens)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GenerationConfig as HFGenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=64, n_layer=1, n_head=2, n_embd=16, bos_token_id=0, eos_token_id=0)
+    hf_model = GPT2LMHeadModel(config).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its warning repeats what the check below says
+    try:
+        try:
+            hf_model.generate(ids, attention_mask=torch.ones_like(ids), **SEED_CALL)
+            error = None
+        except ValueError as err:
+            error = str(err)
+        try:
+            HFGenerationConfig(**{k: v for k, v in SEED_CALL.items() if k != "num_return_sequences"}).validate(
+                strict=True)
+            early = None
+        except ValueError as err:
+            early = " ".join(line.strip("- ") for line in str(err).splitlines() if "early_stopping" in line)
+        fixed = hf_model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=5, **SEED_CALL)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return {"error": error, "early_stopping": early, "fixed_shape": tuple(fixed.shape)}
+
+
+def truncation_stages(logits: torch.Tensor, top_p: float = 0.9, min_p: float = 0.1, typical_p: float = 0.9,
+                      eta: float = 0.02) -> dict[str, torch.Tensor]:
+    """One next-token distribution (V,) as the model gives it, after top-p, and after each newer filter alone."""
+    scores = logits.float()[None]  # (1, V)
+    stages = {"the model": scores, f"top-p, p={top_p:g}": top_p_filter(scores, top_p),
+              f"min-p, {min_p:g}": min_p_filter(scores, min_p), f"typical, {typical_p:g}": typical_filter(scores, typical_p),
+              f"η, ε={eta:g}": eta_filter(scores, eta)}
+    return {name: torch.softmax(s, dim=-1)[0] for name, s in stages.items()}
+
+
+def repeated_share(ids: torch.Tensor, prompt_length: int, n: int = 4) -> float:
+    """The share of the continuations' token n-grams (rows of ``ids`` (B, T) after ``prompt_length``) that already
+    occurred earlier in the same row, the prompt included: 0 for text that never repeats an n-gram."""
+    repeated = total = 0
+    for row in ids.tolist():
+        seen = {tuple(row[i : i + n]) for i in range(max(0, prompt_length - n + 1))}
+        for i in range(max(0, prompt_length - n + 1), len(row) - n + 1):
+            gram = tuple(row[i : i + n])
+            repeated, total = repeated + (gram in seen), total + 1
+            seen.add(gram)
+    return repeated / total if total else float("nan")
+
+
+def contrastive_vs_greedy(model: nn.Module, prompts: torch.Tensor, run: GenerationRun) -> dict[str, dict]:
+    """Greedy decoding and contrastive search continue the end of each prompt (N, P) as far as the context allows:
+    the ids, the model's log-probability per token of the continuations and their :func:`repeated_share`."""
+    prompts = prompts[:, -run.speculative_prompt :].to(next(model.parameters()).device)
+    new = min(run.new_tokens, model.context_length - prompts.size(1))
+    name = f"contrastive search, α={run.contrastive_alpha:g}, k={run.contrastive_k}"
+    outs = {"greedy": generate(model, prompts, new, do_sample=False),
+            name: contrastive_search(model, prompts, new, run.contrastive_alpha, run.contrastive_k)}
+    return {key: {"ids": out.cpu(), "logp_per_token": continuation_logprob(model, out, prompts.size(1)).mean().item()
+                  / new, "repeated": repeated_share(out, prompts.size(1))} for key, out in outs.items()}
+
+
+def speculative_sampling_run(model: nn.Module, draft: nn.Module, prompts: torch.Tensor, run: GenerationRun) -> dict:
+    """Speculative sampling of the end of each prompt as far as the context allows (the share of proposals kept,
+    the tokens a pass), and ``run.sampling_draws`` draws of the token after the first prompt, by speculative and
+    by plain sampling, against the model's own distribution: their total variation distances, and the distance
+    that many draws give by chance (its expectation, ``0.5 * sum sqrt(2 p (1 - p) / (pi N))``)."""
+    prompts = prompts[:, -run.speculative_prompt :]
+    new, k = model.context_length - prompts.size(1), run.speculative_k
+    outs = [speculative_sampling(model, draft, p, new, k=k, seed=run.seed + i) for i, p in enumerate(prompts)]
+    first, N = prompts[0], run.sampling_draws
+    with torch.no_grad(), evaluating(model):
+        exact = torch.softmax(model(first[None].to(next(model.parameters()).device))[0][0, -1].float(), -1).cpu()
+    spec = [int(speculative_sampling(model, draft, first, 2, k=1, seed=10_000 + i).ids[0, len(first)])
+            for i in range(N)]
+    plain = generate(model, first[None].expand(N, -1), 1, do_sample=True, seed=run.seed)[:, -1].cpu()
+
+    def tv(tokens) -> float:
+        return 0.5 * (torch.bincount(torch.as_tensor(tokens), minlength=len(exact)) / N - exact).abs().sum().item()
+
+    noise = 0.5 * torch.sqrt(2 * exact * (1 - exact) / (math.pi * N)).sum().item()
+    passes = sum(o.passes for o in outs)
+    return {"acceptance": sum(o.accepted for o in outs) / max(1, sum(o.proposed for o in outs)),
+            "tokens_per_pass": len(outs) * new / passes, "new_tokens": new, "k": k, "draws": N,
+            "tv_speculative": tv(spec), "tv_plain": tv(plain), "tv_noise": noise}
+
+
+# --- What the prose says ----------------------------------------------------------------------------------
+def degeneration_summary(results: dict[str, dict], run: GenerationRun) -> dict:
+    """The values and verdicts the degeneration paragraph reports, computed from :func:`degeneration`'s results."""
+    deterministic = ("greedy", f"beam search, {run.num_beams} beams")
+    sampled = [name for name in results if name not in deterministic and name != "human text"]
+    human = results["human text"]
+    known = [s for s in sampled if math.isfinite(results[s]["distinct-2"])] or sampled
+    closest = min(known, key=lambda s: abs(results[s]["distinct-2"] - human["distinct-2"]))
+    lower = all(results[d]["perplexity"] < min(results[s]["perplexity"] for s in sampled) for d in deterministic)
+    more = sum(results[d]["repetition %"] > human["repetition %"] for d in deterministic)
+    rep_verdict = ("Neither deterministic strategy repeats itself", "One of the two deterministic strategies "
+                   "repeats itself", "Both deterministic strategies repeat themselves")[more]
+    return {"closest": closest, "greedy_rep": results["greedy"]["repetition %"], "human_rep": human["repetition %"],
+            "greedy_ppl": results["greedy"]["perplexity"], "human_ppl": human["perplexity"],
+            "pure_ppl": results["pure sampling"]["perplexity"],
+            "rep_verdict": rep_verdict,
+            "ppl_verdict": ("Both deterministic strategies write text the model finds easier than anything a sampler "
+                            "writes: probability is what they maximise." if lower else
+                            "In this run, not every deterministic strategy writes text the model finds easier than "
+                            "every sampler's.")}
+
+
+def penalty_summary(outputs: dict[str, torch.Tensor], prompt_length: int, n: int = 4) -> dict:
+    """For greedy decoding plain and with each anti-repetition setting (``{label: ids (1, T)}``, plain first): the
+    share of repeated token n-grams in each, and the sentence that compares them with plain greedy decoding's."""
+    shares = {label: repeated_share(ids, prompt_length, n) for label, ids in outputs.items()}
+    plain, *others = shares
+    parts = []
+    for label in others:
+        change = ("fewer" if shares[label] < shares[plain] else "more" if shares[label] > shares[plain] else
+                  "as many")
+        parts.append(f"with {label}, {100 * shares[label]:.0f}% ({change} than plain greedy decoding)")
+    return {"shares": shares, "penalty_n": n, "plain_share": 100 * shares[plain], "penalty_verdict": "; ".join(parts)}
