@@ -166,11 +166,19 @@ def test_candidates_and_their_scores():
     assert all(len(texts) == 4 for texts in outputs.values())
     assert sorted(outputs["its words shuffled"][0].split()) == sorted(outputs["true continuation"][0].split())
     scores = generated.continuation_scores(pairs, outputs)
-    assert scores["true continuation"] == {"bleu": pytest.approx(1.0), "bleu_canonical": pytest.approx(1.0),
-                                           "rouge1": pytest.approx(1.0), "rougeL": pytest.approx(1.0)}
+    truth = scores["true continuation"]
+    assert {k: truth[k] for k in ("bleu", "bleu_canonical", "rouge1", "rougeL")} == {
+        "bleu": pytest.approx(1.0), "bleu_canonical": pytest.approx(1.0), "rouge1": pytest.approx(1.0),
+        "rougeL": pytest.approx(1.0)}
+    assert truth["intervals"]["rougeL"] == pytest.approx((1.0, 1.0))  # every draw of the truth is the truth
+    for s in scores.values():
+        for key, (low, high) in s["intervals"].items():
+            assert low - 1e-9 <= s[key] <= high + 1e-9 or key == "bleu"  # corpus BLEU is not a mean of the draws'
+            assert low <= high
     assert scores["its words shuffled"]["rouge1"] == pytest.approx(1.0)
     assert set(generated.misleading_facts(scores)) >= {"salad_vs_passage_bleu", "loop_vs_passage_rouge1"}
-    assert "<td>true continuation</td><td>100.0</td><td>100.0</td><td>1.000</td>" in generated.scores_table(scores).data
+    assert ("<td>true continuation</td><td>100.0 (100.0 to 100.0)</td><td>100.0</td><td>1.000 (1.000 to 1.000)</td>"
+            in generated.scores_table(scores).data)
 
 
 def test_text_measures_score_only_the_continuation():

@@ -17,6 +17,7 @@ import torch
 
 from ..evaluation import textmetrics
 from ..evaluation.calibration import by_temperature, next_token_logits
+from ..evaluation.intervals import bootstrap_draws, percentile_interval
 from ..decoding.generate import generate
 from ..interface import context_length
 from ..evaluation.metrics import TextNLL, protocol_stride, token_nlls
@@ -96,17 +97,29 @@ def candidates(model, tokenizer, pairs: list[tuple[str, str]], seed: int = 0) ->
     }
 
 
-def continuation_scores(pairs: list[tuple[str, str]], outputs: dict[str, list[str]]) -> dict[str, dict]:
+def continuation_scores(pairs: list[tuple[str, str]], outputs: dict[str, list[str]], samples: int = 100,
+                        level: float = 0.95) -> dict[str, dict]:
     """Each candidate kind scored against the true continuations: corpus BLEU (sacrebleu's settings and
-    evaluate's canonical ones) and mean ROUGE-1 and ROUGE-L F-measures."""
+    evaluate's canonical ones) and mean ROUGE-1 and ROUGE-L F-measures; ``intervals`` holds percentile-bootstrap
+    ``level`` intervals of BLEU (sacrebleu's), ROUGE-1 and ROUGE-L over the prompts (the same draws for every
+    kind)."""
     truths = [t for _, t in pairs]
     scores = {}
     for kind, texts_ in outputs.items():
+        rouge1 = [textmetrics.rouge_n(c, t, 1).fmeasure for c, t in zip(texts_, truths)]
+        rougeL = [textmetrics.rouge_l(c, t).fmeasure for c, t in zip(texts_, truths)]
+
+        def statistic(draw: list[int]) -> dict[str, float]:
+            return {"bleu": textmetrics.corpus_bleu([texts_[i] for i in draw], [truths[i] for i in draw]).score,
+                    "rouge1": sum(rouge1[i] for i in draw) / len(draw),
+                    "rougeL": sum(rougeL[i] for i in draw) / len(draw)}
+
+        draws = bootstrap_draws(range(len(truths)), statistic, samples, seed=0)
         scores[kind] = {
             "bleu": textmetrics.corpus_bleu(texts_, truths).score,
             "bleu_canonical": textmetrics.corpus_bleu(texts_, truths, **textmetrics.EVALUATE_BLEU).score,
-            "rouge1": sum(textmetrics.rouge_n(c, t, 1).fmeasure for c, t in zip(texts_, truths)) / len(truths),
-            "rougeL": sum(textmetrics.rouge_l(c, t).fmeasure for c, t in zip(texts_, truths)) / len(truths),
+            "rouge1": sum(rouge1) / len(truths), "rougeL": sum(rougeL) / len(truths),
+            "intervals": {key: percentile_interval([d[key] for d in draws], level) for key in draws[0]},
         }
     return scores
 
@@ -131,10 +144,15 @@ def zeros_facts(zeros: dict[str, int]) -> dict:
 
 
 def scores_table(scores: dict[str, dict]):
-    """The candidates' scores as a table (BLEU on sacrebleu's 0-100 scale)."""
+    """The candidates' scores as a table (BLEU on sacrebleu's 0-100 scale), each of BLEU (sacrebleu's), ROUGE-1 and
+    ROUGE-L with its bootstrap interval over the prompts under it."""
+    def cell(s: dict, key: str, scale: float, digits: int) -> str:
+        low, high = s["intervals"][key]
+        return f"{scale * s[key]:.{digits}f} ({scale * low:.{digits}f} to {scale * high:.{digits}f})"
+
     header = ["continuation", "BLEU (sacrebleu)", "BLEU (evaluate's canonical)", "ROUGE-1 F", "ROUGE-L F"]
-    return html_table(header, [[kind, f"{100 * s['bleu']:.1f}", f"{100 * s['bleu_canonical']:.1f}",
-                                f"{s['rouge1']:.3f}", f"{s['rougeL']:.3f}"] for kind, s in scores.items()])
+    return html_table(header, [[kind, cell(s, "bleu", 100, 1), f"{100 * s['bleu_canonical']:.1f}",
+                                cell(s, "rouge1", 1, 3), cell(s, "rougeL", 1, 3)] for kind, s in scores.items()])
 
 
 def misleading_facts(scores: dict[str, dict]) -> dict:
