@@ -178,3 +178,15 @@ def test_bad_arguments_are_refused(kwargs, error, message):
                              [1], 4)
     with pytest.raises(ValueError, match="draft's context"):
         speculative_sampling(TableModel(tables()[0]), model, [1], 20)
+
+
+def test_the_rule_drawn_at_once_gives_the_model_s_distribution():
+    p, q = tables(2)[0][0].softmax(-1), tables(2)[1][0].softmax(-1)
+    n = 40_000
+    draws = speculative.rule_draws(p, q, n, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=V) / n
+    assert 0.5 * (freq - p).abs().sum() < 0.02  # expected below 0.5 * sqrt(5 / 40000) = 0.006
+    always = torch.multinomial(q, n, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert 0.5 * (torch.bincount(always, minlength=V) / n - p).abs().sum() > 0.1  # the draft alone is far off
+    with pytest.raises(ValueError, match="same size"):
+        speculative.rule_draws(p, q[:3], 10)

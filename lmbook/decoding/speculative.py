@@ -13,7 +13,8 @@ key/value cache is rolled back over the rejected proposals (:meth:`lmbook.interf
 *model* proposes ``k`` tokens drawn from its distributions ``q``; the model keeps proposal ``x`` with
 probability ``min(1, p(x) / q(x))`` and, at the first rejection, draws from the residual
 ``max(0, p - q)`` normalised instead; when every proposal is kept it draws one more token from ``p``.
-Each token is then distributed exactly as the model's own sampling would draw it, whatever the draft.
+Each token is then distributed exactly as the model's own sampling would draw it, whatever the draft
+(:func:`rule_draws` draws one position many times at once by the same rule).
 
 Two drafts for the greedy case: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
 final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
@@ -165,6 +166,19 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     r = (p - q).clamp(min=0)
     total = r.sum()
     return r / total if total > 0 else p
+
+
+def rule_draws(p: torch.Tensor, q: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` tokens (n,) drawn as speculative sampling draws one position, all at once: a proposal from the draft's
+    ``q`` (V,), kept with probability ``min(1, p / q)``, else a token from :func:`residual`. Distributed as ``p``."""
+    check_int("n", n, 1)
+    if p.dim() != 1 or p.shape != q.shape:
+        raise ValueError(f"p and q must be two distributions (V,) of the same size, not {tuple(p.shape)} and "
+                         f"{tuple(q.shape)}.")
+    proposals = torch.multinomial(q, n, replacement=True, generator=generator)  # (n,)
+    keep = torch.rand(n, generator=generator) < (p[proposals] / q[proposals]).clamp(max=1.0)
+    corrections = torch.multinomial(residual(p, q), n, replacement=True, generator=generator)
+    return torch.where(keep, proposals, corrections)
 
 
 def _distributions(model, cache, read: int, text: list[int], rows: int, config, device) -> torch.Tensor:

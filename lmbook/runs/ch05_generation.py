@@ -26,10 +26,10 @@ import torch.nn as nn
 from ..decoding.shared import GenerationConfig, process_scores, top_k_filter, top_p_filter
 from ..decoding.generate import generate, tokens_per_second
 from ..models.gpt import GPT, GPTConfig
-from ..interface import context_length, evaluating
+from ..interface import context_length, device_of, evaluating
 from ..evaluation.metrics import perplexity, token_nlls
 from ..decoding.contrastive import contrastive_search
-from ..decoding.speculative import Draft, speculative_greedy, speculative_sampling
+from ..decoding.speculative import Draft, rule_draws, speculative_greedy, speculative_sampling
 from ..decoding.warpers import eta_filter, min_p_filter, typical_filter
 from ..evaluation.textmetrics import distinct_n, repetition_rate, words
 from .common import Settings
@@ -52,7 +52,7 @@ class GenerationRun(Settings):
     seed: int = 0
     contrastive_alpha: float = 0.6  # contrastive search's penalty_alpha and top_k
     contrastive_k: int = 4
-    sampling_draws: int = 800  # draws of one token by speculative sampling, to compare with the model's distribution
+    sampling_draws: int = 20_000  # draws of one token by speculative sampling's rule, against the model's distribution
 
     def cache_config(self) -> GPTConfig:
         return GPTConfig(vocab_size=65, block_size=self.cache_context, n_layer=self.cache_layers,
@@ -63,7 +63,7 @@ RUNS = {
     # a GPU: chapter 3's full GPT continues 200 held-out prompts; the cache is timed on the same shape
     "full": GenerationRun(n_prompts=200, prompt_length=64, new_tokens=300, num_beams=8,
                           cache_layers=6, cache_width=384, cache_context=256, cache_lengths=(32, 64, 128, 192, 240),
-                          speculative_prompt=64, sampling_draws=4000),
+                          speculative_prompt=64, sampling_draws=200_000),
     # two CPU cores, the whole chapter in under three minutes
     "fast": GenerationRun(n_prompts=12, prompt_length=24, new_tokens=120, num_beams=4,
                           cache_layers=2, cache_width=128, cache_context=256, cache_lengths=(16, 32, 64, 128),
@@ -278,26 +278,31 @@ def contrastive_vs_greedy(model: nn.Module, prompts: torch.Tensor, run: Generati
 
 def speculative_sampling_run(model: nn.Module, draft: nn.Module, prompts: torch.Tensor, run: GenerationRun) -> dict:
     """Speculative sampling of the end of each prompt as far as the context allows (the share of proposals kept,
-    the tokens a pass), and ``run.sampling_draws`` draws of the token after the first prompt, by speculative and
-    by plain sampling, against the model's own distribution: their total variation distances, and the distance
-    that many draws give by chance (its expectation, ``0.5 * sum sqrt(2 p (1 - p) / (pi N))``)."""
+    the tokens a pass), and ``run.sampling_draws`` tokens after the first prompt drawn by its rule
+    (:func:`~lmbook.decoding.speculative.rule_draws`, the draft proposing) and by plain sampling, against the
+    model's own distribution: their total variation distances, and the distance that many draws give by
+    chance (its expectation, ``0.5 * sum sqrt(2 p (1 - p) / (pi N))``); up to three times that counts as chance."""
     prompts = prompts[:, -run.speculative_prompt :]
     new, k = model.context_length - prompts.size(1), run.speculative_k
     outs = [speculative_sampling(model, draft, p, new, k=k, seed=run.seed + i) for i, p in enumerate(prompts)]
-    first, N = prompts[0], run.sampling_draws
-    with torch.no_grad(), evaluating(model):
-        exact = torch.softmax(model(first[None].to(next(model.parameters()).device))[0][0, -1].float(), -1).cpu()
-    spec = [int(speculative_sampling(model, draft, first, 2, k=1, seed=10_000 + i).ids[0, len(first)])
-            for i in range(N)]
-    plain = generate(model, first[None].expand(N, -1), 1, do_sample=True, seed=run.seed)[:, -1].cpu()
+    first, N = prompts[:1], run.sampling_draws
+    with torch.no_grad(), evaluating(model), evaluating(draft):
+        p = torch.softmax(model(first.to(next(model.parameters()).device))[0][0, -1].float(), -1).cpu()
+        q = torch.softmax(draft(first.to(device_of(draft)))[0][0, -1].float(), -1).cpu()
+    gen = torch.Generator().manual_seed(run.seed)
+    spec, plain = rule_draws(p, q, N, gen), torch.multinomial(p, N, replacement=True, generator=gen)
 
     def tv(tokens) -> float:
-        return 0.5 * (torch.bincount(torch.as_tensor(tokens), minlength=len(exact)) / N - exact).abs().sum().item()
+        return 0.5 * (torch.bincount(tokens, minlength=len(p)) / N - p).abs().sum().item()
 
-    noise = 0.5 * torch.sqrt(2 * exact * (1 - exact) / (math.pi * N)).sum().item()
+    noise = 0.5 * torch.sqrt(2 * p * (1 - p) / (math.pi * N)).sum().item()
     passes = sum(o.passes for o in outs)
-    return {"acceptance": sum(o.accepted for o in outs) / max(1, sum(o.proposed for o in outs)),
+    chance = tv(spec) <= 3 * noise  # the distance's spread is of the order of its mean: three times it is chance
+    return {"verdict": "within what that many draws give by chance" if chance else
+            "further from it than that many draws explain by chance",
+            "acceptance": sum(o.accepted for o in outs) / max(1, sum(o.proposed for o in outs)),
             "tokens_per_pass": len(outs) * new / passes, "new_tokens": new, "k": k, "draws": N,
+            "first_acceptance": torch.minimum(p, q).sum().item(),
             "tv_speculative": tv(spec), "tv_plain": tv(plain), "tv_noise": noise}
 
 
@@ -325,12 +330,12 @@ def degeneration_summary(results: dict[str, dict], run: GenerationRun) -> dict:
 
 def penalty_summary(outputs: dict[str, torch.Tensor], prompt_length: int, n: int = 4) -> dict:
     """For greedy decoding plain and with each anti-repetition setting (``{label: ids (1, T)}``, plain first): the
-    share of repeated token n-grams in each, and the sentence that compares them with plain greedy decoding's."""
+    share of repeated token n-grams of plain greedy decoding, and the clause that compares each other one with it."""
     shares = {label: repeated_share(ids, prompt_length, n) for label, ids in outputs.items()}
     plain, *others = shares
     parts = []
     for label in others:
         change = ("fewer" if shares[label] < shares[plain] else "more" if shares[label] > shares[plain] else
                   "as many")
-        parts.append(f"with {label}, {100 * shares[label]:.0f}% ({change} than plain greedy decoding)")
-    return {"shares": shares, "penalty_n": n, "plain_share": 100 * shares[plain], "penalty_verdict": "; ".join(parts)}
+        parts.append(f"with `{label}`, {100 * shares[label]:.0f}% ({change} than plain greedy decoding)")
+    return {"penalty_n": n, "plain_share": 100 * shares[plain], "penalty_verdict": "; ".join(parts)}
