@@ -16,8 +16,8 @@ probability ``min(1, p(x) / q(x))`` and, at the first rejection, draws from the 
 Each token is then distributed exactly as the model's own sampling would draw it, whatever the draft
 (:func:`rule_draws` draws one position many times at once by the same rule).
 
-Two drafts for the greedy case: :func:`lookup_draft` copies what followed the first earlier occurrence of the text's
-final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
+Two drafts for the greedy case: :func:`lookup_draft` copies what followed the first earlier occurrence of
+the text's final n-gram (``transformers``' ``prompt_lookup_num_tokens``), and :func:`ngram_draft` asks a
 count-based model of chapter 1.
 """
 

@@ -110,7 +110,8 @@ def kv_cache_table(rows: Sequence[tuple[str, int, int, int, int]]) -> str:
 
 def speculative_table(results: Mapping[str, Mapping]) -> str:
     """:func:`lmbook.runs.ch05_generation.speculative_speed`'s results as a Markdown table."""
-    lines = ["| decoding | tokens/s | new tokens a pass | proposals kept | the greedy text |", "|---|---:|---:|---:|---|"]
+    lines = ["| decoding | tokens/s | new tokens a pass | proposals kept | the greedy text |",
+             "|---|---:|---:|---:|---|"]
     for name, r in results.items():
         drafted = "acceptance" in r
         lines.append(f"| {name} | {r['tokens_per_second']:,.0f} | {r.get('tokens_per_pass', 1.0):.2f} | "

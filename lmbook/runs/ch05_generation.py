@@ -246,7 +246,8 @@ def truncation_stages(logits: torch.Tensor, top_p: float = 0.9, min_p: float = 0
     """One next-token distribution (V,) as the model gives it, after top-p, and after each newer filter alone."""
     scores = logits.float()[None]  # (1, V)
     stages = {"the model": scores, f"top-p, p={top_p:g}": top_p_filter(scores, top_p),
-              f"min-p, {min_p:g}": min_p_filter(scores, min_p), f"typical, {typical_p:g}": typical_filter(scores, typical_p),
+              f"min-p, {min_p:g}": min_p_filter(scores, min_p),
+              f"typical, {typical_p:g}": typical_filter(scores, typical_p),
               f"η, ε={eta:g}": eta_filter(scores, eta)}
     return {name: torch.softmax(s, dim=-1)[0] for name, s in stages.items()}
 
