@@ -3,9 +3,9 @@
 - :func:`compare` trains :class:`~lmbook.models.seq2seq.Seq2Seq` and a GPT of about its size on
   :mod:`lmbook.text.reorder`'s task (a line of the plays from its words sorted), both through the book's one
   training loop, and scores greedy and beam decoding of held-out lines: exact lines and characters in place.
-- :class:`Seed004LM` is a language model built on ``nn.Transformer`` with five common mistakes (no target, the
+- :class:`FirstTryLM` is a language model built on ``nn.Transformer`` with five common mistakes (no target, the
   constructor's arguments in the wrong order, no causal mask, batch and sequence axes swapped, the loss on logits
-  not reshaped); :func:`seed004_ladder` runs it as written, then mends one mistake at a time and measures each step.
+  not reshaped); :func:`mend_one_at_a_time` runs it as written, then mends one mistake at a time and measures each step.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ class Seq2SeqRun(RunSettings):
     min_lr: float
     n_eval: int  # held-out lines decoded
     num_beams: int
-    seed_width: int  # the broken language model: its width, layers, windows, batches, steps and rate
-    seed_layer: int
-    seed_block: int
-    seed_batch: int
-    seed_steps: int
-    seed_lr: float
+    first_width: int  # the broken language model: its width, layers, windows, batches, steps and rate
+    first_layer: int
+    first_block: int
+    first_batch: int
+    first_steps: int
+    first_lr: float
 
     def train_settings(self) -> dict:
         return {**super().train_settings(), "min_lr": self.min_lr, "progress": False}
@@ -58,12 +58,12 @@ class Seq2SeqRun(RunSettings):
 RUNS = {
     "full": Seq2SeqRun(max_words=10, vocab_words=3000, d_model=256, n_head=8, n_layer=3, d_ff=1024, dropout=0.1,
                        min_lr=1e-4, batch_size=128, max_steps=1500, lr=1e-3, warmup_steps=100, eval_interval=250,
-                       eval_iters=10, n_eval=400, num_beams=4, seed_width=128, seed_layer=2, seed_block=64,
-                       seed_batch=32, seed_steps=1000, seed_lr=1e-3),
+                       eval_iters=10, n_eval=400, num_beams=4, first_width=128, first_layer=2, first_block=64,
+                       first_batch=32, first_steps=1000, first_lr=1e-3),
     "fast": Seq2SeqRun(max_words=8, vocab_words=1000, d_model=64, n_head=4, n_layer=2, d_ff=256, dropout=0.0,
                        min_lr=1e-4, batch_size=64, max_steps=200, lr=5e-3, warmup_steps=20, eval_interval=100,
-                       eval_iters=2, n_eval=100, num_beams=4, seed_width=32, seed_layer=1, seed_block=16,
-                       seed_batch=32, seed_steps=120, seed_lr=1e-2),
+                       eval_iters=2, n_eval=100, num_beams=4, first_width=32, first_layer=1, first_block=16,
+                       first_batch=32, first_steps=120, first_lr=1e-2),
 }
 
 
@@ -152,7 +152,93 @@ def compare(run: Seq2SeqRun, task: ReorderTask, device=None, seed: int = 0) -> d
     return results
 
 
-# --- seed 004's language model on nn.Transformer, and its mistakes --------------------------------
+SHORT = {"encoder-decoder": "ed", "decoder-only GPT": "gpt"}  # the names the prose quotes results under
+
+
+def comparison_table(results: dict):
+    """Both models' sizes, times and scores as an HTML table."""
+    from ..display.show import html_table
+
+    return html_table(
+        ["model", "parameters", "seconds", "held-out loss", "exact (greedy)", "words in place (greedy)",
+         "chars in place (greedy)", "exact (beam)", "words in place (beam)", "chars in place (beam)"],
+        [[name, f"{r['params']:,}", f"{r['seconds']:.0f}", f"{r['val_loss']:.3f}",
+          *(f"{r[f'{d}_{k}']:.1%}" for d in ("greedy", "beam") for k in ("exact", "words", "chars"))]
+         for name, r in ((n, results[n]) for n in MODELS)])
+
+
+def examples_table(results: dict, n: int = 6):
+    """The first ``n`` held-out lines: source, target and what each model wrote greedily."""
+    from ..display.show import html_table
+
+    return html_table(["sorted words", "line", *(f"{name} (greedy)" for name in MODELS)],
+                      [[results["sources"][i], results["targets"][i], *(results[m]["greedy"][i] for m in MODELS)]
+                       for i in range(min(n, len(results["targets"])))])
+
+
+def compared(value: float, reference: float, tolerance: float, below: str, same: str, above: str):
+    """``below``, ``same`` or ``above`` as ``value`` is less than, within ``tolerance`` of, or more than ``reference``:
+    the words of a sentence that holds whatever the run gave."""
+    from ..display.show import md
+
+    return md(same if abs(value - reference) <= tolerance else below if value < reference else above)
+
+
+def copied_share(predictions: list[str], sources: list[str]) -> float:
+    """The share of the tokens written that the source holds (each source token usable once)."""
+    found = total = 0
+    for prediction, source in zip(predictions, sources):
+        left = source.split()
+        for token in prediction.split():
+            total += 1
+            if token in left:
+                left.remove(token)
+                found += 1
+    return found / total if total else 0.0
+
+
+def compare_report(results: dict) -> dict:
+    """What the prose quotes of :func:`compare`: each model's numbers under ``ed_`` and ``gpt_``, and the verdicts."""
+    from ..display.show import md
+
+    values = {}
+    for name, key in SHORT.items():
+        r = results[name]
+        values.update({f"{key}_{k}": r[k] for k in ("params", "seconds", "val_loss", "greedy_exact", "greedy_words",
+                                                    "greedy_chars", "beam_exact", "beam_words", "beam_chars")})
+        values[f"{key}_beam_verdict"] = compared(r["beam_words"], r["greedy_words"], 0.005, "lowered",
+                                                 "left about the same", "raised")
+        values[f"{key}_copied"] = copied_share(r["greedy"], results["sources"])
+    ed, gpt = results["encoder-decoder"], results["decoder-only GPT"]
+    values["loss_verdict"] = compared(ed["val_loss"], gpt["val_loss"], 0.01, "lower than", "about the same as",
+                                      "higher than")
+    best = max(MODELS, key=lambda m: (results[m]["greedy_words"], results[m]["greedy_exact"]))
+    values["words_winner"] = md("the encoder–decoder" if best == "encoder-decoder" else "the decoder-only GPT")
+    return values
+
+
+def ladder_report(rows: list[dict]) -> dict:
+    """What the prose quotes of :func:`mend_one_at_a_time`: the errors met, the sizes, and each trained step's two
+    losses under its fix's name (``reported_axes``, ``prefix_axes``, ...)."""
+    from ..display.show import md
+
+    by_fix = {r["fix"]: r for r in rows}
+    warning = by_fix["as written"]["warning"]
+    values = {"first_error": md(f"`{by_fix['as written']['error']}`"),
+              "second_error": md(f"`{by_fix['tgt']['error']}`"), "warning": md(f"`{warning}`" if warning else "none"),
+              "params_wrong": by_fix["tgt"]["params"],
+              "params_right": by_fix["order"]["params"], "uniform": math.log(65)}
+    for fix in ("reshape", "axes", "causal", "memory"):
+        values[f"reported_{fix}"] = by_fix[fix]["train_loss"]
+        values[f"prefix_{fix}"] = by_fix[fix]["prefix_loss"]
+        values[f"versus_{fix}"] = compared(by_fix[fix]["train_loss"], by_fix[fix]["prefix_loss"], 0.1, "below",
+                                           "about level with", "above")
+    values["reshape_vs_mended"] = compared(values["prefix_reshape"], values["prefix_memory"], 0.05, "below",
+                                           "about level with", "above")
+    return values
+
+
+# --- a first language model on nn.Transformer, and its mistakes -------------------------
 FIXES = {  # each mistake, the fix, in the order the runs meet them
     "tgt": "give nn.Transformer a target",
     "order": "constructor arguments by name",
@@ -163,7 +249,7 @@ FIXES = {  # each mistake, the fix, in the order the runs meet them
 }
 
 
-class Seed004LM(nn.Module):
+class FirstTryLM(nn.Module):
     """A character language model on ``nn.Transformer``, as it is often first written; ``fixed`` names the mistakes
     of :data:`FIXES` that are mended. With none mended, ``forward`` fails for want of a target."""
 
@@ -229,42 +315,42 @@ def prefix_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return torch.stack(losses).mean().item()
 
 
-def seed004_ladder(run: Seq2SeqRun, device=None, seed: int = 0) -> list[dict]:
-    """Seed 004's model as written, then with the fixes of :data:`FIXES` added one at a time, each trained alike.
+def mend_one_at_a_time(run: Seq2SeqRun, device=None, seed: int = 0) -> list[dict]:
+    """The first attempt as written, then with the fixes of :data:`FIXES` added one at a time, each trained alike.
 
     Each row: the step, the error it stopped at (or ``None``), and for a model that trains, its parameters, the
     loss its own code reports at the end of training, the loss each position gets from the text before it only
     (``prefix_loss``, on held-out windows), what it peeks at (:func:`leaks`) and seconds per step."""
     device = device or get_device()
     tokenizer, train_data, val_data = shakespeare_chars()
-    held_out = RandomBatches(val_data, run.seed_block, 32, device, seed=seed + 1)()
+    held_out = RandomBatches(val_data, run.first_block, 32, device, seed=seed + 1)()
     rows, fixed = [], []
     for step in ["as written", *FIXES]:
         if step != "as written":
             fixed.append(step)
         torch.manual_seed(seed)
-        model = Seed004LM(tokenizer.vocab_size, run.seed_width, run.n_head, run.seed_layer, run.seed_block, fixed)
+        model = FirstTryLM(tokenizer.vocab_size, run.first_width, run.n_head, run.first_layer, run.first_block, fixed)
         model = model.to(device)
-        row = {"step": "as written" if step == "as written" else f"+ {FIXES[step]}", "error": None,
+        row = {"step": "as written" if step == "as written" else f"+ {FIXES[step]}", "fix": step, "error": None,
                "params": num_params(model), "warning": model.warned[0] if model.warned else None}
-        config = run.train_config(max_steps=run.seed_steps, lr=run.seed_lr, warmup_steps=run.seed_steps // 10,
-                                  seed=seed, eval_interval=run.seed_steps)
+        config = run.train_config(max_steps=run.first_steps, lr=run.first_lr, warmup_steps=run.first_steps // 10,
+                                  seed=seed, eval_interval=run.first_steps)
         start = time.perf_counter()
         try:
             peeks = leaks(model, held_out[0])  # what the wiring lets an output depend on, before any training
-            history = train(model, RandomBatches(train_data, run.seed_block, run.seed_batch, device, seed=seed),
+            history = train(model, RandomBatches(train_data, run.first_block, run.first_batch, device, seed=seed),
                             config)
         except Exception as err:  # what the reader meets: the first line of the message
             rows.append({**row, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"})
             continue
-        row.update(seconds_per_step=(time.perf_counter() - start) / run.seed_steps,
+        row.update(seconds_per_step=(time.perf_counter() - start) / run.first_steps,
                    train_loss=sum(history.train_loss[-3:]) / len(history.train_loss[-3:]),
                    prefix_loss=prefix_loss(model, *held_out), **peeks)
         rows.append(row)
     return rows
 
 
-def seed004_table(rows: list[dict]):
+def mistakes_table(rows: list[dict]):
     """The ladder as an HTML table."""
     from ..display.show import html_table
 
@@ -280,7 +366,7 @@ def seed004_table(rows: list[dict]):
           "" if "seconds_per_step" not in r else f"{1000 * r['seconds_per_step']:.0f}"] for r in rows])
 
 
-def plot_seed004(rows: list[dict], ax=None):
+def plot_mistakes(rows: list[dict], ax=None):
     """The loss each trained step reports against the loss from the past only, step by step."""
     import matplotlib.pyplot as plt
 
@@ -294,5 +380,5 @@ def plot_seed004(rows: list[dict], ax=None):
     ax.set_xticks(list(xs), [r["step"].removeprefix("+ ") for r in trained], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend(fontsize=8)
-    ax.set_title("Seed 004's model, one mistake mended at a time")
+    ax.set_title("A first nn.Transformer language model, one mistake mended at a time")
     return ax
