@@ -193,3 +193,12 @@ def test_mend_one_at_a_time(shakespeare):
     values = ch.ladder_report(rows)
     assert "missing 1 required positional argument: 'tgt'" in values["first_error"].data
     assert values["params_wrong"] > values["params_right"] and values["prefix_memory"] == rows[-1]["prefix_loss"]
+
+
+def test_the_gpt_writes_within_its_context_from_the_longest_sources():
+    task = reorder_task(TEXT, seed=0, val_fraction=0.3)
+    gpt = ch.make_gpt(RUN, task, "cpu")
+    longest = [s for s, _ in task.pairs("train") if len(s.split()) == task.max_len]
+    for beams in (1, 2):  # an untrained model seldom ends: the line must stop at the context's end
+        lines = ch.predict(gpt, task, longest, beams)
+        assert len(lines) == len(longest) and all(len(line.split()) <= task.max_len for line in lines)

@@ -56,7 +56,7 @@ class Seq2SeqRun(RunSettings):
 
 
 RUNS = {
-    "full": Seq2SeqRun(max_words=10, vocab_words=3000, d_model=256, n_head=8, n_layer=3, d_ff=1024, dropout=0.1,
+    "full": Seq2SeqRun(max_words=10, vocab_words=3000, d_model=128, n_head=4, n_layer=3, d_ff=512, dropout=0.1,
                        min_lr=1e-4, batch_size=128, max_steps=1500, lr=1e-3, warmup_steps=100, eval_interval=250,
                        eval_iters=10, n_eval=400, num_beams=4, first_width=128, first_layer=2, first_block=64,
                        first_batch=32, first_steps=1000, first_lr=1e-3),
@@ -107,9 +107,10 @@ def predict(model: nn.Module, task: ReorderTask, sources: list[str], num_beams: 
         ids = greedy_decode(model, src) if num_beams == 1 else beam_decode(model, src, num_beams)
         return [task.decode(row) for row in ids]
     prompts = [task.encode(s) + [SEP] for s in sources]
-    out = generate(model, prompts, max_new_tokens=task.max_len + 1, do_sample=False, num_beams=num_beams,
-                   eos_token_id=EOS, pad_token_id=PAD)
     start = max(map(len, prompts))  # the prompts are left-padded to the longest
+    room = min(task.max_len + 1, model.context_length - start)  # a line and its end token, within the context
+    out = generate(model, prompts, max_new_tokens=room, do_sample=False, num_beams=num_beams, eos_token_id=EOS,
+                   pad_token_id=PAD)
     return [task.decode(row[start:]) for row in out]
 
 
