@@ -1,6 +1,6 @@
 """Turning a language model into text (chapters 2 to 5): the book's one generation entry point.
 
-:func:`generate` decodes greedily, samples (temperature, top-k, top-p), applies a repetition
+:func:`generate` decodes greedily, samples (temperature, top-k, top-p, min-p, typical, epsilon, eta), applies a repetition
 penalty and no-repeat-n-gram, or searches beams (:mod:`lmbook.decoding.beam`), with the settings and
 meanings of ``transformers``' ``generate`` (:class:`~lmbook.decoding.shared.GenerationConfig` says
 where they differ); :func:`stream` yields the tokens one by one as they come, :func:`complete`
