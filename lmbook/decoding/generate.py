@@ -1,8 +1,8 @@
 """Turning a language model into text (chapters 2 to 5): the book's one generation entry point.
 
 :func:`generate` decodes greedily, samples (temperature, top-k, top-p, min-p, typical, epsilon, eta),
-applies a repetition penalty and no-repeat-n-gram, or searches beams (:mod:`lmbook.decoding.beam`), with the settings and
-meanings of ``transformers``' ``generate`` (:class:`~lmbook.decoding.shared.GenerationConfig` says
+applies a repetition penalty and no-repeat-n-gram, or searches beams (:mod:`lmbook.decoding.beam`), with the
+settings and meanings of ``transformers``' ``generate`` (:class:`~lmbook.decoding.shared.GenerationConfig` says
 where they differ); :func:`stream` yields the tokens one by one as they come, :func:`complete`
 goes from text to text. It works with every model of the book that offers ``make_cache()`` and
 ``model(idx, cache=cache)``: the GPT keeps keys and values in its cache, so each step feeds only
