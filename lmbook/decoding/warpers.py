@@ -6,7 +6,7 @@ Each takes next-token scores (N, V) and returns them with -inf on the tokens it 
 in ``transformers``' order, after temperature, top-k and top-p. Each always keeps the ``min_keep``
 likeliest tokens (1 when sampling).
 
-- **min-p** (Nguyen et al. 2024): keep the tokens whose probability is at least ``min_p`` times the
+- **min-p** (Nguyen et al. 2025): keep the tokens whose probability is at least ``min_p`` times the
   likeliest token's, a threshold that follows the model's confidence.
 - **typical** (Meister et al. 2023): keep the tokens whose surprise ``-log p`` is closest to the
   entropy, the closest first, until their mass reaches ``typical_p``; the likeliest token may go.
