@@ -208,7 +208,7 @@ def compare_report(results: dict) -> dict:
         values.update({f"{key}_{k}": r[k] for k in ("params", "seconds", "val_loss", "greedy_exact", "greedy_words",
                                                     "greedy_chars", "beam_exact", "beam_words", "beam_chars")})
         values[f"{key}_beam_verdict"] = compared(r["beam_words"], r["greedy_words"], 0.005, "lowered",
-                                                 "left about the same", "raised")
+                                                 "barely changed", "raised")
         values[f"{key}_copied"] = copied_share(r["greedy"], results["sources"])
     ed, gpt = results["encoder-decoder"], results["decoder-only GPT"]
     values["loss_verdict"] = compared(ed["val_loss"], gpt["val_loss"], 0.01, "lower than", "about the same as",
