@@ -93,6 +93,7 @@ def plot_degeneration(results: Mapping[str, Mapping[str, float]], columns: Seque
         if reference in results and math.isfinite(results[reference][column]):
             ax.axvline(results[reference][column], color="tab:orange", ls="--", lw=1)
         ax.set_title(column, fontsize=10)
+        ax.set_xlim(left=0)  # every score is at least 0; an empty panel still starts there
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), names, fontsize=9)
     axes[0].invert_yaxis()
