@@ -61,7 +61,7 @@ RUNS = {
                        eval_iters=10, n_eval=400, num_beams=4, first_width=128, first_layer=2, first_block=64,
                        first_batch=32, first_steps=1000, first_lr=1e-3),
     "fast": Seq2SeqRun(max_words=8, vocab_words=1000, d_model=64, n_head=4, n_layer=2, d_ff=256, dropout=0.0,
-                       min_lr=1e-4, batch_size=64, max_steps=200, lr=5e-3, warmup_steps=20, eval_interval=100,
+                       min_lr=1e-4, batch_size=64, max_steps=200, lr=5e-3, warmup_steps=20, eval_interval=50,
                        eval_iters=2, n_eval=100, num_beams=4, first_width=32, first_layer=1, first_block=16,
                        first_batch=32, first_steps=120, first_lr=1e-2),
 }
@@ -382,4 +382,5 @@ def plot_mistakes(rows: list[dict], ax=None):
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend(fontsize=8)
     ax.set_title("A first nn.Transformer language model, one mistake mended at a time")
+    ax.figure.tight_layout()  # room for the slanted names of the steps
     return ax
