@@ -153,9 +153,10 @@ def _score(right, n):
 
 
 def test_a_verdict_needs_intervals_apart():
-    assert show.compare(_score(40, 50), _score(5, 50)) == "more"
-    assert show.compare(_score(5, 50), _score(40, 50)) == "fewer"
-    assert show.compare(_score(26, 50), _score(24, 50)) == "about as many"
+    assert show.compare(_score(40, 50), _score(5, 50)) == "more right answers than"
+    assert show.compare(_score(5, 50), _score(40, 50)) == "fewer right answers than"
+    assert show.compare(_score(26, 50), _score(24, 50)) == "about as many right answers as"
+    assert show._pct({"share": 0.0, "low": -1e-17, "high": 0.06}) == "0% (0% to 6%)"
 
 
 def test_the_sentences_quote_the_runs():
@@ -166,7 +167,7 @@ def test_the_sentences_quote_the_runs():
     tuned = {"variant": "whole model", "trainable": 1234, "share": 1.0, "seconds": 5.0, "evaluation": evaluation,
              "held_out_bits": 2.6}
     text = show.sft_facts(base, [tuned])
-    assert "1,234 parameters trained" in text and "30% (" in text and "about as many right answers" in text
+    assert "1,234 parameters trained" in text and "30% (" in text and "about as many right answers as before" in text
     assert "whole model +0.100" in show.forgetting_facts(base, [tuned])
     steps = [{"rewards/accuracies": 0.5, "rewards/margins": 0.0, "kl": 0.0, "logps/chosen": -5.0,
               "logps/rejected": -6.0},

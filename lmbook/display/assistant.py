@@ -26,7 +26,8 @@ def pooled(table: dict[str, dict]) -> dict[str, float]:
     return {"right": right, "n": n, "share": right / n, "low": low, "high": high}
 
 
-def compare(a: dict, b: dict, more: str = "more", fewer: str = "fewer", same: str = "about as many") -> str:
+def compare(a: dict, b: dict, more: str = "more right answers than", fewer: str = "fewer right answers than",
+            same: str = "about as many right answers as") -> str:
     """``more`` or ``fewer`` as share ``a`` lies above or below ``b`` with intervals apart, else ``same``."""
     if a["low"] > b["high"]:
         return more
@@ -108,7 +109,8 @@ def plot_refusals(result: dict, ax=None):
 
 # --- Sentences --------------------------------------------------------------------------------------------------
 def _pct(score: dict) -> str:
-    return f"{score['share']:.0%} ({score['low']:.0%} to {score['high']:.0%})"
+    low = max(0.0, score["low"])  # Wilson's bound at zero successes can round below zero
+    return f"{score['share']:.0%} ({low:.0%} to {score['high']:.0%})"
 
 
 def sft_facts(base: dict, summaries: list[dict]) -> str:
@@ -122,8 +124,8 @@ def sft_facts(base: dict, summaries: list[dict]) -> str:
             f"Tuned ({s['variant']}, {s['trainable']:,} parameters trained, {s['share']:.1%} of the model, "
             f"{s['seconds']:.0f} s): {_pct(after['held_out_lines'])} on held-out lines, "
             f"{_pct(after['held_out_phrasings'])} in held-out phrasings and {_pct(after['held_out_task'])} on the "
-            f"task it never saw; {compare(after['held_out_lines'], before['held_out_lines'])} right answers than "
-            f"before on held-out lines.")
+            f"task it never saw; {compare(after['held_out_lines'], before['held_out_lines'])} before on held-out "
+            "lines.")
     return " ".join(parts)
 
 
@@ -147,8 +149,7 @@ def dpo_facts(sweep: dict[str, dict], tuned: dict[str, dict]) -> str:
             f"{last['rewards/margins']:.2f} and its KL {last['kl']:.3f}; "
             + (f"the log-probability of the {and_list(falls)} answers fell" if falls else
                "neither answer's log-probability fell")
-            + f"; accuracy after: {_pct(after)}, {compare(after, base)} right answers than the tuned model "
-              f"({_pct(base)}).")
+            + f"; accuracy after: {_pct(after)}, {compare(after, base)} the tuned model ({_pct(base)}).")
     return " ".join(parts)
 
 
