@@ -179,7 +179,7 @@ def test_the_sentences_quote_the_runs():
              "after": {"a": {"refused": 3, "n": 4, **_score(3, 4)}}}
     assert show.refusal_facts(rates) == f"a: 3 of 4 refused after (75% ({_score(3, 4)['low']:.0%} to " \
                                         f"{_score(3, 4)['high']:.0%})), against 0 before."
-    show.plot_accuracy({"m": table})
+    show.plot_accuracy({"m": table, "n": {"first_word": {"share": 0.0, "low": -1e-17, "high": 0.1}}})
     show.plot_dpo({"0.1": {"steps": steps}})
     show.plot_refusals(rates)
     show.plot_sft_curves([{"variant": "v", "eval_steps": [0, 1], "val": [2.0, 1.0]}])

@@ -46,7 +46,7 @@ def plot_accuracy(tables: dict[str, dict[str, dict]], ax=None, title: str = ""):
         share = np.array([table[t]["share"] if t in table else np.nan for t in tasks])
         low = np.array([table[t]["low"] if t in table else np.nan for t in tasks])
         high = np.array([table[t]["high"] if t in table else np.nan for t in tasks])
-        ax.bar(x, share, width, label=name, yerr=[share - low, high - share], capsize=2)
+        ax.bar(x, share, width, label=name, yerr=np.clip([share - low, high - share], 0, None), capsize=2)
     ax.set_xticks(np.arange(len(tasks)), [t.replace("_", " ") for t in tasks])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share right (95% interval)")
@@ -98,7 +98,8 @@ def plot_refusals(result: dict, ax=None):
         share = np.array([result[when][n]["share"] for n in names])
         low = np.array([result[when][n]["low"] for n in names])
         high = np.array([result[when][n]["high"] for n in names])
-        ax.bar(np.arange(len(names)) + (k - 0.5) * 0.4, share, 0.4, yerr=[share - low, high - share], capsize=3,
+        ax.bar(np.arange(len(names)) + (k - 0.5) * 0.4, share, 0.4, yerr=np.clip([share - low, high - share], 0, None),
+               capsize=3,
                label=f"{when} the refusal stage")
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylim(0, 1)
