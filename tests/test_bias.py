@@ -61,6 +61,7 @@ def test_wilson_interval_against_the_formula_and_its_edges():
     low, high = wilson_interval(8, 10)
     assert (low, high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
     assert wilson_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    assert all(0.0 <= b <= 1.0 for k, n in ((0, 60), (60, 60), (0, 1), (1, 1)) for b in wilson_interval(k, n))
     assert wilson_interval(500, 1000)[1] - wilson_interval(500, 1000)[0] < wilson_interval(5, 10)[1] - 0.0
     with pytest.raises(ValueError, match="k <= n"):
         wilson_interval(3, 2)

@@ -19,11 +19,10 @@ SPLIT_NAMES = {"held_out_lines": "held-out lines", "held_out_phrasings": "held-o
 
 def pooled(table: dict[str, dict]) -> dict[str, float]:
     """A split's tasks pooled: right answers, questions, the share and its 95% Wilson interval."""
-    from ..evaluation.bias import wilson_interval
+    from ..evaluation.bias import share_interval
 
     right, n = sum(t["right"] for t in table.values()), sum(t["n"] for t in table.values())
-    low, high = wilson_interval(right, n)
-    return {"right": right, "n": n, "share": right / n, "low": low, "high": high}
+    return {"right": right, "n": n, **share_interval(right, n)}
 
 
 def compare(a: dict, b: dict, more: str = "more right answers than", fewer: str = "fewer right answers than",
@@ -110,7 +109,7 @@ def plot_refusals(result: dict, ax=None):
 
 # --- Sentences --------------------------------------------------------------------------------------------------
 def _pct(score: dict) -> str:
-    low = max(0.0, score["low"])  # Wilson's bound at zero successes can round below zero
+    low = max(0.0, score["low"])  # records made before wilson_interval kept its bounds in [0, 1]
     return f"{score['share']:.0%} ({low:.0%} to {score['high']:.0%})"
 
 

@@ -86,13 +86,20 @@ def count_association(tokens: list[str], groups: dict[str, tuple[str, ...]] = PR
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson's score interval for a proportion of ``k`` in ``n`` (95 % with ``z=1.96``)."""
+    """Wilson's score interval for a proportion of ``k`` in ``n`` (95 % with ``z=1.96``), within [0, 1] (at k = 0
+    or k = n the formula's bound is 0 or 1 up to rounding, which would otherwise fall outside)."""
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, not k={k}, n={n}.")
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def share_interval(k: int, n: int) -> dict[str, float]:
+    """``k`` of ``n`` as chapter 9 reports a share: ``share`` and its 95% Wilson bounds ``low`` and ``high``."""
+    low, high = wilson_interval(k, n)
+    return {"share": k / n, "low": low, "high": high}
 
 
 def follower_shares(association: Association, min_count: int = 5) -> dict[str, dict[str, float]]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..decoding.chat import replies
-from ..evaluation.bias import wilson_interval
+from ..evaluation.bias import share_interval
 from ..evaluation.metrics import held_out_score
 from ..interface import context_length, device_of, evaluating, num_params
 from ..models.lora import apply_lora
@@ -218,12 +218,8 @@ def score(examples: list[Example], outputs: list[str]) -> dict[str, dict]:
     right: dict[str, list[bool]] = {}
     for example, output in zip(examples, outputs):
         right.setdefault(example.task, []).append(grade(example, output))
-    table = {}
-    for task, marks in right.items():
-        low, high = wilson_interval(sum(marks), len(marks))
-        table[task] = {"right": sum(marks), "n": len(marks), "share": sum(marks) / len(marks), "low": low,
-                       "high": high}
-    return table
+    return {task: {"right": sum(marks), "n": len(marks), **share_interval(sum(marks), len(marks))}
+            for task, marks in right.items()}
 
 
 def evaluate(model: nn.Module, tokenizer, sets: dict[str, list[Example]], samples: int = 3) -> dict:
@@ -234,19 +230,11 @@ def evaluate(model: nn.Module, tokenizer, sets: dict[str, list[Example]], sample
         graded = [e for e in examples if e.task in GRADED]
         outputs, closed = zip(*answer(model, tokenizer, graded, return_ended=True))
         result[split] = score(graded, outputs)
-        low, high = wilson_interval(sum(closed), len(closed))
-        ended[split] = {"ended": sum(closed), "n": len(closed), "share": sum(closed) / len(closed), "low": low,
-                        "high": high}
+        ended[split] = {"ended": sum(closed), "n": len(closed), **share_interval(sum(closed), len(closed))}
         picks = random.Random(0).sample(range(len(graded)), min(samples, len(graded)))
         shown[split] = [{"task": graded[i].task, "request": graded[i].instruction, "answer": graded[i].answer,
                          "reply": outputs[i]} for i in picks]
     return {"accuracy": result, "ended": ended, "replies": shown}
-
-
-def overall(table: dict[str, dict]) -> tuple[float, float, float]:
-    """One split's share right over all its tasks, with its Wilson interval."""
-    right, n = sum(t["right"] for t in table.values()), sum(t["n"] for t in table.values())
-    return (right / n, *wilson_interval(right, n))
 
 
 def held_out_bits(model: nn.Module, tokenizer) -> float:
@@ -312,8 +300,7 @@ def refusal_rates(model: nn.Module, tokenizer, sets: dict[str, list[Example]]) -
     for name, examples in sets.items():
         said = answer(model, tokenizer, examples, room=len(tokenizer.encode(REFUSAL)) + 2)
         k = sum(map(refused, said))
-        rates[name] = {"refused": k, "n": len(said), "share": k / len(said), "low": wilson_interval(k, len(said))[0],
-                       "high": wilson_interval(k, len(said))[1]}
+        rates[name] = {"refused": k, "n": len(said), **share_interval(k, len(said))}
     return rates
 
 
