@@ -13,9 +13,7 @@ from lmbook.decoding.shared import GenerationConfig, process_scores
 from lmbook.display.decoding_viz import (
     degeneration_table,
     kv_cache_table,
-    number_text,
     plot_degeneration,
-    size_text,
     speculative_table,
 )
 from lmbook.models.gpt import GPT, GPTConfig
@@ -101,15 +99,6 @@ def test_the_penalty_summary_compares_with_plain_greedy():
     assert out["plain_share"] == pytest.approx(100 * 5 / 6)  # the 2-grams ending after the prompt: 21 new, 5 seen
     assert out["penalty_verdict"] == ("with `a penalty`, 33% (fewer than plain greedy decoding); "
                                       "with `a rule`, 0% (fewer than plain greedy decoding)")
-
-
-def test_sizes_and_cells_read_well():
-    assert [size_text(b) for b in (0, 1023, 2048, 3 * 2**20, 5 * 2**30)] == [
-        "0 bytes", "1,023 bytes", "2.0 KiB", "3.0 MiB", "5.0 GiB"]
-    for bad in (-1, float("inf"), "1", True):
-        with pytest.raises(ValueError, match="finite number of bytes"):
-            size_text(bad)
-    assert number_text(float("nan")) == number_text(float("inf")) == "–" and number_text(1.234) == "1.23"
 
 
 def test_the_tables_and_the_figure():

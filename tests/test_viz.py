@@ -85,6 +85,16 @@ def test_runs_are_compared_on_one_split():
     assert a.get_color() != b.get_color()
 
 
+def test_the_uniform_guess_is_drawn_at_ln_v_and_a_title_kept():
+    ax = plot_history(run(), splits="val", train=False, uniform=65, title="GPT")
+    assert lines(ax)["uniform guessing"][1] == pytest.approx([np.log(65)] * 2)
+    assert ax.get_title() == "GPT"
+    ax = compare_histories({"rnn": run(1.0), "gpt": run()}, uniform=2, title="three cells")
+    assert lines(ax)["uniform guessing"][1] == pytest.approx([np.log(2)] * 2) and ax.get_title() == "three cells"
+    with pytest.raises(ValueError, match="vocabulary size of at least 2"):
+        plot_history(run(), uniform=1)
+
+
 def test_an_attention_map_shows_the_weights_of_its_tokens():
     weights = torch.softmax(torch.randn(6, 6), dim=-1).tril()
     tokens = ["T", "o", " ", "b", "e", "\n"]

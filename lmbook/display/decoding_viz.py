@@ -1,7 +1,7 @@
 """Chapter 5's figures and tables: a distribution through the sampling filters, the degeneration table and its
 figure, the cache's memory and speed, speculative decoding's table, and text coloured by the probability of each
-token (beam search's tree is :func:`lmbook.display.diagrams.draw_beam_tree`); :func:`size_text` and
-:func:`how_many` write sizes and counts as a sentence reads them."""
+token (beam search's tree is :func:`lmbook.display.diagrams.draw_beam_tree`). Sizes and numbers are written by
+:func:`lmbook.display.show.size_text` and :func:`~lmbook.display.show.number_text`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
+
+from .show import number_text, size_text
 
 
 def _label(tokenizer, token: int) -> str:
@@ -56,21 +58,6 @@ def tokens_html(pieces: Sequence, prompt: str = "") -> str:
         spans.append(f'<span title="p = {piece.probability:.3f}" style="background:rgb({int(255 * r)},'
                      f'{int(255 * g)},{int(255 * b)})">{text}</span>')
     return '<pre style="white-space:pre-wrap;line-height:1.5">' + "".join(spans) + "</pre>"
-
-
-def size_text(n_bytes: float) -> str:
-    """A size in the unit that gives it at least one digit before the point: bytes, KiB, MiB or GiB."""
-    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, float)) or not 0 <= n_bytes < math.inf:
-        raise ValueError(f"a size must be a finite number of bytes >= 0, not {n_bytes!r}.")
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:,.1f} {unit}"
-    return f"{n_bytes:,.0f} bytes"
-
-
-def number_text(value: float, fmt: str = ".2f") -> str:
-    """A table cell: the number, or a dash where it is undefined (NaN) or infinite."""
-    return f"{value:{fmt}}" if math.isfinite(value) else "–"
 
 
 def degeneration_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..models.attention import attention, causal_mask
 from ..training.finetune import SequenceClassifier
+from .show import plural
 from ..models.gpt import GPT, Block
 from ..interface import evaluating
 from ..models.rnn import RNNLM, SimpleRNN
@@ -106,7 +107,7 @@ def rnn_unrolled(model: RNNLM, tokens: list[str] | None = None, steps: int = 4, 
     for layer in range(layers):
         _box(ax, 1.0, 2 + layer, 1.3, 0.5, f"{state}₀ = 0", colour="white", size=7)
         _arrow(ax, (1.65, 2 + layer), (xs[0] - 0.6, 2 + layer))
-    legend = [f"{parts['cell']}, {layers} layer(s)", "the same parameters at every step:",
+    legend = [f"{parts['cell']}, {plural(layers, 'layer')}", "the same parameters at every step:",
               f"{parts['embedding'][0]} {parts['embedding'][1]}"]
     legend += [f"{name} {shape}" for name, shape in parts["input"] + parts["recurrent"]]
     legend.append(f"{parts['output'][0]} {parts['output'][1]}")

@@ -10,7 +10,10 @@ So the chapters show the package and their results through cell outputs, which l
   Markdown with those results filled in (``{val_loss:.2f}``), as the output of a cell whose input the book
   hides: the book, Jupyter and Colab all render the same sentences with the same numbers;
 - :func:`than`, :func:`ordering` and :func:`trend` give the words of a verdict (``lower``, ``a (1.9) < b (2.1)``,
-  ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave.
+  ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave;
+- :func:`plural`, :func:`count_phrase`, :func:`size_text`, :func:`number_text` and :func:`decimals` write counts,
+  sizes and numbers as a sentence wants them: ``1 layer``, ``all 12 words``, ``512 bytes``, ``–`` for an
+  infinite value, and as many decimals as it takes to tell two results apart.
 
 Used by every chapter.
 """
@@ -262,3 +265,65 @@ def trend(values: Mapping[object, float], name: str = ""):
         if all(s >= 0 for s in first) and all(s <= 0 for s in then):
             return md(f"rises until {name}{xs[turn]}, then falls")
     return md("goes up and down")
+
+
+# --- counts, sizes and numbers in words -------------------------------------------------
+def _count(name: str, value, least: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}.")
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``n`` things in words, the noun agreeing with the count: ``1 layer``, ``2 layers``, ``1,024 windows``,
+    ``0 runs``; ``many`` is the plural where it is not ``noun + "s"`` (``plural(3, "query", "queries")``)."""
+    _count("n", n)
+    return f"{n:,} {noun if n == 1 else (many or noun + 's')}"
+
+
+def count_phrase(k: int, n: int, noun: str, many: str | None = None) -> str:
+    """``k`` of ``n`` things in words, for a caption or a sentence: ``all 12 words``, ``none of the 12 words``,
+    ``both words``, ``neither word``, ``7 of the 12 words``, ``the one word``; never "2 of the 2" or
+    "all three of the three"."""
+    _count("k", k)
+    _count("n", n, 1)
+    if k > n:
+        raise ValueError(f"k must be at most n, not k={k}, n={n}.")
+    things = many or noun + "s"
+    if n == 1:
+        return f"the one {noun}" if k else f"not the one {noun}"
+    if k == n:
+        return f"both {things}" if n == 2 else f"all {n:,} {things}"
+    if k == 0:
+        return f"neither {noun}" if n == 2 else f"none of the {n:,} {things}"
+    return f"{k:,} of the {n:,} {things}"
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in the unit that gives it at least one digit before the point: bytes, KiB, MiB or GiB (never
+    ``0.0 MiB``)."""
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, numbers.Real) or not 0 <= n_bytes < math.inf:
+        raise ValueError(f"a size must be a finite number of bytes >= 0, not {n_bytes!r}.")
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,.0f} bytes"
+
+
+def number_text(value: float, fmt: str = ".2f") -> str:
+    """A table cell: the number, or a dash where it is undefined (NaN) or infinite (never ``inf``)."""
+    return f"{value:{fmt}}" if math.isfinite(value) else "–"
+
+
+def decimals(*values: float, least: int = 2, most: int = 6) -> int:
+    """The fewest decimals, from ``least`` up to ``most``, that write ``values`` all differently: so that a
+    sentence never calls two results different while printing the same digits for both (``0.000`` and
+    ``0.000``). Values equal to ``most`` decimals get ``most``; pass the result as ``{x:.{d}f}``."""
+    if not values:
+        raise ValueError("decimals needs at least one value.")
+    _count("least", least)
+    _count("most", most, least)
+    finite = [v for v in values if math.isfinite(v)]
+    for d in range(least, most + 1):
+        if len({f"{v:.{d}f}" for v in finite}) == len(set(finite)):
+            return d
+    return most

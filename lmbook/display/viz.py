@@ -6,11 +6,11 @@ matplotlib only; every function draws on a given ``ax`` (or makes one) and retur
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import matplotlib.pyplot as plt
 
-from ..interface import check_int
 from ..training.history import History
 
 AXES = ("step", "tokens", "seconds")  # what plot_history draws the losses against
@@ -29,15 +29,19 @@ def plot_history(
     splits: tuple[str, ...] | None = None,
     x: str = "step",
     train: bool = True,
+    uniform: int | None = None,
+    title: str | None = None,
     **style,
 ):
     """Training loss (faint) and evaluation losses (solid) of a run against steps, tokens or seconds.
 
     ``splits`` (one name or several; all by default) must have been evaluated; ``x="tokens"`` needs the history's
-    ``tokens_per_step``. What cannot be drawn is refused before anything is drawn.
+    ``tokens_per_step``. ``uniform``, a vocabulary size V, draws the loss of uniform guessing, ln V, as a dashed
+    line. What cannot be drawn is refused before anything is drawn.
     """
     splits = _check_drawable(history, x, splits)
     ax = _ax(ax)
+    _uniform(ax, uniform)
     scale = {"step": 1, "tokens": history.tokens_per_step}.get(x)
     prefix = f"{label} " if label else ""
     if train and history.steps and x != "seconds":
@@ -52,7 +56,18 @@ def plot_history(
     ax.set_ylabel("cross-entropy (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if title is not None:
+        ax.set_title(title)
     return ax
+
+
+def _uniform(ax, vocab_size: int | None) -> None:
+    """The loss of uniform guessing over ``vocab_size`` tokens, ln V, as a dashed line (nothing for ``None``)."""
+    if vocab_size is None:
+        return
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        raise ValueError(f"uniform must be a vocabulary size of at least 2, not {vocab_size!r}.")
+    ax.axhline(math.log(vocab_size), color="gray", ls="--", lw=1, label="uniform guessing")
 
 
 def _check_drawable(history: History, x: str, splits) -> tuple[str, ...]:
@@ -73,14 +88,17 @@ def _check_drawable(history: History, x: str, splits) -> tuple[str, ...]:
     return splits
 
 
-def compare_histories(histories: Mapping[str, History], split: str = "val", x: str = "step", ax=None):
-    """One evaluation curve per run, on the same axes (e.g. RNN against LSTM against GPT)."""
+def compare_histories(histories: Mapping[str, History], split: str = "val", x: str = "step", ax=None,
+                      uniform: int | None = None, title: str | None = None):
+    """One evaluation curve per run, on the same axes (e.g. RNN against LSTM against GPT); ``uniform`` and
+    ``title`` as for :func:`plot_history` (the title is the split's loss by default)."""
     for history in histories.values():
         _check_drawable(history, x, (split,))  # every run, before any is drawn
     ax = _ax(ax)
+    _uniform(ax, uniform)
     for name, history in histories.items():
         plot_history(history, ax=ax, label=name, splits=(split,), x=x, train=False)
-    ax.set_title(f"{split} loss")
+    ax.set_title(f"{split} loss" if title is None else title)
     return ax
 
 
@@ -185,20 +203,3 @@ def plot_reliability(results: Mapping[float, object], ax=None, title: str = ""):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
-
-
-def count_phrase(k: int, n: int, noun: str) -> str:
-    """``k`` of ``n`` things in words, for a caption or a sentence beside a figure (chapters 6 and 7): ``all 12
-    words``, ``none of the 12 words``, ``both words``, ``7 of the 12 words``, ``the one word``; never "2 of the 2"."""
-    check_int("k", k, 0)
-    check_int("n", n, 1)
-    if k > n:
-        raise ValueError(f"k must be at most n, not k={k}, n={n}.")
-    plural = noun if n == 1 else noun + "s"
-    if n == 1:
-        return f"the one {noun}" if k else f"not the one {noun}"
-    if k == n:
-        return f"both {plural}" if n == 2 else f"all {n} {plural}"
-    if k == 0:
-        return f"neither {noun}" if n == 2 else f"none of the {n} {plural}"
-    return f"{k} of the {n} {plural}"

@@ -13,9 +13,16 @@ models a later chapter reuses come from :mod:`lmbook.runs.zoo`, which trains the
 - :mod:`lmbook.runs.quickstart`: the quick start's GPT;
 - :mod:`lmbook.runs.ch02_rnn`: RNN, LSTM and GRU on characters;
 - :mod:`lmbook.runs.ch03_gpt`: the character-level GPT, its position tables and its LayerNorm placements;
+  :mod:`lmbook.runs.ch03_speedruns`: its speed runs, recorded by the benchmarks, as the page reads them;
+- :mod:`lmbook.runs.ch03b_seq2seq`: an encoder–decoder against a GPT on one task, and a broken
+  ``nn.Transformer`` mended;
 - :mod:`lmbook.runs.ch04_finetune`: pretraining, domain adaptation, a labelled task;
 - :mod:`lmbook.runs.ch05_generation`: decoding strategies, the cache's speed, speculative decoding;
 - :mod:`lmbook.runs.ch06_evaluation`, :mod:`lmbook.runs.ch06_generated`: every model scored, generated text scored;
-- :mod:`lmbook.runs.ch07_sweep`: the sweep of GPT sizes; :mod:`lmbook.runs.ch07_questions`: the rest of chapter 7;
+- :mod:`lmbook.runs.ch07_sweep`: the sweep of GPT sizes; :mod:`lmbook.runs.ch07_bias`: the association corrected
+  for the base rate; :mod:`lmbook.runs.ch07_questions`: the rest of chapter 7;
+- :mod:`lmbook.runs.ch08_architecture`, :mod:`lmbook.runs.ch08_decoding`, :mod:`lmbook.runs.ch08_scaling`:
+  GPT-2 turned into Llama one change at a time, the cache and int8 weights, the scaling grid;
+- :mod:`lmbook.runs.ch09_assistant`: a base model tuned into an assistant (SFT, LoRA, DPO, refusals);
 - :mod:`lmbook.runs.recording` and :mod:`lmbook.runs.reference`: recording a recipe, resumably, and the records.
 """

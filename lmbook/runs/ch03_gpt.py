@@ -251,3 +251,23 @@ def reference_gpt(record) -> tuple[str, str]:
             f"over the whole validation split after {steps:,} steps; {r['params']:,} parameters, "
             f"{r['tokens_per_second']:,.0f} characters/s, {r['seconds']:.0f} s of training ({record.describe()})")
     return line, text
+
+
+def order_verdict(moved: float, learned: float):
+    """What the chapter says of the mistaken position table (Markdown): how much its prediction depends on the order
+    of its context (``moved``, the total-variation distance that shuffling causes) against the learned table's
+    (``learned``); a distance that shows as ``0.000`` is no dependence at all, to the digits the page prints."""
+    from ..display.show import md, than
+
+    if f"{moved:.3f}" == "0.000":
+        return md("its prediction does not depend on the order of its context, to three decimals")
+    return md(f"its prediction depends {than(moved, learned, 'less', 'more').data} on the order of its context")
+
+
+def compared_loss(history: History, other: History):
+    """``lower than``, ``higher than`` or ``as low as`` (Markdown): one run's final held-out loss against another's,
+    to the three decimals the page prints."""
+    from ..display.show import md
+
+    a, b = round(history.eval_loss["val"][-1], 3), round(other.eval_loss["val"][-1], 3)
+    return md("as low as" if a == b else "lower than" if a < b else "higher than")

@@ -21,8 +21,7 @@ from ..evaluation.intervals import bootstrap_draws, percentile_interval
 from ..decoding.generate import generate
 from ..interface import context_length
 from ..evaluation.metrics import TextNLL, protocol_stride, token_nlls
-from ..display.show import html_table, md, than, trend
-from ..display.viz import count_phrase
+from ..display.show import count_phrase, html_table, md, than, trend
 from .common import BATCH, EvaluationRun
 
 

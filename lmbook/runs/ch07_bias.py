@@ -7,8 +7,8 @@ prose says of them (:func:`log_odds_facts`) and their figure (:func:`plot_log_od
 
 from __future__ import annotations
 
-from ..display.show import md
-from ..display.viz import count_phrase, plot_intervals
+from ..display.show import count_phrase, md
+from ..display.viz import plot_intervals
 from ..evaluation.bias import Association, bootstrap_log_odds, follower_shares, log_odds
 
 

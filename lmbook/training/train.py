@@ -241,12 +241,12 @@ class TrainingRun:
         return [value for value, _ in values]
 
     def stop_early(self, last_step: bool) -> bool:
-        """Evaluate, print the losses, and say whether early stopping ends the run here."""
+        """Evaluate, show the losses on the progress bar (the history keeps them all), and say whether early
+        stopping ends the run here."""
         self.evaluate()
         history, monitor = self.history, self.config.monitor
-        if self.rank == 0:
-            losses = ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.eval_loss.items())
-            self.bar.write(f"step {self.step_number}: {losses}")
+        self.shown.update({split: f"{losses[-1]:.4f}" for split, losses in history.eval_loss.items()})
+        self.bar.set_postfix(self.shown)
         since_best = history.evaluations_since_best(monitor) if self.watching else 0
         stopping = self.config.patience is not None and since_best >= self.config.patience and not last_step
         if stopping:
@@ -270,6 +270,7 @@ class TrainingRun:
             self.evaluate()
         self.bar = tqdm(total=config.max_steps, initial=self.step_number, desc=config.desc,
                         disable=not config.progress or self.rank != 0)
+        self.shown = {}  # what the bar shows after it: the last batch's loss, the speed, the last evaluations
         first_step, tick, train_seconds, pending, pending_steps = self.step_number, time.perf_counter(), 0.0, [], []
         while self.step_number < config.max_steps and history.stopped_early is None:  # a resumed stop stays one
             lr = lr_at(self.step_number, config)
@@ -289,7 +290,8 @@ class TrainingRun:
             train_seconds += now - tick
             self.bar.update(len(losses))
             tokens_per_second = len(losses) * history.tokens_per_step / (now - tick)
-            self.bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+            self.shown.update(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+            self.bar.set_postfix(self.shown)
             pending, pending_steps = [], []
             stopping = eval_due and self.stop_early(last_step)
             if checkpoint_due or (stopping and self.path is not None):
