@@ -109,6 +109,17 @@ def test_the_summary_pairs_seeds_and_says_which_changes_matter():
     assert len(ax.patches) == 6
 
 
+def test_the_ablation_sentences_say_what_the_seeds_support():
+    bits = {"GPT-2": [2.0, 2.1, 2.2], "+ RoPE": [1.9, 2.0, 2.1], "+ RMSNorm": [1.95, 1.95, 2.1]}
+    said = arch.ablation_facts(arch.ablation_summary(rows(bits)), when="At equal steps")
+    assert said == ("At equal steps, each change's effect on held-out bits per character, paired by seed: + RoPE "
+                    "-0.100 and + RMSNorm +0.000. Beyond the spread over seeds (90% intervals that leave out zero), "
+                    "+ RoPE lowered the loss; + RMSNorm changed it by less than the seeds vary.")
+    single = arch.ablation_facts(arch.ablation_summary(rows({"GPT-2": [2.0], "+ RoPE": [1.0]})))
+    assert single.startswith("Each change's effect on held-out bits per character, one seed each: + RoPE -1.000. "
+                             "One seed draws no interval")
+
+
 # --- length -----------------------------------------------------------------------------------------------------
 def test_position_losses_average_to_the_windows_loss():
     torch.manual_seed(0)
@@ -153,6 +164,19 @@ def test_length_summary_splits_at_the_training_context():
     assert len(ax.get_lines()) == 2
 
 
+def test_the_length_sentences_read_the_table():
+    ln2 = math.log(2)
+    losses = {"learned": [3 * ln2] * 2 + [4 * ln2] * 2, "RoPE": [2 * ln2] * 2 + [2.5 * ln2] * 2,
+              "RoPE + 5 steps at 4": [2 * ln2] * 2 + [2.2 * ln2] * 2}
+    said = arch.length_facts({"trained": 2, "long": 4, "losses": losses}, when="In the reference")
+    assert said == ("In the reference, inside the 2 positions they trained on, learned positions reach 3.000 bits "
+                    "per character and RoPE 2.000. Beyond them, up to 4, learned positions rise to 4.000 and RoPE "
+                    "rises to 2.500. Without any training at the longer length, the best of the 2 beyond the "
+                    "training context is RoPE (2.500); in order: RoPE (2.500) < learned (4.000). After a short "
+                    "training on the longer windows, beyond the first context: 2.200 bits per character for RoPE "
+                    "+ 5 steps at 4.")
+
+
 # --- the cache and int8 ----------------------------------------------------------------------------------------
 def test_the_cache_holds_what_the_shape_says_and_multi_query_holds_least():
     run = dec.DecodingRun(kv_shape=(2, 4, 16), kv_heads=(4, 2, 1), kv_prompt=6, kv_new=2, kv_batch=2,
@@ -179,7 +203,10 @@ def test_the_int8_table_keeps_the_model_and_reads_fewer_bytes():
     assert abs(table[2]["bits"] - table[0]["bits"]) < 0.05 and all(r["tokens_per_second"] > 0 for r in table)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself unchanged
     untimed = dec.quantization_rows(model, torch.randint(11, (400,)), run, torch.randint(11, (1, 4)), bits=False)
-    assert all(math.isnan(r["bits"]) for r in untimed)
+    assert all(math.isnan(r["bits"]) and math.isnan(r["agreement"]) for r in untimed)
+    said = dec.quantization_facts({"a model": table, "a random model": untimed})
+    assert said.count("the same most likely next token as float32") == 2  # the trained model's two rows only
+    assert said.startswith("A model: bfloat16 ") and "A random model: bfloat16 " in said
     assert len(dec.plot_quantization({"a": table})[0].collections) == 3
 
 

@@ -161,9 +161,10 @@ def test_a_verdict_needs_intervals_apart():
 
 def test_the_sentences_quote_the_runs():
     table = {"first_word": _score(3, 10)}
+    ended = {"held_out_lines": {"share": 0.5}}
     evaluation = {"accuracy": {k: table for k in show.SPLIT_NAMES}, "ended": {}}
-    base = {"evaluation": {"accuracy": {k: {"first_word": _score(0, 10)} for k in show.SPLIT_NAMES}},
-            "held_out_bits": 2.5}
+    base = {"evaluation": {"accuracy": {k: {"first_word": _score(0, 10)} for k in show.SPLIT_NAMES},
+                           "ended": ended}, "held_out_bits": 2.5}
     tuned = {"variant": "whole model", "trainable": 1234, "share": 1.0, "seconds": 5.0, "evaluation": evaluation,
              "held_out_bits": 2.6}
     text = show.sft_facts(base, [tuned])
@@ -177,8 +178,18 @@ def test_the_sentences_quote_the_runs():
     assert "chosen and rejected answers fell" in dpo and "100%" in dpo and "margin 2.00" in dpo
     rates = {"before": {"a": {"refused": 0, "n": 4, **_score(0, 4)}},
              "after": {"a": {"refused": 3, "n": 4, **_score(3, 4)}}}
-    assert show.refusal_facts(rates) == f"a: 3 of 4 refused after (75% ({_score(3, 4)['low']:.0%} to " \
-                                        f"{_score(3, 4)['high']:.0%})), against 0 before."
+    assert show.refusal_facts(rates) == f"a: 3 of 4 refused after, 75% ({_score(3, 4)['low']:.0%} to " \
+                                        f"{_score(3, 4)['high']:.0%}), against 0 before."
+    assert dpo.endswith("about as many right answers as the tuned model's 30% (11% to 60%).")
+    assert "((" not in dpo + show.refusal_facts(rates)  # never a parenthesis inside another
+    assert show.pairs_facts({"requests": 41, "pairs": 41, "chosen_from_samples": 0}, 4) == (
+        "Of 41 requests, each sampled 4 times, all 41 requests gave a pair, none of them with a right sample of the "
+        "model's own as the chosen answer.")
+    assert show.pairs_facts({"requests": 170, "pairs": 169, "chosen_from_samples": 41}, 4).startswith(
+        "Of 170 requests, each sampled 4 times, 169 of the 170 requests gave a pair, 41 of them with")
+    cells = show.sft_table(base | {"voice_bits": 3.0}, [tuned | {"voice_bits": 3.1,
+                                                              "evaluation": evaluation | {"ended": ended}}]).data
+    assert cells.count("<tr>") == 3 and "30% (11% to 60%)" in cells and "1,234" in cells
     show.plot_accuracy({"m": table, "n": {"first_word": {"share": 0.0, "low": -1e-17, "high": 0.1}}})
     show.plot_dpo({"0.1": {"steps": steps}})
     show.plot_refusals(rates)

@@ -1,4 +1,4 @@
-"""The Colab path: the quickstart and chapter 1 run alone in a fresh torch-only runtime that installs lmbook
+"""The Colab path: the quickstart runs alone in a fresh torch-only runtime that installs lmbook
 with the notebooks' own setup cell (tests/colab_path.py says what is emulated). Marked ``book``: it runs
 with the notebooks, at the end. pip reaches PyPI for lmbook's dependencies (from pip's cache when it can);
 git reaches this repository only."""
@@ -25,9 +25,9 @@ def test_notebooks_run_the_colab_way(capsys):
             times = run_colab_path(DEFAULT_NOTEBOOKS)
         except ColabPathError as err:
             pytest.fail(str(err), pytrace=False)
-    assert set(times) == {"quickstart.ipynb", "ch01_background.ipynb", "total"}
+    assert set(times) == {"quickstart.ipynb", "total"}
     # as Colab renders them (Markdown, no MyST): every sentence with its numbers, no raw role or directive
-    for name in ("quickstart.ipynb", "ch01_background.ipynb"):
+    for name in ("quickstart.ipynb",):
         texts, problems = what_a_plain_reader_sees(nbformat.read(DEFAULT_OUT / name, as_version=4))
         assert not problems, f"{name} as Colab renders it:\n" + "\n".join(problems)
         assert any("held-out" in text and any(c.isdigit() for c in text) for text in texts)

@@ -73,6 +73,10 @@ def test_degeneration_scores_every_strategy_and_the_human_text(model, tokenizer)
     assert list(results) == [*ch05.strategies(RUN), "human text"]
     for scores in results.values():
         assert 0 <= scores["repetition %"] <= 100 and scores["perplexity"] > 1 and len(scores["texts"]) == 3
+    ids = torch.cat([prompts, human], 1)  # the human text's repeated 4-grams, counted as for the strategies
+    assert results["human text"]["repeated 4-grams %"] == pytest.approx(100 * ch05.repeated_share(ids, 6))
+    loop = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4, 1, 2]])  # after the prompt: three new 4-grams, three seen
+    assert ch05.text_scores(model, loop[:, :4], loop[:, 4:], ["a b"])["repeated 4-grams %"] == pytest.approx(50)
     assert results["human text"]["texts"][0] == tokenizer.decode(human[0].tolist())
     assert math.isnan(ch05.text_scores(model, prompts[:1], human[:1], ["   "])["distinct-2"])  # no words
 

@@ -74,18 +74,19 @@ def test_contrastive_vs_greedy_and_speculative_sampling_run(model):
     assert spec["verdict"].startswith("within" if spec["tv_speculative"] <= 3 * spec["tv_noise"] else "further")
 
 
-def scores(rep, ppl, d2=0.5):
-    return {"repetition %": rep, "distinct-2": d2, "distinct-3": 0.7, "perplexity": ppl}
+def scores(grams, ppl, d2=0.5):
+    return {"repetition %": 0.0, "repeated 4-grams %": grams, "distinct-2": d2, "distinct-3": 0.7, "perplexity": ppl}
 
 
-@pytest.mark.parametrize("reps, verdict", [((0, 0), "Neither deterministic strategy repeats itself"),
-                                           ((10, 0), "One of the two deterministic strategies repeats itself"),
-                                           ((10, 20), "Both deterministic strategies repeat themselves")])
+@pytest.mark.parametrize("reps, verdict", [((0, 5), "neither deterministic strategy repeats itself"),
+                                           ((10, 0), "one of the two deterministic strategies repeats itself"),
+                                           ((10, 20), "both deterministic strategies repeat themselves")])
 def test_the_degeneration_summary_reads_as_a_sentence(reps, verdict):
     results = {"greedy": scores(reps[0], 1.5), f"beam search, {RUN.num_beams} beams": scores(reps[1], 1.3),
                "pure sampling": scores(0, 9.0, d2=float("nan")), "top-p=0.9": scores(0, 4.0, d2=0.6),
-               "human text": scores(0, 5.0, d2=0.62)}
+               "human text": scores(5, 5.0, d2=0.62)}
     out = ch05.degeneration_summary(results, RUN)
+    assert (out["greedy_grams"], out["beam_grams"], out["human_grams"]) == (reps[0], reps[1], 5)
     assert out["rep_verdict"] == verdict and out["closest"] == "top-p=0.9"  # a NaN is never the closest
     assert out["ppl_verdict"].startswith("Both deterministic")
     results["greedy"]["perplexity"] = 10.0
@@ -97,8 +98,12 @@ def test_the_penalty_summary_compares_with_plain_greedy():
                "a rule": torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])}
     out = ch05.penalty_summary(outputs, 2, n=2)
     assert out["plain_share"] == pytest.approx(100 * 5 / 6)  # the 2-grams ending after the prompt: 21 new, 5 seen
-    assert out["penalty_verdict"] == ("with `a penalty`, 33% (fewer than plain greedy decoding); "
-                                      "with `a rule`, 0% (fewer than plain greedy decoding)")
+    assert out["penalty_verdict"] == ("with `a penalty`, 33% and with `a rule`, 0%: both fewer than plain greedy "
+                                      "decoding")
+    outputs["a rule"] = torch.tensor([[1, 2, 1, 2, 1, 2, 1, 2]])  # as plain: the clauses part
+    assert ch05.penalty_summary(outputs, 2, n=2)["penalty_verdict"] == (
+        "with `a penalty`, 33% (fewer than plain greedy decoding); with `a rule`, 83% (as many as plain greedy "
+        "decoding)")
 
 
 def test_the_tables_and_the_figure():

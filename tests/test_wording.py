@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from lmbook.display.show import count_phrase, decimals, number_text, plural, size_text
+from lmbook.display.show import count_phrase, decimals, differ_by, number_text, plural, size_text
 
 
 def test_plural_agrees_with_the_count():
@@ -44,6 +44,9 @@ def test_sizes_take_the_unit_that_shows_a_digit():
 def test_cells_show_a_dash_for_what_has_no_number():
     assert number_text(float("nan")) == number_text(float("inf")) == number_text(-math.inf) == "–"
     assert number_text(1.234) == "1.23" and number_text(1234.5, ",.0f") == "1,234"
+    assert number_text(math.inf, ".1f", infinite="infinite") == "infinite"
+    assert number_text(math.inf, infinite="∞") == "∞" and number_text(-math.inf, infinite="∞") == "-∞"
+    assert number_text(float("nan"), infinite="∞") == "–"
 
 
 def test_decimals_are_as_many_as_it_takes_to_tell_results_apart():
@@ -55,3 +58,11 @@ def test_decimals_are_as_many_as_it_takes_to_tell_results_apart():
     assert decimals(0.5, math.inf) == 2
     with pytest.raises(ValueError, match="at least one value"):
         decimals()
+
+
+def test_a_zero_difference_reads_as_equality():
+    assert differ_by(0.0) == "are equal, bit for bit" and differ_by(0) == "are equal, bit for bit"
+    assert differ_by(4.8e-07) == "differ by 4.8e-07" and differ_by(0.5, ".2f", at_most=True) == "differ by at most 0.50"
+    for bad in (-1e-9, math.inf, math.nan, True):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            differ_by(bad)

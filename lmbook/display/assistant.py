@@ -109,8 +109,37 @@ def plot_refusals(result: dict, ax=None):
 
 # --- Sentences --------------------------------------------------------------------------------------------------
 def _pct(score: dict) -> str:
+    """A share with its interval, as a sentence or a table cell shows it: ``4% (2% to 10%)``."""
     low = max(0.0, score["low"])  # records made before wilson_interval kept its bounds in [0, 1]
     return f"{score['share']:.0%} ({low:.0%} to {score['high']:.0%})"
+
+
+def sft_table(base_summary: dict, summaries: list[dict]):
+    """The base model and each way of tuning, one row each: parameters trained, seconds, the share right on each
+    held-out split with its interval, the replies closed, held-out bits per character and the voice's bits."""
+    from .show import html_table
+
+    rows = []
+    for s in [{"variant": "base model", "trainable": 0, "share": 0.0, "seconds": 0.0, **base_summary}, *summaries]:
+        acc = {split: pooled(t) for split, t in s["evaluation"]["accuracy"].items()}
+        rows.append([s["variant"], f"{s['trainable']:,}", f"{s['seconds']:.0f}"]
+                    + [_pct(acc[k]) for k in SPLIT_NAMES]
+                    + [f"{s['evaluation']['ended']['held_out_lines']['share']:.0%}", f"{s['held_out_bits']:.3f}",
+                       f"{s['voice_bits']:.3f}"])
+    return html_table(["model", "parameters trained", "seconds"] + [f"right: {v}" for v in SPLIT_NAMES.values()]
+                      + ["replies closed", "held-out bits per char", "voice: bits per token"], rows)
+
+
+def pairs_facts(counts: dict, samples: int) -> str:
+    """How the preference pairs came about (:func:`lmbook.runs.ch09_assistant.preference_pairs`'s counts)."""
+    from .show import count_phrase
+
+    n = counts["requests"]
+    gave = count_phrase(counts["pairs"], n, "request")
+    own = counts["chosen_from_samples"]
+    chosen = ("none of them" if own == 0 else "all of them" if own == counts["pairs"] else f"{own:,} of them")
+    return (f"Of {n:,} requests, each sampled {samples} times, {gave} gave a pair, {chosen} with a right sample "
+            "of the model's own as the chosen answer.")
 
 
 def sft_facts(base: dict, summaries: list[dict]) -> str:
@@ -149,7 +178,7 @@ def dpo_facts(sweep: dict[str, dict], tuned: dict[str, dict]) -> str:
             f"{last['rewards/margins']:.2f} and its KL {last['kl']:.3f}; "
             + (f"the log-probability of the {and_list(falls)} answers fell" if falls else
                "neither answer's log-probability fell")
-            + f"; accuracy after: {_pct(after)}, {compare(after, base)} the tuned model ({_pct(base)}).")
+            + f"; accuracy after: {_pct(after)}, {compare(after, base)} the tuned model's {_pct(base)}.")
     return " ".join(parts)
 
 
@@ -158,5 +187,5 @@ def refusal_facts(result: dict) -> str:
     parts = []
     for name in result["before"]:
         b, a = result["before"][name], result["after"][name]
-        parts.append(f"{name}: {a['refused']} of {a['n']} refused after ({_pct(a)}), against {b['refused']} before")
+        parts.append(f"{name}: {a['refused']} of {a['n']} refused after, {_pct(a)}, against {b['refused']} before")
     return "; ".join(parts) + "."

@@ -11,9 +11,9 @@ So the chapters show the package and their results through cell outputs, which l
   hides: the book, Jupyter and Colab all render the same sentences with the same numbers;
 - :func:`than`, :func:`ordering` and :func:`trend` give the words of a verdict (``lower``, ``a (1.9) < b (2.1)``,
   ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave;
-- :func:`plural`, :func:`count_phrase`, :func:`size_text`, :func:`number_text` and :func:`decimals` write counts,
-  sizes and numbers as a sentence wants them: ``1 layer``, ``all 12 words``, ``512 bytes``, ``–`` for an
-  infinite value, and as many decimals as it takes to tell two results apart.
+- :func:`plural`, :func:`count_phrase`, :func:`size_text`, :func:`number_text`, :func:`decimals` and :func:`differ_by`
+  write counts, sizes and numbers as a sentence wants them: ``1 layer``, ``all 12 words``, ``512 bytes``, ``–``
+  for an infinite value, as many decimals as it takes to tell two results apart, ``are equal, bit for bit``.
 
 Used by every chapter.
 """
@@ -309,9 +309,15 @@ def size_text(n_bytes: float) -> str:
     return f"{n_bytes:,.0f} bytes"
 
 
-def number_text(value: float, fmt: str = ".2f") -> str:
-    """A table cell: the number, or a dash where it is undefined (NaN) or infinite (never ``inf``)."""
-    return f"{value:{fmt}}" if math.isfinite(value) else "–"
+def number_text(value: float, fmt: str = ".2f", infinite: str = "–") -> str:
+    """A number as a table cell or a sentence shows it: ``format(value, fmt)``, a dash where it is undefined (NaN)
+    and ``infinite`` where it is infinite (a dash by default; ``"∞"`` in a table of perplexities, ``"infinite"`` in
+    a sentence), never Python's ``inf`` or ``nan``."""
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "-∞" if value < 0 and infinite == "∞" else infinite
+    return f"{value:{fmt}}"
 
 
 def decimals(*values: float, least: int = 2, most: int = 6) -> int:
@@ -327,3 +333,12 @@ def decimals(*values: float, least: int = 2, most: int = 6) -> int:
         if len({f"{v:.{d}f}" for v in finite}) == len(set(finite)):
             return d
     return most
+
+
+def differ_by(gap: float, fmt: str = ".1e", at_most: bool = False) -> str:
+    """The verb of a sentence comparing two computations by their largest difference ``gap``: ``differ by 4.8e-07``
+    (``differ by at most ...`` with ``at_most``), or ``are equal, bit for bit`` where it is zero (never "differ by
+    0.0e+00")."""
+    if isinstance(gap, bool) or not isinstance(gap, numbers.Real) or not 0 <= gap < math.inf:
+        raise ValueError(f"a difference must be a finite number >= 0, not {gap!r}.")
+    return "are equal, bit for bit" if gap == 0 else f"differ by {'at most ' if at_most else ''}{gap:{fmt}}"

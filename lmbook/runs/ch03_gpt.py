@@ -43,8 +43,8 @@ NORM_RUNS = {
     "full": RUNS["full"].replace(n_layer=12, n_head=4, n_embd=128, block_size=128, dropout=0.0, batch_size=64,
                                  weight_decay=0.1, max_steps=600, lr=1e-2, min_lr=0.0, schedule="linear",
                                  warmup_steps=100, eval_interval=50, eval_iters=20),
-    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, block_size=64, batch_size=16, max_steps=300, lr=1e-2,
-                                 warmup_steps=30, eval_interval=25, eval_iters=2),
+    "fast": RUNS["fast"].replace(n_layer=6, n_embd=64, block_size=64, batch_size=16, max_steps=200, lr=1e-2,
+                                 warmup_steps=20, eval_interval=25, eval_iters=2),
 }
 VARIANTS = {  # the model choices the chapter compares, each against the default (lmbook.models.variants.gpt_class)
     "positions": {"learned": {}, "sinusoidal": {"position": "sinusoidal"},

@@ -96,7 +96,8 @@ def gpu_speedruns(runs: list[dict] | None) -> dict:
     overfit = max(runs, key=_rise)
     for r, colour in ((best, "C0"), (overfit, "C3")):
         c = r["curve"]
-        label = f"{r['label']}: {r['args']['steps']:,} steps of {r['args']['batch_size']}, {r['args']['schedule']} decay"
+        args = r["args"]
+        label = f"{r['label']}: {args['steps']:,} steps of {args['batch_size']}, {args['schedule']} decay"
         curves.plot(c["seconds_from_start"], c["val_loss"], marker=".", color=colour, label=label)
         curves.plot(r["seconds_to_final_loss"], r["final_val_loss"], "*", ms=10, color=colour)
     curves.set(xlabel="seconds from process start", ylabel="validation loss", ylim=(1.4, 1.7))

@@ -32,6 +32,7 @@ from ..decoding.contrastive import contrastive_search
 from ..decoding.speculative import Draft, rule_draws, speculative_greedy, speculative_sampling
 from ..decoding.warpers import eta_filter, min_p_filter, typical_filter
 from ..evaluation.textmetrics import distinct_n, repetition_rate, words
+from ..display.show import and_list
 from .common import Settings
 
 
@@ -120,7 +121,9 @@ def filter_stages(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 
 def text_scores(model: nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, texts: list[str]) -> dict:
-    """Repetition, distinct-2 and -3 (over words) of ``texts``, and the model's perplexity of ``continuations``."""
+    """Repetition (continuations ending in a loop of words), the share of repeated 4-grams of tokens (after each
+    prompt, the prompt included: :func:`repeated_share`), distinct-2 and -3 (over words) of ``texts``, and the
+    model's perplexity of ``continuations``."""
     nlls = []
     context = context_length(model)
     for prompt, cont in zip(prompts, continuations):
@@ -129,6 +132,7 @@ def text_scores(model: nn.Module, prompts: torch.Tensor, continuations: torch.Te
         nlls.append(token_nlls(model, ids, window, max(1, window // 2))[-len(cont) :])  # the continuation only
     has_words = any(words(t) for t in texts)  # (a text of blanks only has no word to count: distinct-n is NaN)
     return {"repetition %": 100 * repetition_rate(texts),
+            "repeated 4-grams %": 100 * repeated_share(torch.cat([prompts, continuations], 1), prompts.size(1)),
             "distinct-2": distinct_n(texts, 2) if has_words else float("nan"),
             "distinct-3": distinct_n(texts, 3) if has_words else float("nan"),
             "perplexity": perplexity(torch.cat(nlls).mean().item())}
@@ -316,10 +320,13 @@ def degeneration_summary(results: dict[str, dict], run: GenerationRun) -> dict:
     known = [s for s in sampled if math.isfinite(results[s]["distinct-2"])] or sampled
     closest = min(known, key=lambda s: abs(results[s]["distinct-2"] - human["distinct-2"]))
     lower = all(results[d]["perplexity"] < min(results[s]["perplexity"] for s in sampled) for d in deterministic)
-    more = sum(results[d]["repetition %"] > human["repetition %"] for d in deterministic)
-    rep_verdict = ("Neither deterministic strategy repeats itself", "One of the two deterministic strategies "
-                   "repeats itself", "Both deterministic strategies repeat themselves")[more]
+    grams = "repeated 4-grams %"
+    more = sum(results[d][grams] > human[grams] for d in deterministic)
+    rep_verdict = ("neither deterministic strategy repeats itself", "one of the two deterministic strategies "
+                   "repeats itself", "both deterministic strategies repeat themselves")[more]
     return {"closest": closest, "greedy_rep": results["greedy"]["repetition %"], "human_rep": human["repetition %"],
+            "greedy_grams": results["greedy"][grams], "human_grams": human[grams],
+            "beam_grams": results[deterministic[1]][grams],
             "greedy_ppl": results["greedy"]["perplexity"], "human_ppl": human["perplexity"],
             "pure_ppl": results["pure sampling"]["perplexity"],
             "rep_verdict": rep_verdict,
@@ -334,9 +341,13 @@ def penalty_summary(outputs: dict[str, torch.Tensor], prompt_length: int, n: int
     share of repeated token n-grams of plain greedy decoding, and the clause that compares each other one with it."""
     shares = {label: repeated_share(ids, prompt_length, n) for label, ids in outputs.items()}
     plain, *others = shares
-    parts = []
-    for label in others:
-        change = ("fewer" if shares[label] < shares[plain] else "more" if shares[label] > shares[plain] else
-                  "as many")
-        parts.append(f"with `{label}`, {100 * shares[label]:.0f}% ({change} than plain greedy decoding)")
-    return {"penalty_n": n, "plain_share": 100 * shares[plain], "penalty_verdict": "; ".join(parts)}
+    changes = {label: "fewer than" if shares[label] < shares[plain] else "more than" if shares[label] > shares[plain]
+               else "as many as" for label in others}
+    parts = [f"with `{label}`, {100 * shares[label]:.0f}%" for label in others]
+    if len(set(changes.values())) == 1:  # one clause for all: "..., and ...: both fewer than ..."
+        change = next(iter(changes.values()))
+        alike = {1: "", 2: "both "}.get(len(others), "all ")
+        verdict = f"{and_list(parts)}: {alike}{change} plain greedy decoding"
+    else:
+        verdict = "; ".join(f"{part} ({changes[label]} plain greedy decoding)" for part, label in zip(parts, others))
+    return {"penalty_n": n, "plain_share": 100 * shares[plain], "penalty_verdict": verdict}

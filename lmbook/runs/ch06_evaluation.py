@@ -22,9 +22,9 @@ from ..interface import context_length, num_params
 from ..evaluation.intervals import bootstrap_interval, ratio_of_sums
 from ..evaluation.metrics import LN2, TextNLL, held_out_nlls, nll_by_piece, score_text, sliding_windows, token_nlls
 from ..models.ngram import NGramLM
-from ..display.show import html_table, md, than
+from ..display.show import and_list, html_table, md, than
 from ..display.viz import plot_intervals
-from .common import BATCH, EvaluationRun
+from .common import BATCH, EQUAL_TIME_NAMES, EvaluationRun, equal_time_windows, plot_equal_time
 from .zoo import trained
 
 RUNS = {
@@ -311,8 +311,6 @@ def record_windows(record) -> list[str]:
     evaluated every model on, at every evaluation, as texts of ``eval_block + 1`` characters: the first is context
     only."""
     from ..text.data import shakespeare_chars
-    from .common import equal_time_windows
-
     s = record.recipe
     tokenizer, _, val_data = shakespeare_chars()
     batches = equal_time_windows(s["eval_block"], s["eval_batch"], s["eval_seed"], val_data)
@@ -356,36 +354,38 @@ def extrapolated_crossing(seconds: list[float], bits: list[float], line: float) 
 def crossover_facts(record, line: float | None, name: str) -> dict:
     """When each model of chapter 3's equal-time record passes ``line`` (the n-gram ``name``'s bits per character
     on the same windows): ``crossover_verdict`` says it per model, measured, or else extrapolated and said so."""
-    from .common import EQUAL_TIME_NAMES
-
     if record is None:
         return {"crossover_verdict": md(
             "No equal-time run is recorded in this copy of the book, so no crossover can be measured: "
             "`python -m lmbook.runs.reference record ch03 --level cpu` records one.")}
-    sentences, facts = [], {"crossover_line": line, "crossover_ngram": md(name)}
+    sentences, facts, guessed = [], {"crossover_line": line, "crossover_ngram": md(name)}, []
     for label, history in record.histories.items():
         bits = [loss / LN2 for loss in history.eval_loss["val"]]
         seconds, model = history.eval_seconds, EQUAL_TIME_NAMES.get(label, label)
         at = crossing(seconds, bits, line)
         facts[f"crossover_{label}"] = float("nan") if at is None else at  # NaN: no crossing measured
         if at is not None:
-            sentences.append(f"the {model} passes it after {at:.0f} s of training and ends at {bits[-1]:.3f}")
+            sentences.append(f"The {model} passes it after {at:,.0f} s of training and ends at {bits[-1]:.3f}.")
             continue
         ahead = extrapolated_crossing(seconds, bits, line)
-        sentences.append(f"the {model} does not pass it in its {seconds[-1]:.0f} s (it ends at {bits[-1]:.3f}); " + (
-            f"continuing the trend of its second half, a straight line in log-seconds, it would pass it after "
-            f"about {ahead:.0f} s, an extrapolation, not a measurement" if ahead is not None else
-            "the second half of its curve does not fall, so no trend says when it would"))
-    facts["crossover_verdict"] = md(f"On these windows the {name} scores {line:.3f} bits per character; "
-                                    + "; ".join(sentences) + ".")
+        trend = ("the same kind of line through its curve" if guessed else
+                 "a straight line in log-seconds through the second half of its curve")
+        sentences.append(f"The {model} does not pass it in its {seconds[-1]:,.0f} s (it ends at {bits[-1]:.3f}); " + (
+            f"{trend} would reach it after about {ahead:,.0f} s." if ahead is not None else
+            "the second half of its curve does not fall, so no trend says when it would."))
+        guessed += [f"the {model}'s"] if ahead is not None else []
+    if guessed:
+        whose = and_list(guessed)
+        sentences.append(whose[0].upper() + whose[1:] + (" times are extrapolations, not measurements." if
+                         len(guessed) > 1 else " time is an extrapolation, not a measurement."))
+    facts["crossover_verdict"] = md(f"On these windows the {name} scores {line:.3f} bits per character. "
+                                    + " ".join(sentences))
     return facts
 
 
 def plot_crossover(record, line: float, name: str, ax=None):
     """Chapter 3's equal-time curves (held-out bits per character against seconds of training) with the n-gram
     ``name`` as a line at ``line``, and a mark where each curve passes it."""
-    from .common import plot_equal_time
-
     ax = plot_equal_time(record, ax=ax)
     ax.axhline(line, color="gray", ls="--", lw=1, label=f"{name}, same windows")
     for label, history in record.histories.items():

@@ -171,16 +171,18 @@ def ablation_summary(rows: list[dict], budget: str = "steps", level: float = 0.9
     return summary
 
 
-def ablation_facts(summary: list[dict], level: float = 0.9) -> str:
+def ablation_facts(summary: list[dict], level: float = 0.9, when: str = "") -> str:
     """The sentences a ladder's summary supports: each change's effect in bits per character, and, with several
-    seeds, which changes moved the loss by more than the seeds' spread (their ``level`` interval leaves out 0)."""
+    seeds, which changes moved the loss by more than the seeds' spread (their ``level`` interval leaves out 0).
+    ``when`` opens the first sentence (``"At equal steps"``)."""
     changes = summary[1:]
     listed = and_list(f"{s['rung']} {s['change']:+.3f}" for s in changes)
+    lead = f"{when}, each" if when else "Each"
     if all(s["matters"] is None for s in changes):
-        return (f"Each change's effect on held-out bits per character, one seed each: {listed}. One seed draws no "
+        return (f"{lead} change's effect on held-out bits per character, one seed each: {listed}. One seed draws no "
                 "interval, so these differences may be no larger than what another seed would change.")
     real = [s for s in changes if s["matters"]]
-    text = f"Each change's effect on held-out bits per character, paired by seed: {listed}. "
+    text = f"{lead} change's effect on held-out bits per character, paired by seed: {listed}. "
     if not real:
         return text + (f"None of them is larger than the spread over seeds: every change's {level:.0%} interval "
                        "holds zero, so at this scale the changes are a matter of speed and memory, not of loss.")
@@ -282,14 +284,16 @@ def length_summary(result: dict) -> dict[str, tuple[float, float]]:
             for name, v in result["losses"].items()}
 
 
-def length_facts(result: dict) -> str:
-    """What the length experiment shows, in sentences computed from ``result`` (:func:`length_experiment`)."""
+def length_facts(result: dict, when: str = "") -> str:
+    """What the length experiment shows, in sentences computed from ``result`` (:func:`length_experiment`); ``when``
+    opens the first sentence (``"In the reference"``)."""
     table = length_summary(result)
     inside, beyond = ({name: v[i] for name, v in table.items()} for i in (0, 1))
     untrained = [name for name in table if "steps at" not in name]
     tuned = [name for name in table if "steps at" in name]
     best = min(untrained, key=beyond.get)
-    text = (f"Inside the {result['trained']} positions they trained on, learned positions reach "
+    text = (f"{when + ', inside' if when else 'Inside'} the {result['trained']} positions they trained on, "
+            "learned positions reach "
             f"{inside['learned']:.3f} bits per character and RoPE {inside['RoPE']:.3f}. Beyond them, up to "
             f"{result['long']}, learned positions {than(beyond['learned'], inside['learned'], 'fall', 'rise').data} to "
             f"{beyond['learned']:.3f} and RoPE {than(beyond['RoPE'], inside['RoPE'], 'falls', 'rises').data} to "
@@ -297,8 +301,8 @@ def length_facts(result: dict) -> str:
             f"beyond the training context is {best} ({beyond[best]:.3f}); in order: "
             f"{ordering({name: beyond[name] for name in untrained}).data}.")
     if tuned:
-        text += " After a short training on the longer windows: " + and_list(
-            f"{name} {beyond[name]:.3f}" for name in tuned) + " bits per character beyond the first context."
+        text += (" After a short training on the longer windows, beyond the first context: " + and_list(
+            f"{beyond[name]:.3f} bits per character for {name}" for name in tuned) + ".")
     return text
 
 

@@ -98,9 +98,9 @@ def top1(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
 def quantization_rows(model: torch.nn.Module, val_data: torch.Tensor, run: DecodingRun, prompt: torch.Tensor,
                       bits: bool = True) -> list[dict]:
     """For each of :func:`variants`: ``dtype``, weight ``mib``, held-out ``bits`` per character on the first
-    ``quant_chars`` held-out characters (NaN with ``bits=False``: a model of random weights, timed only), greedy
-    ``tokens_per_second`` at batch 1 from ``prompt`` (1, T), and ``agreement``: the share of the held-out
-    positions where its most likely next token is the float32 model's."""
+    ``quant_chars`` held-out characters, greedy ``tokens_per_second`` at batch 1 from ``prompt`` (1, T), and
+    ``agreement``: the share of the held-out positions where its most likely next token is the float32 model's.
+    With ``bits=False`` (a model of random weights, timed only) ``bits`` and ``agreement`` are NaN."""
     rows, reference = [], None
     block = context_length(model)
     new = min(run.quant_new, block - prompt.size(1))
@@ -110,12 +110,15 @@ def quantization_rows(model: torch.nn.Module, val_data: torch.Tensor, run: Decod
         raise ValueError(f"quant_chars={run.quant_chars} held-out characters do not fill one window of {block}.")
     windows = held_out[: n * block].view(n, block).to(device_of(model))  # (N, T)
     for dtype, variant in variants(model).items():
-        choice = top1(variant, windows)
-        reference = choice if reference is None else reference
+        agreement = math.nan
+        if bits:  # a random model's scores say nothing: it is timed only
+            choice = top1(variant, windows)
+            reference = choice if reference is None else reference
+            agreement = float((choice == reference).float().mean())
         rows.append({"dtype": dtype, "mib": weight_bytes(variant) / 2**20,
                      "bits": split_loss(variant, held_out, block) / math.log(2) if bits else math.nan,
                      "tokens_per_second": tokens_per_second(variant, prompt, new, run.repeats),
-                     "agreement": float((choice == reference).float().mean())})
+                     "agreement": agreement})
     return rows
 
 
@@ -161,8 +164,9 @@ def quantization_facts(tables: dict[str, list[dict]]) -> str:
         parts = []
         for r in rows[1:]:
             loss = ("" if math.isnan(r["bits"]) else f"{r['bits'] - base['bits']:+.4f} bits per character, ")
+            same = ("" if math.isnan(r["agreement"]) else
+                    f" (the same most likely next token as float32 at {r['agreement']:.1%} of the positions)")
             parts.append(f"{r['dtype']} {loss}{base['mib'] / r['mib']:.1f} times fewer bytes and "
-                         f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second "
-                         f"(the same most likely next token as float32 at {r['agreement']:.1%} of the positions)")
+                         f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second{same}")
         sentences.append(f"{name[:1].upper()}{name[1:]}: " + "; ".join(parts) + ".")
     return " ".join(sentences)

@@ -82,11 +82,11 @@ RUNS = {
         sft=_tune(64, 1500, 3e-4, 50), lora=_tune(64, 1500, 2e-3, 50), refusal=_tune(64, 300, 1e-4),
         dpo=_tune(32, 200, 5e-6), lora_rank=16, lora_alpha=32.0, train_per_task=1000, held_out_per_task=100,
         dpo_prompts=600, dpo_samples=4, betas=(0.03, 0.1, 0.3, 1.0), replay=400),
-    "fast": AssistantRun(  # about three minutes on two CPU cores
-        base=GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=160, dropout=0.0, batch_size=16, max_steps=400,
+    "fast": AssistantRun(  # about two minutes on two CPU cores
+        base=GPTRun(n_layer=2, n_head=4, n_embd=96, block_size=160, dropout=0.0, batch_size=16, max_steps=320,
                     lr=4e-3, min_lr=0.0, warmup_steps=25, schedule="linear", weight_decay=0.1, beta2=0.99,
-                    eval_interval=200, eval_iters=2),
-        sft=_tune(32, 150, 2e-3), lora=_tune(32, 150, 1e-2), refusal=_tune(32, 40, 5e-4),
+                    eval_interval=160, eval_iters=2),
+        sft=_tune(32, 100, 4e-3), lora=_tune(32, 100, 1e-2), refusal=_tune(32, 40, 5e-4),
         dpo=_tune(16, 24, 1e-4, 4), lora_rank=8, lora_alpha=16.0, train_per_task=200, held_out_per_task=16,
         dpo_prompts=48, dpo_samples=4, betas=(0.1, 0.5, 2.0), replay=48),
 }
