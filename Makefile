@@ -1,6 +1,9 @@
 # The two commands of the README. Both use the Python on PATH (a virtual environment is best)
 # and install into it first; make prints each command before it runs it.
 PYTHON ?= python
+# Extra pip options for the install, e.g. PIP_FLAGS=--no-compile (CI: Python then compiles only the modules it
+# imports, when it first imports them, instead of every file of every package at install time).
+PIP_FLAGS ?=
 
 # The ipywidgets HTML manager renders the widgets' saved state in the built book. No PyPI package
 # ships it, npm does: fetched once into book/_static/widgets (not committed), served from _static.
@@ -16,7 +19,7 @@ help:
 
 install: $(WIDGETS)/embed.js
 	@echo "installing the requirements and lmbook into $$($(PYTHON) -c 'import sys; print(sys.prefix)') (quietly) ..."
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(PIP_FLAGS) -r requirements.txt -e .
 
 $(WIDGETS)/embed.js:
 	@command -v npm >/dev/null || { echo "npm fetches $(HTML_MANAGER) (Debian: apt-get install npm)"; exit 1; }

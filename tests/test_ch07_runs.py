@@ -50,6 +50,33 @@ def test_a_tiny_sweep_runs_end_to_end():
     assert results[1]["flops"] > results[0]["flops"]
 
 
+def sweep_rows(losses: list[tuple[float, float]]) -> list[dict]:
+    """Made-up sweep rows (held-out and training loss per size), ten times the parameters each size up."""
+    return [{"shape": (1, 1, 8 * (i + 1)), "params": 1000 * 10**i, "tokens": 20_000, "flops": 1e9 * 10**i,
+             "val_loss": v, "train_loss": tr, "seconds": 1.0} for i, (v, tr) in enumerate(losses)]
+
+
+def test_the_sweep_sentences_follow_the_rows(capsys):
+    from lmbook.runs.ch07_sweep import show_sweep, sweep_facts
+
+    rows = sweep_rows([(2.0, 1.9), (1.0, 0.8), (0.5, 0.2)])  # falls as N^-0.301 at every size
+    facts = sweep_facts(rows, SWEEP["fast"], 10_000)
+    assert facts["sweep_fit"].data.endswith("fall as $N^{-0.301}$") and facts["sweep_best_params"] == 100_000
+    assert facts["sweep_verdict"].data.startswith("The largest model is the best")
+    assert facts["sweep_gap_change"].data == "grows, from 0.100 to 0.300 nats"
+    assert facts["sweep_gap_trend"].data == "rises at every step" and facts["sweep_epochs"] == 2.0
+    assert facts["sweep_tpp_small"] == 20 and facts["sweep_span"] == 100
+    worse = sweep_facts(sweep_rows([(2.0, 1.9), (1.5, 1.0), (1.7, 0.5)]), SWEEP["fast"], 10_000)
+    assert worse["sweep_verdict"].data == ("Beyond 10,000 parameters the held-out loss stops falling: the larger "
+                                           "models end at 1.700.")
+    assert worse["sweep_pay_off"].data.startswith("here the larger ones no longer pay off")
+    flat = sweep_facts(sweep_rows([(1.0, 0.9), (1.5, 1.0)]), SWEEP["fast"], 10_000)
+    assert flat["sweep_fit"].data.startswith("The smallest model is already the best")
+    ax, bx = show_sweep(rows, alpha=0.076)
+    assert len(ax.get_lines()) == 3 and len(bx.texts) == 3
+    assert capsys.readouterr().out.count("\n") == 4  # a header and a row per size
+
+
 def test_non_embedding_parameters_leave_out_both_tables():
     model = GPT(SWEEP["fast"].runs()[0].model_config(65))
     assert non_embedding_params(model) == num_params(model) - 65 * 16 - 32 * 16
@@ -176,23 +203,47 @@ def test_init_comparison_pairs_the_starts_seed_by_seed():
         init_facts({"Word2Vec": [1.0]})
 
 
-def test_log_odds_rows_and_their_sentence():
-    from lmbook.evaluation.bias import count_association, merge
-    from lmbook.runs.ch07_bias import log_odds_facts, log_odds_rows, plot_log_odds
+def counted_parts(seed: int, lean: float, he: float = 0.8) -> list:
+    """20 texts of 100 mentions, ``he`` of them *he*-words; a mention is followed by its group's own word
+    ("sword" or "fan") with probability ``lean``, else by one of three words that follow both alike."""
     import random
 
-    def parts(seed: int, lean: float) -> list:
-        rng = random.Random(seed)
-        out = []
-        for _ in range(20):
-            tokens = []
-            for _ in range(100):
-                group = "he" if rng.random() < 0.8 else "she"
-                own = "sword" if group == "he" else "fan"
-                tokens += [group, own if rng.random() < lean else rng.choice(["and", "to", "the"])]
-            out.append(count_association(tokens))
-        return out
+    from lmbook.evaluation.bias import count_association
 
+    rng = random.Random(seed)
+    out = []
+    for _ in range(20):
+        tokens = []
+        for _ in range(100):
+            group = "he" if rng.random() < he else "she"
+            own = "sword" if group == "he" else "fan"
+            tokens += [group, own if rng.random() < lean else rng.choice(["and", "to", "the"])]
+        out.append(count_association(tokens))
+    return out
+
+
+def test_amplification_facts_say_what_the_intervals_support(capsys):
+    from lmbook.evaluation.bias import merge
+    from lmbook.runs.ch07_bias import amplification_facts
+
+    corpus = merge(counted_parts(0, 0.3))
+    alike = amplification_facts(corpus, counted_parts(1, 0.3))
+    assert alike["bias_low"] <= alike["bias_share_corpus"] <= alike["bias_high"]
+    assert alike["bias_share_verdict"].data.startswith("The corpus's share lies inside the sample's interval")
+    assert alike["bias_amp_low"] <= 0 <= alike["bias_amp_high"] and alike["bias_streams"] == 20
+    assert alike["bias_amp_verdict"].data.startswith("zero lies inside it")
+    assert "sample's share of he: 95% interval" in capsys.readouterr().out
+    leaning = amplification_facts(corpus, counted_parts(2, 0.9, he=0.95), level=0.9, show=False)
+    assert leaning["bias_share_verdict"].data.endswith("mentions the *he*-group more often than its training text does")
+    assert leaning["bias_amp_low"] > 0 and leaning["bias_amp_verdict"].data.startswith("the whole interval lies above")
+    assert leaning["bias_level"] == pytest.approx(90) and capsys.readouterr().out == ""
+
+
+def test_log_odds_rows_and_their_sentence():
+    from lmbook.evaluation.bias import merge
+    from lmbook.runs.ch07_bias import log_odds_facts, log_odds_rows, plot_log_odds
+
+    parts = counted_parts
     corpus_parts, sample_parts = parts(0, 0.3), parts(1, 0.3)
     rows = log_odds_rows(merge(corpus_parts), merge(sample_parts), corpus_parts, sample_parts, n_words=5, samples=100)
     by_word = {r["word"]: r for r in rows}

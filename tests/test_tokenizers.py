@@ -399,3 +399,19 @@ def test_token_bytes_takes_one_id(name, request) -> None:
                        (tokenizer.vocab_size, ValueError)):
         with pytest.raises(error, match="id"):
             tokenizer.token_bytes(bad)
+
+
+def test_chapter_1s_merge_comparison_reads_the_two_tokenizers(small_bpe, small_fast, capsys) -> None:
+    from lmbook.runs.ch01_background import compare_merges
+
+    held = "The lazy fox slept; the dog met him tomorrow.\n"
+    facts = compare_merges(small_bpe, small_fast, SMALL_TEXT, held)
+    assert facts["bpe_val_tokens"] == len(small_bpe.encode(held))
+    assert facts["bpe_val_tokens_fast"] == len(small_fast.encode(held))
+    out = capsys.readouterr().out
+    assert f"same set of {len(small_bpe.merges)} merges" in out and "held-out text:" in out
+    # on this text the two break a tie differently: the sentence names the rank and both pairs' counts
+    assert "They first part at rank" in facts["bpe_agreement"].data and "before rank" in out
+    alone = compare_merges(small_bpe, small_bpe, SMALL_TEXT, held)  # a tokenizer against itself: no difference
+    assert alone["bpe_count_verdict"].data == "exactly as many"
+    assert alone["bpe_tie_result"].data == "No tie set them apart here."

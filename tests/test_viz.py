@@ -133,3 +133,19 @@ def test_the_cost_of_attention_is_drawn_in_milliseconds_and_mebibytes(device):
     assert time_ax.get_xscale() == time_ax.get_yscale() == "log" and time_ax.get_ylabel() == "milliseconds per call"
     expected = "MiB (peak, CUDA)" if device.startswith("cuda") else "MiB (score and weight tensors)"
     assert memory_ax.get_ylabel() == expected
+
+
+def test_the_timeline_puts_every_milestone_in_both_panels_and_names_each_once():
+    from lmbook.display.viz import plot_timeline
+    from lmbook.runs.ch07_questions import TIMELINE, TIMELINE_PLACES
+
+    whole, recent = plot_timeline(TIMELINE, ours=(1234, "ours"), place=TIMELINE_PLACES)
+    points = [line for line in whole.get_lines() if line.get_label() != "ours"]
+    assert len(points) == len(TIMELINE) and len(recent.get_lines()) == len(TIMELINE) + 1
+    named = [t.get_text() for ax in (whole, recent) for t in ax.texts]
+    for m in TIMELINE:  # each milestone named once, with its size where it has one
+        assert sum(text == m.name or text.startswith(m.name + " (") for text in named) == 1, m.name
+    assert recent.get_xlim()[0] == 2016.5 and recent.get_xlim()[1] > max(m.date for m in TIMELINE)
+    assert [line.get_ydata()[0] for line in recent.get_lines() if line.get_label() == "ours"] == [1234]
+    counted = next(m for m in TIMELINE if m.params)
+    assert f"{counted.name} (" in " ".join(named)

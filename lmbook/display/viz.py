@@ -203,3 +203,42 @@ def plot_reliability(results: Mapping[float, object], ax=None, title: str = ""):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_timeline(milestones, ours: tuple[int, str] | None = None, since: float = 2016.5, floor: float = 1e5,
+                  place: Mapping[str, tuple[float, float, str]] | None = None):
+    """Parameters against first public release, in two panels (chapter 7): the whole history on the left, the
+    years from ``since`` on the right, where most milestones crowd. Models tuned to follow instructions, and
+    the ways of tuning them, in red; milestones without a parameter count as triangles at ``floor``, named in the
+    panel that holds their year; ``ours``, a size and its label, as a dotted line. ``place`` moves a label
+    that would sit on another: name -> (dx, dy in points, alignment). ``milestones`` are
+    :class:`lmbook.runs.ch07_questions.Milestone` (``name``, ``date``, ``params``, ``kind``). Returns both axes."""
+    place = place or {}
+    fig, (whole, recent) = plt.subplots(1, 2, figsize=(13, 5), sharey=True, gridspec_kw={"width_ratios": [1, 1.7]})
+    end = max(m.date for m in milestones) + 0.7
+    for ax in (whole, recent):
+        for m in milestones:
+            red = m.kind in ("assistant", "method")  # tuned to follow instructions, or the way to tune
+            ax.semilogy(m.date, m.params or floor, "o" if m.params else "v",
+                        color="C3" if red else "C0" if m.params else "C1")
+            dx, dy, ha = place.get(m.name, (5, -3, "left"))
+            if m.params is None and (ax is whole) == (m.date < since):
+                ax.annotate(m.name, (m.date, floor), fontsize=7, rotation=60, xytext=(-2, 6),
+                            textcoords="offset points")
+            elif m.params is not None and ax is recent:
+                size = f"{m.params / 1e9:g}B" if m.params >= 1e9 else f"{m.params / 1e6:g}M"
+                ax.annotate(f"{m.name} ({size})", (m.date, m.params), fontsize=7, xytext=(dx, dy), ha=ha,
+                            textcoords="offset points")
+        if ours is not None:
+            ax.axhline(ours[0], color="C2", ls=":", label=ours[1])
+        ax.set_xlabel("first public release")
+        ax.grid(alpha=0.3, which="major")
+    whole.axvspan(since, end, color="0.9")
+    whole.set_ylim(floor / 3, 3e12)
+    whole.set_ylabel("parameters")
+    if ours is not None:
+        whole.legend(loc="upper left", fontsize=8)
+    recent.set_xlim(since, end)
+    recent.set_title("since the Transformer (the shaded years on the left)", fontsize=9)
+    fig.tight_layout()
+    return whole, recent

@@ -1,15 +1,71 @@
-"""Chapter 7's association measured without the base rate: the log-odds ratio of each follower word between the
-*he*- and *she*-words, in the corpus and in text sampled from the GPT, with bootstrap intervals.
+"""Chapter 7's bias measurements: how often the GPT's samples mention each group and whether they lean further than
+the corpus (:func:`amplification_facts`), and the association measured without the base rate: the log-odds ratio
+of each follower word between the *he*- and *she*-words, in the corpus and in text sampled from the GPT, with
+bootstrap intervals.
 
-:mod:`lmbook.evaluation.bias` has the measures; here the rows the chapter shows (:func:`log_odds_rows`), what its
-prose says of them (:func:`log_odds_facts`) and their figure (:func:`plot_log_odds`).
+:mod:`lmbook.evaluation.bias` has the measures; here the counts the chapter prints and what its prose says of them
+(:func:`amplification_facts`), the rows it shows (:func:`log_odds_rows`), what it says of those
+(:func:`log_odds_facts`) and their figure (:func:`plot_log_odds`).
 """
 
 from __future__ import annotations
 
 from ..display.show import count_phrase, md
 from ..display.viz import plot_intervals
-from ..evaluation.bias import Association, bootstrap_log_odds, follower_shares, log_odds
+from ..evaluation.bias import (Association, amplification, bootstrap_amplification, bootstrap_log_odds,
+                               follower_shares, log_odds, merge, wilson_interval)
+
+
+def _share_verdict(corpus: float, sample: float, low: float, high: float) -> str:
+    if low <= corpus <= high:
+        return ("The corpus's share lies inside the sample's interval: the model reproduces how often each group is "
+                "mentioned")
+    more = "more" if sample > corpus else "less"
+    return (f"The corpus's share lies outside the sample's interval: the model mentions the *he*-group {more} often "
+            "than its training text does")
+
+
+def _amplification_verdict(low: float, high: float) -> str:
+    if low <= 0 <= high:
+        return ("zero lies inside it, so at this sample size the model neither amplifies nor weakens the corpus's "
+                "lean measurably")
+    if low > 0:
+        return "the whole interval lies above zero, so the sampled text leans further than the corpus does"
+    return "the whole interval lies below zero, so the sampled text leans less than the corpus does"
+
+
+def amplification_facts(corpus: Association, parts: list[Association], level: float = 0.95, min_count: int = 5,
+                        show: bool = True) -> dict:
+    """How the sampled text (``parts``: independent samples, each counted) mentions the groups against the corpus:
+    the *he*-share with its Wilson interval at ``level``, and Zhao et al.'s amplification over the follower words
+    seen ``min_count`` times in both, with a bootstrap interval over the samples; the sentences chapter 7 says of
+    them, and, with ``show``, the counts printed as the chapter shows them."""
+    from statistics import NormalDist
+
+    sample = merge(parts)
+    low, high = wilson_interval(sample.mentions["he"], sum(sample.mentions.values()),
+                                z=NormalDist().inv_cdf(0.5 + level / 2))
+    amplified = amplification(corpus, sample, min_count=min_count)
+    amp_low, amp_high = bootstrap_amplification(corpus, parts, min_count=min_count, level=level)
+    if show:
+        for name, counted in (("corpus (training split)", corpus), ("sampled from the GPT", sample)):
+            print(f"{name:>24}: {counted.n_words:>7,} words, he-words {counted.mentions['he']:>6,}, "
+                  f"she-words {counted.mentions['she']:>5,}, share of he {counted.share('he'):.3f}")
+            for group in ("he", "she"):
+                print(f"{'after ' + group:>24}: "
+                      + ", ".join(f"{w} {n}" for w, n in counted.followers[group].most_common(8)))
+        print(f"sample's share of he: {level:.0%} interval {low:.3f} to {high:.3f}")
+        print(f"bias amplification over {amplified['n_words']} follower words: {amplified['amplification']:+.3f} "
+              f"({level:.0%} bootstrap interval over the {len(parts)} samples: {amp_low:+.3f} to {amp_high:+.3f})")
+        for word, group, corpus_share, model_share in amplified["pairs"][:10]:
+            print(f"  {word:>8}: after a {group}-word {corpus_share:.2f} of the time in the corpus, "
+                  f"{model_share:.2f} in the sample")
+    return {"bias_sample_words": sample.n_words, "bias_share_corpus": corpus.share("he"),
+            "bias_share_sample": sample.share("he"), "bias_low": low, "bias_high": high,
+            "bias_share_verdict": md(_share_verdict(corpus.share("he"), sample.share("he"), low, high)),
+            "bias_amp": amplified["amplification"], "bias_amp_words": amplified["n_words"], "bias_amp_low": amp_low,
+            "bias_amp_high": amp_high, "bias_streams": len(parts),
+            "bias_amp_verdict": md(_amplification_verdict(amp_low, amp_high)), "bias_level": 100 * level}
 
 
 def log_odds_rows(corpus: Association, sample: Association, corpus_parts: list[Association],

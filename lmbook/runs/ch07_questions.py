@@ -60,7 +60,7 @@ WORD_GPT_RUNS = {
     "full": GPTRun(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.1, batch_size=64, max_steps=3000,
                    lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.1, beta2=0.99,
                    eval_interval=500, eval_iters=10),
-    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=32, max_steps=600,
+    "fast": GPTRun(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, batch_size=32, max_steps=400,
                    lr=5e-3, min_lr=0.0, warmup_steps=30, schedule="linear", weight_decay=0.1, beta2=0.99,
                    eval_interval=200, eval_iters=4),
 }
@@ -262,6 +262,9 @@ TIMELINE = (
     Milestone("OLMo-7B", 2024, 2, 7e9, "groeneveld2024olmo", "Transformer"),
     Milestone("Llama 3-405B", 2024, 7, 405e9, "dubey2024llama", "Transformer"),
 )
+# where a label of the timeline's figure would sit on another's: name -> offset in points (dx, dy) and alignment
+TIMELINE_PLACES = {"Gopher": (-5, 0, "right"), "Megatron-LM": (-5, -3, "right"), "LLaMA-65B": (0, -12, "center"),
+                   "Mistral 7B": (-5, -3, "right")}
 
 SCALING_LAWS = {
     # Kaplan et al. (2020), eq. 1.1: L(N) = (N_c / N)^alpha_N for models trained to convergence on enough data,

@@ -123,6 +123,73 @@ def power_law(params: list[float], losses: list[float]) -> dict | None:
     return {"alpha": float(-slope), "c": float(np.exp(intercept)), "upto": best + 1}
 
 
+def show_sweep(sizes: list[dict], alpha: float):
+    """Print the sweep's rows (:func:`size_sweep`) and draw them: held-out and training loss against parameters,
+    with Kaplan et al. (2020)'s slope (exponent ``alpha``) drawn through the smallest model, and held-out loss
+    against training compute. Returns both axes."""
+    import matplotlib.pyplot as plt
+
+    print(f"{'shape (L, heads, C)':>20} {'parameters':>11} {'tokens/param':>12} {'FLOPs':>9} {'train loss':>10} "
+          f"{'val loss':>9} {'gap':>6} {'seconds':>7}")
+    for r in sizes:
+        print(f"{str(r['shape']):>20} {r['params']:>11,} {r['tokens'] / r['params']:>12.2f} {r['flops']:>9.1e} "
+              f"{r['train_loss']:>10.3f} {r['val_loss']:>9.3f} {r['val_loss'] - r['train_loss']:>6.3f} "
+              f"{r['seconds']:>7.0f}")
+    params, val = np.array([r["params"] for r in sizes]), np.array([r["val_loss"] for r in sizes])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.loglog(params, val, "o-", label="validation split (held out)")
+    ax.loglog(params, [r["train_loss"] for r in sizes], "s--", label="training characters")
+    ax.loglog(params, val[0] * (params / params[0]) ** -alpha, ":", color="gray",
+              label=f"Kaplan et al. (2020)'s slope, $N^{{-{alpha}}}$ (their data;\ndrawn through our smallest model)")
+    ax.set(xlabel="parameters", ylabel="loss (nats per character)")
+    ax.legend(fontsize=8)
+    bx.loglog([r["flops"] for r in sizes], val, "o-")
+    for r in sizes:
+        bx.annotate(f"{r['params']:,}", (r["flops"], r["val_loss"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    bx.set(xlabel="training compute (FLOPs)", ylabel="validation loss (nats per character)")
+    for a in (ax, bx):
+        a.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return ax, bx
+
+
+def sweep_facts(sizes: list[dict], sweep: SizeSweep, train_chars: int) -> dict:
+    """What chapter 7 says of the sweep (:func:`size_sweep`'s rows, trained on ``train_chars`` characters): its
+    span, the best size and whether larger ones stopped paying, the book's own exponent (:func:`power_law`), the
+    gap between held-out and training loss by size, and the characters each size read per parameter."""
+    from ..display.show import md, than, trend
+
+    params = [r["params"] for r in sizes]
+    val = [r["val_loss"] for r in sizes]
+    gaps = [r["val_loss"] - r["train_loss"] for r in sizes]
+    best = min(range(len(val)), key=val.__getitem__)
+    last = best == len(sizes) - 1
+    fit = power_law(params, val)
+    return {
+        "sweep_sizes": len(sizes), "sweep_smallest": int(params[0]), "sweep_largest": int(params[-1]),
+        "sweep_span": params[-1] / params[0], "sweep_steps": sweep.base.max_steps, "sweep_chars": train_chars,
+        "sweep_tokens": sizes[0]["tokens"], "sweep_epochs": sizes[0]["tokens"] / train_chars,
+        "sweep_best_params": int(params[best]), "sweep_best_loss": float(val[best]),
+        "sweep_verdict": md("The largest model is the best on held-out text: within this budget of data and steps, "
+                            "no size of the sweep has yet reached the point where more parameters stop paying."
+                            if last else f"Beyond {int(params[best]):,} parameters the held-out loss stops falling: "
+                            f"the larger models end at {', '.join(f'{v:.3f}' for v in val[best + 1:])}."),
+        "sweep_fit": md(f"Fitted on the sizes up to that one, the book's own points fall as $N^{{-{fit['alpha']:.3f}}}$"
+                        if fit else "The smallest model is already the best, so there is no falling stretch to fit a "
+                        "power to"),
+        "sweep_gap_small": float(gaps[0]), "sweep_gap_large": float(gaps[-1]),
+        "sweep_gap_trend": trend({f"{p:,} parameters": g for p, g in zip(params, gaps)}),
+        "sweep_gap_change": md(f"{than(float(gaps[-1]), float(gaps[0]), 'shrinks', 'grows').data}, from "
+                               f"{gaps[0]:.3f} to {gaps[-1]:.3f} nats"),
+        "sweep_tpp_small": sizes[0]["tokens"] / params[0], "sweep_tpp_large": sizes[-1]["tokens"] / params[-1],
+        "sweep_pay_off": md("within this budget the largest model is still the best, so size still pays off here; "
+                            "beyond it, more (and new) text rather than more steps over the same text is what such a "
+                            "model needs" if last else "here the larger ones no longer pay off: they would need more "
+                            "(and new) text, not more steps over the same text"),
+    }
+
+
 def reference_sweep_facts(record) -> dict:
     """What chapter 7 says of its reference sweep (``lmbook.runs.reference.load("ch07")``, or ``None``): the sizes,
     the budget, the best size, the fitted exponent and ``reference_sweep_verdict``, the sentences."""
