@@ -5,14 +5,16 @@ import math
 
 import pytest
 
-from lmbook.display.show import count_phrase, decimals, differ_by, number_text, plural, size_text
+from lmbook.display.show import capital, count_phrase, differ_by, number_text, plural, size_text
 
 
 def test_plural_agrees_with_the_count():
     assert [plural(n, "layer") for n in (0, 1, 2, 1024)] == ["0 layers", "1 layer", "2 layers", "1,024 layers"]
     assert plural(1, "query", "queries") == "1 query" and plural(3, "query", "queries") == "3 queries"
-    for bad in (-1, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="whole number"):
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        plural(-1, "layer")
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="n must be an integer"):
             plural(bad, "layer")
 
 
@@ -29,7 +31,7 @@ def test_count_phrase_takes_an_irregular_plural_and_refuses_impossible_counts():
     assert count_phrase(3, 3, "query", "queries") == "all 3 queries"
     with pytest.raises(ValueError, match="at most n"):
         count_phrase(3, 2, "cell")
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="n must be >= 1"):
         count_phrase(0, 0, "cell")
 
 
@@ -49,15 +51,9 @@ def test_cells_show_a_dash_for_what_has_no_number():
     assert number_text(float("nan"), infinite="∞") == "–"
 
 
-def test_decimals_are_as_many_as_it_takes_to_tell_results_apart():
-    assert decimals(1.234, 1.567) == 2
-    assert decimals(0.0001, 0.0004) == 4
-    assert decimals(0.0001, 0.0004, least=3) == 4
-    assert decimals(1.0, 1.0) == 2  # equal values need nothing more
-    assert decimals(1.0, 1.0 + 1e-9) == 6  # different beyond what a sentence shows: the most
-    assert decimals(0.5, math.inf) == 2
-    with pytest.raises(ValueError, match="at least one value"):
-        decimals()
+def test_capital_opens_a_sentence_and_keeps_the_rest():
+    assert capital("the GPT's time") == "The GPT's time" and capital("1 of the 2 runs") == "1 of the 2 runs"
+    assert capital("") == ""
 
 
 def test_a_zero_difference_reads_as_equality():

@@ -11,9 +11,9 @@ So the chapters show the package and their results through cell outputs, which l
   hides: the book, Jupyter and Colab all render the same sentences with the same numbers;
 - :func:`than`, :func:`ordering` and :func:`trend` give the words of a verdict (``lower``, ``a (1.9) < b (2.1)``,
   ``falls until n = 4, then rises``) computed from the results, so that a sentence holds whatever the run gave;
-- :func:`plural`, :func:`count_phrase`, :func:`size_text`, :func:`number_text`, :func:`decimals` and :func:`differ_by`
+- :func:`plural`, :func:`count_phrase`, :func:`size_text`, :func:`number_text`, :func:`differ_by` and :func:`capital`
   write counts, sizes and numbers as a sentence wants them: ``1 layer``, ``all 12 words``, ``512 bytes``, ``–``
-  for an infinite value, as many decimals as it takes to tell two results apart, ``are equal, bit for bit``.
+  for an infinite value, ``are equal, bit for bit``.
 
 Used by every chapter.
 """
@@ -30,6 +30,8 @@ import textwrap
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
+
+from ..interface import check_int
 
 PACKAGE = Path(__file__).resolve().parent.parent  # lmbook/, whose code show_source shows
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a result may be called, and a {placeholder} name
@@ -268,15 +270,10 @@ def trend(values: Mapping[object, float], name: str = ""):
 
 
 # --- counts, sizes and numbers in words -------------------------------------------------
-def _count(name: str, value, least: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}.")
-
-
 def plural(n: int, noun: str, many: str | None = None) -> str:
     """``n`` things in words, the noun agreeing with the count: ``1 layer``, ``2 layers``, ``1,024 windows``,
     ``0 runs``; ``many`` is the plural where it is not ``noun + "s"`` (``plural(3, "query", "queries")``)."""
-    _count("n", n)
+    check_int("n", n, 0)
     return f"{n:,} {noun if n == 1 else (many or noun + 's')}"
 
 
@@ -284,8 +281,8 @@ def count_phrase(k: int, n: int, noun: str, many: str | None = None) -> str:
     """``k`` of ``n`` things in words, for a caption or a sentence: ``all 12 words``, ``none of the 12 words``,
     ``both words``, ``neither word``, ``7 of the 12 words``, ``the one word``; never "2 of the 2" or
     "all three of the three"."""
-    _count("k", k)
-    _count("n", n, 1)
+    check_int("k", k, 0)
+    check_int("n", n, 1)
     if k > n:
         raise ValueError(f"k must be at most n, not k={k}, n={n}.")
     things = many or noun + "s"
@@ -320,19 +317,10 @@ def number_text(value: float, fmt: str = ".2f", infinite: str = "–") -> str:
     return f"{value:{fmt}}"
 
 
-def decimals(*values: float, least: int = 2, most: int = 6) -> int:
-    """The fewest decimals, from ``least`` up to ``most``, that write ``values`` all differently: so that a
-    sentence never calls two results different while printing the same digits for both (``0.000`` and
-    ``0.000``). Values equal to ``most`` decimals get ``most``; pass the result as ``{x:.{d}f}``."""
-    if not values:
-        raise ValueError("decimals needs at least one value.")
-    _count("least", least)
-    _count("most", most, least)
-    finite = [v for v in values if math.isfinite(v)]
-    for d in range(least, most + 1):
-        if len({f"{v:.{d}f}" for v in finite}) == len(set(finite)):
-            return d
-    return most
+def capital(text: str) -> str:
+    """``text`` opening a sentence: its first letter a capital, the rest as it is (``str.capitalize`` would lower
+    "GPT" in "the GPT's")."""
+    return text[:1].upper() + text[1:]
 
 
 def differ_by(gap: float, fmt: str = ".1e", at_most: bool = False) -> str:

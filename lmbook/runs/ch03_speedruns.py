@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..display.show import count_phrase, md
+from ..display.show import capital, count_phrase, md
 
 H100_AIM = {"loss": 1.47, "seconds": 30.0}  # the GPU speed run's aim: this validation loss within these seconds
 OVERFIT = 0.002  # a rise of the validation loss above its lowest point that counts as overfitting
@@ -24,11 +24,6 @@ def recorded(name: str, start: Path | None = None) -> list[dict] | None:
     folder = next((p / "benchmarks/results" / name for p in [start, *start.parents]
                    if (p / "benchmarks/results" / name).is_dir()), None)
     return None if folder is None else [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
-
-
-def _upper(text: str) -> str:
-    """``text`` with its first letter a capital, the rest as it is."""
-    return text[:1].upper() + text[1:]
 
 
 def _rise(r: dict) -> float:
@@ -45,7 +40,7 @@ def _gpu_verdict(runs: list[dict], best: dict) -> str:
     aim = H100_AIM
     met = [r for r in runs if r["final_val_loss"] <= aim["loss"] and r["seconds_to_final_loss"] <= aim["seconds"]]
     if met:
-        return f"{_upper(count_phrase(len(met), len(runs), 'recorded run'))} met it."
+        return f"{capital(count_phrase(len(met), len(runs), 'recorded run'))} met it."
     within = [r["final_val_loss"] for r in runs if r["seconds_to_final_loss"] <= aim["seconds"]]
     verdict = (f"None of the {len(runs)} recorded runs met it: the best reached {best['final_val_loss']:.4f} at "
                f"{best['seconds_to_final_loss']:.1f} seconds")
@@ -158,7 +153,7 @@ def cpu_speedruns(runs: list[dict] | None, recipe: dict) -> dict:
         losses = [r["final_val_loss"] for r in current]
         seconds = [r["seconds_to_final_loss"] for r in current]
         seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in current}))
-        verdict = (f"{_upper(count_phrase(met, len(current), 'recorded run'))} of the fast recipe met it, with "
+        verdict = (f"{capital(count_phrase(met, len(current), 'recorded run'))} of the fast recipe met it, with "
                    f"losses from {min(losses):.3f} to {max(losses):.3f} (seeds {seeds}) at {min(seconds):.1f} to "
                    f"{max(seconds):.1f} seconds from process start.")
     return {"cpu_aim": md(f"The aim is a validation loss of at most {target['loss']} within "

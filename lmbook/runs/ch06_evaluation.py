@@ -22,7 +22,7 @@ from ..interface import context_length, num_params
 from ..evaluation.intervals import bootstrap_interval, ratio_of_sums
 from ..evaluation.metrics import LN2, TextNLL, held_out_nlls, nll_by_piece, score_text, sliding_windows, token_nlls
 from ..models.ngram import NGramLM
-from ..display.show import and_list, html_table, md, than
+from ..display.show import and_list, capital, html_table, md, than
 from ..display.viz import plot_intervals
 from .common import BATCH, EQUAL_TIME_NAMES, EvaluationRun, equal_time_windows, plot_equal_time
 from .zoo import trained
@@ -375,8 +375,7 @@ def crossover_facts(record, line: float | None, name: str) -> dict:
             "the second half of its curve does not fall, so no trend says when it would."))
         guessed += [f"the {model}'s"] if ahead is not None else []
     if guessed:
-        whose = and_list(guessed)
-        sentences.append(whose[0].upper() + whose[1:] + (" times are extrapolations, not measurements." if
+        sentences.append(capital(and_list(guessed)) + (" times are extrapolations, not measurements." if
                          len(guessed) > 1 else " time is an extrapolation, not a measurement."))
     facts["crossover_verdict"] = md(f"On these windows the {name} scores {line:.3f} bits per character. "
                                     + " ".join(sentences))

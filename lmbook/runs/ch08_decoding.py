@@ -22,7 +22,7 @@ from ..evaluation.metrics import split_loss
 from ..interface import context_length, device_of
 from ..models.llama import Llama, LlamaConfig
 from ..models.quantize import quantize_int8, weight_bytes
-from ..display.show import and_list, than
+from ..display.show import and_list, capital, than
 from .common import Settings
 
 
@@ -168,5 +168,5 @@ def quantization_facts(tables: dict[str, list[dict]]) -> str:
                     f" (the same most likely next token as float32 at {r['agreement']:.1%} of the positions)")
             parts.append(f"{r['dtype']} {loss}{base['mib'] / r['mib']:.1f} times fewer bytes and "
                          f"{r['tokens_per_second'] / base['tokens_per_second']:.2f} times the tokens a second{same}")
-        sentences.append(f"{name[:1].upper()}{name[1:]}: " + "; ".join(parts) + ".")
+        sentences.append(f"{capital(name)}: " + "; ".join(parts) + ".")
     return " ".join(sentences)
