@@ -33,7 +33,7 @@ book: install
 	LMBOOK_SIZE=$${LMBOOK_SIZE:-$$($(PYTHON) -c "from lmbook.runtime import size; print(size())")} $(PYTHON) -m pytest -m book
 
 test: install
-	LMBOOK_SIZE=$${LMBOOK_SIZE:-fast} $(PYTHON) -m pytest
+	LMBOOK_SIZE=$${LMBOOK_SIZE:-fast} LMBOOK_LANES=$${LMBOOK_LANES:-2} $(PYTHON) -m pytest
 
 clean:
 	rm -rf _build

@@ -51,12 +51,12 @@ Usage, with the project's development environment (it imports nbclient, yaml and
 
     python tests/colab_path.py [NOTEBOOK ...] [--all] [--out DIR] [--keep-venv DIR] [--repo DIR]
 
-Without notebooks it runs ``book/quickstart.ipynb`` and ``book/ch01_background.ipynb``;
+Without notebooks it runs ``book/quickstart.ipynb`` (every chapter starts with the same setup cell);
 ``--all`` runs every notebook of ``_toc.yml`` in order. ``--keep-venv DIR`` makes the
 environment in DIR and keeps it; an existing one is reused, for quick reruns, but it
 is then no longer fresh (lmbook's dependencies are already there).
 ``--repo DIR`` runs the notebooks and the git install of another checkout, e.g. a
-clean ``git worktree`` of HEAD. ``tests/test_colab_path.py`` runs the default two.
+clean ``git worktree`` of HEAD. ``tests/test_colab_path.py`` runs the default.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_book import ANSI_COLOURS, CELL_TIMEOUT, ROOT, toc_entries  # the book tests' helpers
+from lmbook.display.show import plural
 
 TORCH = "torch==2.13.0"  # what CI installs; a local CPU wheel on this machine
 KERNEL_PACKAGES = ["ipykernel", "nbclient", "nbformat"]  # what a runtime needs to run a notebook, no more
@@ -309,7 +310,7 @@ def run_colab_path(notebooks=DEFAULT_NOTEBOOKS, *, repo: Path = ROOT, out: Path 
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"removed {tmp} in {time.perf_counter() - begin:.0f} s")
     times["total"] = time.perf_counter() - start
-    log(f"Colab path: {len(paths)} notebook(s) in {times['total']:.0f} s in all; executed copies in {out}")
+    log(f"Colab path: {plural(len(paths), 'notebook')} in {times['total']:.0f} s in all; executed copies in {out}")
     return times
 
 

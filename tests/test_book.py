@@ -8,17 +8,20 @@ mirror of the book under ``_build/exec/``, then build the HTML from that mirror 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from lmbook.runs.zoo import TRAINING_ANEW
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -29,6 +32,7 @@ MODELS = BUILD / "models"  # the trained models the chapters share (lmbook.runs.
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 CELL_TIMEOUT = CONFIG["execute"]["timeout"]
+LANES_VARIABLE = "LMBOOK_LANES"
 ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 # The first code cell of every notebook: in Colab it installs the package (torch is
@@ -167,18 +171,41 @@ def test_a_new_build_starts_without_the_last_ones_html(tmp_path, monkeypatch):
     assert not (tmp_path / "html").exists() and (built / "book").is_dir() and (built / "_toc.yml").is_file()
 
 
-@pytest.mark.book
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=notebook_id)
-def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property, capsys):
+@dataclass
+class Executed:
+    """A notebook as it ran: the executed copy, the failing cell's error (or None) and the seconds it took."""
+
+    nb: nbformat.NotebookNode
+    error: str | None
+    seconds: float
+
+
+def lanes() -> int:
+    """How many notebooks run at once: ``LMBOOK_LANES`` (tests/lanes.py), 1 when unset."""
+    value = os.environ.get(LANES_VARIABLE) or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{LANES_VARIABLE}={value!r}: give how many notebooks run at once, 1 or more")
+    return int(value)
+
+
+def kernel_env(threads: int | None) -> dict[str, str]:
+    """The kernel's environment: this one, with the size, the zoo's folder, this checkout on the path and, in
+    lanes, the kernel's share of the cores."""
+    env = {**os.environ, "LMBOOK_SIZE": os.environ.get("LMBOOK_SIZE") or "fast",
+           "LMBOOK_CACHE": str(MODELS),  # chapters 2-4 leave their models there for chapters 5-8
+           # the kernel imports this checkout's lmbook, installed or not
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return env
+
+
+async def execute(notebook: Path, threads: int | None = None) -> Executed:
+    """Execute one notebook into the mirror (``_build/exec``), in a new kernel; write its executed copy."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    size = os.environ.get("LMBOOK_SIZE") or "fast"
-    monkeypatch.setenv("LMBOOK_SIZE", size)
-    monkeypatch.setenv("LMBOOK_CACHE", str(MODELS))  # chapters 2-4 leave their models there for chapters 5-7
-    # the kernel imports this checkout's lmbook, installed or not
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    target = exec_tree / notebook
+    target = EXEC / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(ROOT / notebook, as_version=4)
     client = NotebookClient(
@@ -188,21 +215,71 @@ def test_notebook_executes(notebook, exec_tree, monkeypatch, record_property, ca
         resources={"metadata": {"path": str(target.parent)}},  # runs in the mirror: writes stay in _build
         store_widget_state=True,
     )
-    with capsys.disabled():  # announced as it starts, not after: a chapter takes minutes
-        print(f"\n{notebook}: executing (LMBOOK_SIZE={size}) ...", flush=True)
     start = time.perf_counter()
     try:
-        client.execute()
+        await client.async_execute(env=kernel_env(threads))
         error = None
     except CellExecutionError as err:
         error = ANSI_COLOURS.sub("", str(err))  # the failing cell and its traceback, readable in any log
-    if error:
-        pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{error}", pytrace=False)
     seconds = time.perf_counter() - start
-    record_property("seconds", round(seconds, 1))
-    with capsys.disabled():
-        print(f"{notebook}: executed in {seconds:.1f} s", flush=True)
-    nbformat.write(nb, target)
+    if error is None:
+        nbformat.write(nb, target)
+    return Executed(nb, error, seconds)
+
+
+@pytest.fixture(scope="session")
+def executed_in_lanes(request, exec_tree) -> dict[Path, Executed]:
+    """Every notebook this run selected, executed ``lanes()`` at a time (tests/lanes.py); it prints progress, so
+    it is asked for with the output capture off."""
+    from lanes import plan, run_lanes
+    from lmbook.runs.zoo import RECIPES
+
+    selected = [item.callspec.params["notebook"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_notebook_executes"]
+    codes = {nb: "\n".join(c.source for c in nbformat.read(ROOT / nb, as_version=4).cells if c.cell_type == "code")
+             for nb in selected}
+    owners = {Path("book") / f"{recipe.chapter}.ipynb" for recipe in RECIPES.values()}
+    order, needs = plan(codes, owners)
+    count, threads = lanes(), max(1, (os.cpu_count() or 1) // lanes())
+
+    async def one(notebook: Path, lane: int) -> Executed:
+        print(f"{notebook}: executing in lane {lane} ({threads} thread{'s' * (threads > 1)}) ...", flush=True)
+        try:
+            done = await execute(notebook, threads)
+        except Exception as err:  # a dead kernel or a cell's timeout fails this page, not the pages beside it
+            done = Executed(nbformat.read(ROOT / notebook, as_version=4), f"{type(err).__name__}: {err}", 0.0)
+        print(f"{notebook}: {'failed' if done.error else 'executed'} in {done.seconds:.1f} s", flush=True)
+        return done
+
+    print(f"\nexecuting {len(order)} notebooks, {count} at a time (LMBOOK_LANES) ...", flush=True)
+    return asyncio.run(run_lanes(order, needs, count, one))
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=notebook_id)
+def test_notebook_executes(notebook, exec_tree, request, record_property, capsys):
+    size = os.environ.get("LMBOOK_SIZE") or "fast"
+    if lanes() > 1:
+        with capsys.disabled():  # the first one runs them all, with progress
+            done = request.getfixturevalue("executed_in_lanes")[notebook]
+    else:
+        with capsys.disabled():  # announced as it starts, not after: a chapter takes minutes
+            print(f"\n{notebook}: executing (LMBOOK_SIZE={size}) ...", flush=True)
+        done = asyncio.run(execute(notebook))
+        with capsys.disabled():
+            print(f"{notebook}: {'failed' if done.error else 'executed'} in {done.seconds:.1f} s", flush=True)
+    record_property("seconds", round(done.seconds, 1))
+    if done.error:
+        pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{done.error}", pytrace=False)
+    anew = [line for line in stream_lines(done.nb) if TRAINING_ANEW in line]
+    assert not anew, (f"{notebook} trained a model of the zoo that another page trains, and should have loaded "
+                      f"it: {anew}. Its page must run after that one (book order, or the needs in tests/lanes.py).")
+
+
+def stream_lines(nb) -> list[str]:
+    """Every line a notebook's cells printed (stdout and stderr)."""
+    return [line for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" for line in out.get("text", "").splitlines()]
 
 
 @pytest.mark.book

@@ -33,6 +33,7 @@ from . import ch02_rnn, ch03_gpt, ch04_finetune
 from .common import (CharRun, ChapterRun, GPTRun, Settings, make_char_gpt, make_char_model, train_char_gpt,
                      train_char_model)
 
+TRAINING_ANEW = "is not in the zoo yet"  # what trained() says before it trains a model (tests/test_book.py looks)
 CLASSES = {cls.__name__: (cls, config) for cls, config in
            ((GPT, GPTConfig), (Encoder, GPTConfig), (RNNLM, RNNConfig))}
 
@@ -142,6 +143,8 @@ def trained(name: str, device=None) -> Trained:
             tokenizer = Tokenizer.load(path.with_suffix(".tokenizer.json"))
             history = History.from_dict(state["history"])
             return Trained(name, model.to(device), tokenizer, history, state["val_data"], recipe.settings())
+    print(f"{name} {TRAINING_ANEW} at the size {size()!r} (folder {cache_dir()}): training it now by the recipe of "
+          f"{recipe.chapter}, once; later calls load it.", flush=True)
     result = recipe.train(recipe.settings(), device)
     remember(result.name, result.model, result.tokenizer, result.history, result.val_data, result.settings)
     return result
