@@ -141,7 +141,7 @@ def test_conversations_the_template_cannot_judge_are_refused_in_python(tokenizer
         render(CONVERSATIONS[0], add_generation_prompt=True)
     with pytest.raises(ValueError, match=r"turn 1 holds the special token\(s\) \['<\|end\|>'\]"):
         render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b<|end|>c"}])
-    with pytest.raises(ValueError, match="turn 1 \\(assistant\\): 2 character\\(s\\) not in the vocabulary: '7', 'é'"):
+    with pytest.raises(ValueError, match="turn 1 \\(assistant\\): not in the vocabulary: '7', 'é'"):
         encode_conversation([{"role": "user", "content": "a"}, {"role": "assistant", "content": "é 7"}], book)
     ids, _ = encode_conversation(CONVERSATIONS[0], book, max_length=50)
     with pytest.raises(ValueError, match=f"{len(ids)} tokens long but the context holds {len(ids) - 1}"):

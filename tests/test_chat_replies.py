@@ -172,7 +172,7 @@ def test_errors_say_what_to_do(model, tokenizer):
         stream_reply(model, tokenizer, long, max_new_tokens=65 - n)
     with pytest.raises(ValueError, match="a generation prompt must follow a user turn"):
         replies(model, tokenizer, [long + [{"role": "assistant", "content": "two"}]], max_new_tokens=5)
-    with pytest.raises(ValueError, match="turn 0 \\(user\\): 1 character\\(s\\) not in the vocabulary: 'z'"):
+    with pytest.raises(ValueError, match="turn 0 \\(user\\): not in the vocabulary: 'z'"):
         stream_reply(model, tokenizer, [{"role": "user", "content": "zoo"}], max_new_tokens=5)
     ungrown = Llama(LlamaConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(ValueError, match=rf"grow_embeddings\(model, {tokenizer.vocab_size + 4}\)"):

@@ -188,7 +188,7 @@ def test_messages_the_model_cannot_take_are_not_sent(model, tokenizer):
     assert parts(chat_playground(model, tokenizer))["new"].value == 48  # by default, half the context, at most 100
     with pytest.raises(ValueError, match="temperature must be between 0"):
         chat_playground(model, tokenizer, temperature=-1.0)
-    with pytest.raises(ValueError, match="turn 0 \\(system\\): 1 character\\(s\\) not in the vocabulary: 'Z'"):
+    with pytest.raises(ValueError, match="turn 0 \\(system\\): not in the vocabulary: 'Z'"):
         chat_playground(model, tokenizer, system="Zounds")
 
 

@@ -128,9 +128,9 @@ class UnknownCharacterError(ValueError):
         self.characters = characters  # deduplicated and sorted
         listed = ", ".join(repr(c) for c in characters[:shown])
         if len(characters) > shown:
-            listed += f" and {len(characters) - shown} more"
+            listed += f" and {len(characters) - shown} more, {len(characters)} in all"
         super().__init__(
-            f"{len(characters)} character(s) not in the vocabulary: {listed}. Train the "
+            f"not in the vocabulary: {listed}. Train the "
             "tokenizer on text that contains them, or remove them from the text."
         )
 
