@@ -3,7 +3,8 @@
 Notebooks are committed without outputs. The tests marked ``book`` execute each
 notebook of ``_toc.yml`` once (``LMBOOK_SIZE=fast`` unless the variable is set) into a
 mirror of the book under ``_build/exec/``, then build the HTML from that mirror into
-``_build/html/``. The source tree is never written to.
+``_build/html/``. The source tree is never written to. The notebooks run one at a time, or
+``LMBOOK_LANES`` at a time (``tests/lanes.py``; ``make test`` and CI run two).
 """
 
 from __future__ import annotations
