@@ -32,22 +32,23 @@ def imported_modules(code: str) -> set[str]:
     ``lmbook.runs`` and ``lmbook.runs.ch06_evaluation``."""
     found = set()
     for package, grouped, names, plain in IMPORT.findall(code):
-        if plain:
-            found.add(plain)
+        found.add(plain or package)
+        spec = None if plain else _spec(package)
+        if spec is None or spec.submodule_search_locations is None:  # names from a module are not modules
             continue
-        found.add(package)
         for name in (grouped or names).split(","):
             words = name.split()
-            if words and _is_module(f"{package}.{words[0]}"):
+            if words and _spec(f"{package}.{words[0]}"):
                 found.add(f"{package}.{words[0]}")
     return found
 
 
-def _is_module(name: str) -> bool:
+def _spec(name: str):
+    """Where module ``name`` would be imported from (its parent packages are imported), or None."""
     try:
-        return importlib.util.find_spec(name) is not None
+        return importlib.util.find_spec(name)
     except (ImportError, ValueError):
-        return False
+        return None
 
 
 def reads_zoo(code: str) -> bool:
@@ -55,9 +56,7 @@ def reads_zoo(code: str) -> bool:
     if ZOO_IMPORT.search(code):
         return True
     for module in imported_modules(code):
-        if module == "lmbook.runs.zoo":
-            return True
-        spec = importlib.util.find_spec(module) if _is_module(module) else None
+        spec = _spec(module)
         if spec and spec.origin and spec.origin.endswith(".py"):
             if ZOO_IMPORT.search(Path(spec.origin).read_text(encoding="utf-8")):
                 return True

@@ -22,7 +22,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from lmbook.runs.zoo import TRAINING_ANEW
+from lmbook.display.show import plural
+from lmbook.runs.zoo import RECIPES, TRAINING_ANEW
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -228,23 +229,30 @@ async def execute(notebook: Path, threads: int | None = None) -> Executed:
     return Executed(nb, error, seconds)
 
 
+def selected_notebooks(session) -> list[Path]:
+    """The notebooks whose execution this pytest run selected, in book order."""
+    return [item.callspec.params["notebook"] for item in session.items
+            if getattr(item, "originalname", "") == "test_notebook_executes"]
+
+
+def zoo_owners() -> set[Path]:
+    """The pages that train the model zoo's models (``lmbook.runs.zoo.RECIPES``)."""
+    return {Path("book") / f"{recipe.chapter}.ipynb" for recipe in RECIPES.values()}
+
+
 @pytest.fixture(scope="session")
 def executed_in_lanes(request, exec_tree) -> dict[Path, Executed]:
     """Every notebook this run selected, executed ``lanes()`` at a time (tests/lanes.py); it prints progress, so
     it is asked for with the output capture off."""
     from lanes import plan, run_lanes
-    from lmbook.runs.zoo import RECIPES
 
-    selected = [item.callspec.params["notebook"] for item in request.session.items
-                if getattr(item, "originalname", "") == "test_notebook_executes"]
     codes = {nb: "\n".join(c.source for c in nbformat.read(ROOT / nb, as_version=4).cells if c.cell_type == "code")
-             for nb in selected}
-    owners = {Path("book") / f"{recipe.chapter}.ipynb" for recipe in RECIPES.values()}
-    order, needs = plan(codes, owners)
+             for nb in selected_notebooks(request.session)}
+    order, needs = plan(codes, zoo_owners())
     count, threads = lanes(), max(1, (os.cpu_count() or 1) // lanes())
 
     async def one(notebook: Path, lane: int) -> Executed:
-        print(f"{notebook}: executing in lane {lane} ({threads} thread{'s' * (threads > 1)}) ...", flush=True)
+        print(f"{notebook}: executing in lane {lane} ({plural(threads, 'thread')}) ...", flush=True)
         try:
             done = await execute(notebook, threads)
         except Exception as err:  # a dead kernel or a cell's timeout fails this page, not the pages beside it
@@ -272,6 +280,8 @@ def test_notebook_executes(notebook, exec_tree, request, record_property, capsys
     record_property("seconds", round(done.seconds, 1))
     if done.error:
         pytest.fail(f"{notebook} failed (LMBOOK_SIZE={size}):\n{done.error}", pytrace=False)
+    if not zoo_owners() <= set(selected_notebooks(request.session)):
+        return  # a page run without the pages that train the zoo trains what it reads, as a reader's would
     anew = [line for line in stream_lines(done.nb) if TRAINING_ANEW in line]
     assert not anew, (f"{notebook} trained a model of the zoo that another page trains, and should have loaded "
                       f"it: {anew}. Its page must run after that one (book order, or the needs in tests/lanes.py).")

@@ -3,8 +3,11 @@
 import asyncio
 from pathlib import Path
 
+import nbformat
 import pytest
+import test_book
 from lanes import imported_modules, plan, reads_zoo, run_lanes
+from lmbook.runs.zoo import TRAINING_ANEW
 
 
 def test_imported_modules_finds_modules_not_names():
@@ -95,3 +98,31 @@ def test_bad_plans_are_refused(lanes, needs, message):
 
     with pytest.raises(ValueError, match=message):
         asyncio.run(run_lanes(["a", "b"], needs, lanes, execute))
+
+
+@pytest.mark.parametrize("value, lanes", [(None, 1), ("", 1), ("1", 1), ("2", 2)])
+def test_lanes_come_from_the_variable(monkeypatch, value, lanes):
+    if value is None:
+        monkeypatch.delenv(test_book.LANES_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(test_book.LANES_VARIABLE, value)
+    assert test_book.lanes() == lanes
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_bad_lanes_are_refused_with_what_to_give(monkeypatch, value):
+    monkeypatch.setenv(test_book.LANES_VARIABLE, value)
+    with pytest.raises(pytest.UsageError, match="LMBOOK_LANES=.*1 or more"):
+        test_book.lanes()
+
+
+def test_the_lines_a_page_printed_show_a_model_trained_again():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"gpt-char {TRAINING_ANEW}, in prose"),  # not printed: not looked at
+        nbformat.v4.new_code_cell("x", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="one\ntwo\n"),
+            nbformat.v4.new_output("execute_result", data={"text/plain": "three"}),
+            nbformat.v4.new_output("stream", name="stderr", text=f"gpt-char {TRAINING_ANEW} at the size 'fast'\n")])])
+    lines = test_book.stream_lines(nb)
+    assert lines == ["one", "two", f"gpt-char {TRAINING_ANEW} at the size 'fast'"]
+    assert [line for line in lines if TRAINING_ANEW in line] == lines[-1:]
